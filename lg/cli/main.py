@@ -1,0 +1,116 @@
+"""The `lg` entry point: a lazy command group and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any
+
+import click
+
+from lg import __version__
+from lg.errors import ExitCode, LgError
+
+# Commands are imported only when invoked, so `lg --help` and `lg validate` never load VM drivers or LLM code.
+COMMANDS: dict[str, str] = {
+    "validate": "lg.cli.validate:validate",
+    "render": "lg.cli.validate:render",
+    "schema": "lg.cli.validate:schema",
+    "image": "lg.cli.image:image",
+    "doctor": "lg.cli.doctor:doctor",
+    "policy": "lg.cli.policy:policy",
+}
+
+SHORT_HELP: dict[str, str] = {
+    "validate": "Check pipeline, policy and project files; report every error at once.",
+    "render": "Print a pipeline fully expanded (matrix, templates, defaults).",
+    "schema": "Print the JSON Schema of a file kind (for editors and CI).",
+    "image": "Build, list and remove guest images.",
+    "doctor": "Report what this host can do, with a fix for each problem.",
+    "policy": "Test risk policies and explain their decisions.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Listing help must not import every command module: use the static summaries.
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lg")
+def cli() -> None:
+    """LuminaGuard: run untrusted pipeline steps in throwaway microVMs, gated by risk policies.
+
+    \b
+    Exit codes: 0 ok, 1 a step or check failed, 2 invalid input, 3 awaiting approval,
+    4 rejected or expired, 5 environment cannot do it, 70 internal error, 130 interrupted.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        result = cli.main(args=argv, prog_name="lg", standalone_mode=False)
+        return int(result) if isinstance(result, int) else ExitCode.OK
+    except LgError as error:
+        click.echo(f"lg: {_error_label(error)}{error}", err=True)
+        return int(error.exit_code)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        return ExitCode.INVALID_INPUT if isinstance(error, click.UsageError) else int(error.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("lg: interrupted", err=True)
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # `lg render p.yaml | head` closing the pipe is not an error; silence the flush at exit too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
+    except Exception:  # a bug: keep the evidence, point at it, never dump it on the user
+        path = _write_crash_report(argv)
+        click.echo(f"lg: internal error (a bug in lg). The traceback is in {path}; "
+                   "please attach it to a bug report.", err=True)
+        return ExitCode.INTERNAL
+
+
+def _error_label(error: LgError) -> str:
+    return "" if error.exit_code == ExitCode.INVALID_INPUT else "error: "
+
+
+def _write_crash_report(argv: list[str] | None) -> str:
+    text = (
+        f"lg {__version__} crashed at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+        f"argv: {argv if argv is not None else sys.argv}\n\n{traceback.format_exc()}"
+    )
+    handle, path = tempfile.mkstemp(prefix="lg-crash-", suffix=".log")
+    with os.fdopen(handle, "w") as report:
+        report.write(text)
+    return path
+
+
+def command_target(name: str) -> Any:
+    """The click command registered under `name` (used by tests and the docs generator)."""
+    return LazyGroup().get_command(click.Context(cli), name)

@@ -1,0 +1,41 @@
+"""Small helpers every command uses to print results: JSON for machines, text for people."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from lg.errors import InvalidInput
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(function)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def error_view(error: InvalidInput) -> dict[str, Any]:
+    location = error.location
+    return {
+        "file": str(location.path) if location and location.path else None,
+        "line": location.line if location else None,
+        "column": location.column if location else None,
+        "key": location.key_path if location else "",
+        "message": error.message,
+        "text": str(error),
+    }
+
+
+def color_enabled() -> bool:
+    """Colour only on a terminal and only without NO_COLOR (https://no-color.org)."""
+    import os  # noqa: PLC0415
+
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ

@@ -1,0 +1,180 @@
+"""The JSON Schema of pipeline files: the one source of truth for their shape.
+
+schemas/pipeline.schema.json is generated from this (`lg schema pipeline`); a test fails when it is stale.
+Rules a schema cannot say (unknown `needs`, cycles, template errors) live in `lg.config.pipeline`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lg.vm.registry import HYPERVISOR_NAMES
+
+STEP_ID_PATTERN = "^[a-z0-9_-]+$"
+ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
+SECRET_NAME_PATTERN = "^[A-Z_][A-Z0-9_]*$"
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$"
+
+MAX_RETRIES = 10
+
+
+def _duration(description: str) -> dict[str, Any]:
+    return {
+        "description": f"{description}: seconds, or text like '90s', '10m', '1h30m'",
+        "oneOf": [
+            {"type": "number", "exclusiveMinimum": 0},
+            {"type": "string", "pattern": DURATION_PATTERN},
+        ],
+    }
+
+
+def _env_map(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "type": "object",
+        "propertyNames": {"pattern": ENV_NAME_PATTERN},
+        "additionalProperties": {"type": ["string", "number", "boolean"]},
+    }
+
+
+def _name_ref(description: str) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "description": description}
+
+
+def _approve() -> dict[str, Any]:
+    return {
+        "description": "an explicit approval gate before this step",
+        "oneOf": [
+            {"type": "boolean"},
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "approvers": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1},
+                        "description": "user names, or group:NAME; empty means any allowed signer",
+                    },
+                    "count": {"type": "integer", "minimum": 1, "maximum": 100},
+                    "timeout": _duration("how long the gate waits"),
+                    "on_timeout": {"enum": ["reject", "fail", "continue"]},
+                    "reason": {"type": "string"},
+                },
+            },
+        ],
+    }
+
+
+def _outputs() -> dict[str, Any]:
+    return {
+        "description": "names read from key=value lines in $LG_OUTPUT, or name: file path",
+        "oneOf": [
+            {"type": "array", "items": {"type": "string", "pattern": ENV_NAME_PATTERN}, "uniqueItems": True},
+            {
+                "type": "object",
+                "propertyNames": {"pattern": ENV_NAME_PATTERN},
+                "additionalProperties": {"type": "string", "minLength": 1},
+            },
+        ],
+    }
+
+
+def _matrix() -> dict[str, Any]:
+    scalar = {"type": ["string", "number", "boolean"]}
+    return {
+        "description": "expands the step once per combination of values",
+        "type": "object",
+        "minProperties": 1,
+        "propertyNames": {"pattern": "^[a-z_][a-z0-9_]*$"},
+        "properties": {
+            "exclude": {
+                "type": "array",
+                "items": {"type": "object", "additionalProperties": scalar, "minProperties": 1},
+            },
+        },
+        "additionalProperties": {"type": "array", "items": scalar, "minItems": 1, "maxItems": 256},
+    }
+
+
+def step_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id"],
+        "properties": {
+            "id": {"type": "string", "pattern": STEP_ID_PATTERN, "maxLength": 64},
+            "name": {"type": "string"},
+            "run": {"type": "string", "minLength": 1, "description": "shell script, run with /bin/sh -e"},
+            "uses": {"type": "string", "minLength": 1, "description": "reserved for later step kinds"},
+            "needs": {
+                "oneOf": [
+                    {"type": "string", "pattern": STEP_ID_PATTERN},
+                    {"type": "array", "items": {"type": "string", "pattern": STEP_ID_PATTERN}},
+                ],
+            },
+            "if": {"type": ["string", "boolean"], "description": "a jinja2 expression"},
+            "env": _env_map("environment variables for this step"),
+            "workdir": {"type": "string", "minLength": 1, "description": "relative to the workspace"},
+            "timeout": _duration("the step's time limit; the VM is killed past it"),
+            "retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
+            "continue_on_error": {"type": "boolean"},
+            "outputs": _outputs(),
+            "artifacts": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "matrix": _matrix(),
+            "profile": _name_ref("VM profile name or path, overriding the pipeline's"),
+            "hypervisor": {"enum": list(HYPERVISOR_NAMES)},
+            "approve": _approve(),
+        },
+    }
+
+
+def _secrets() -> dict[str, Any]:
+    source = {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "maxProperties": 1,
+        "properties": {
+            "env": {"type": "string", "pattern": ENV_NAME_PATTERN},
+            "file": {"type": "string", "minLength": 1},
+        },
+    }
+    return {
+        "description": "secret names; values come from the host environment or a file, never printed",
+        "oneOf": [
+            {"type": "array", "items": {"type": "string", "pattern": SECRET_NAME_PATTERN}, "uniqueItems": True},
+            {
+                "type": "object",
+                "propertyNames": {"pattern": SECRET_NAME_PATTERN},
+                "additionalProperties": source,
+            },
+        ],
+    }
+
+
+def pipeline_schema() -> dict[str, Any]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://luminaguard.dev/schemas/pipeline.schema.json",
+        "title": "LuminaGuard pipeline",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "steps"],
+        "properties": {
+            "$schema": {"type": "string"},
+            "name": {"type": "string", "minLength": 1},
+            "description": {"type": "string"},
+            "hypervisor": {"enum": list(HYPERVISOR_NAMES)},
+            "profile": _name_ref("VM profile name (profiles/vm/NAME.yaml) or path"),
+            "policy": _name_ref("risk policy name (profiles/risk/NAME.yaml) or path"),
+            "vars": {
+                "type": "object",
+                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                "additionalProperties": {"type": ["string", "number", "boolean"]},
+            },
+            "env": _env_map("environment variables for every step"),
+            "secrets": _secrets(),
+            "timeout": _duration("the whole run's time limit"),
+            "steps": {"type": "array", "minItems": 1, "items": step_schema()},
+        },
+    }

@@ -1,0 +1,159 @@
+"""`lg.yaml`: project defaults, found by walking up from the working directory as git finds `.git`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lg.config.schema_check import check_schema
+from lg.config.yamlsource import SourceDoc, load_yaml
+from lg.errors import InvalidInput, InvalidInputs
+from lg.model import PoolSettings, ProjectConfig, ProjectPaths
+from lg.vm.registry import HYPERVISOR_NAMES
+
+PROJECT_FILE = "lg.yaml"
+
+BUILTIN_ROOT = Path(__file__).resolve().parent.parent.parent
+"""The checkout lg is installed from (editable install): its profiles/ and images/ are the shipped ones."""
+
+ACCELERATORS = ("auto", "kvm", "tcg")
+
+
+def project_schema() -> dict[str, Any]:
+    dir_field = {"type": "string", "minLength": 1}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://luminaguard.dev/schemas/lg.schema.json",
+        "title": "LuminaGuard project configuration (lg.yaml)",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "$schema": {"type": "string"},
+            "hypervisor": {"enum": list(HYPERVISOR_NAMES), "description": "default VM backend"},
+            "accelerator": {"enum": list(ACCELERATORS), "description": "auto probes KVM, falls back to TCG"},
+            "image": {"type": "string", "minLength": 1, "description": "default guest image recipe name"},
+            "profile": {"type": "string", "minLength": 1, "description": "default VM profile"},
+            "policy": {"type": "string", "minLength": 1, "description": "default risk policy"},
+            "state_dir": {**dir_field, "description": "run records and logs; relative to lg.yaml"},
+            "cache_dir": {**dir_field, "description": "built guest images, keyed by content digest"},
+            "pool": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "min_idle": {"type": "integer", "minimum": 0, "maximum": 64},
+                    "max_idle": {"type": "integer", "minimum": 0, "maximum": 64},
+                    "max_active": {"type": "integer", "minimum": 1, "maximum": 256},
+                    "lease_timeout": {"type": "number", "exclusiveMinimum": 0},
+                },
+            },
+            "paths": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "vm_profiles": dir_field,
+                    "risk_policies": dir_field,
+                    "seccomp": dir_field,
+                    "apparmor": dir_field,
+                    "images": dir_field,
+                },
+            },
+        },
+    }
+
+
+def find_project_file(start: Path) -> Path | None:
+    """The nearest lg.yaml in `start` or one of its parents."""
+    directory = start.resolve()
+    for candidate in (directory, *directory.parents):
+        path = candidate / PROJECT_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "luminaguard"
+
+
+def load_project_config(start: Path | None = None) -> ProjectConfig:
+    """The project configuration for `start` (default: the working directory); built-in defaults if none."""
+    path = find_project_file(start or Path.cwd())
+    if path is None:
+        return _build(None, {}, (start or Path.cwd()).resolve())
+    return load_project_file(path)
+
+
+def load_project_file(path: Path) -> ProjectConfig:
+    doc = load_yaml(path)
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "lg.yaml must be a mapping")
+    errors = check_schema(doc, project_schema())
+    if errors:
+        raise InvalidInputs(errors)
+    config = _build(doc, doc.data, path.resolve().parent)
+    if config.pool.min_idle > config.pool.max_idle:
+        raise doc.error(("pool", "min_idle"), "min_idle is larger than max_idle")
+    return config
+
+
+def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectConfig:
+    paths = data.get("paths", {})
+    pool = data.get("pool", {})
+
+    def under_root(value: str | None, default: Path) -> Path:
+        return (root / os.path.expanduser(value)).resolve() if value else default
+
+    cache_env = os.environ.get("LG_CACHE_DIR")
+    state_env = os.environ.get("LG_STATE_DIR")
+    return ProjectConfig(
+        source=doc.path if doc else None,
+        root=root,
+        hypervisor=data.get("hypervisor", "qemu"),
+        accelerator=data.get("accelerator", "auto"),
+        image=data.get("image", "default"),
+        profile=data.get("profile", "default"),
+        policy=data.get("policy", "default"),
+        state_dir=Path(state_env) if state_env else under_root(data.get("state_dir"), root / ".lg"),
+        cache_dir=Path(cache_env) if cache_env else under_root(data.get("cache_dir"), default_cache_dir()),
+        pool=PoolSettings(
+            min_idle=pool.get("min_idle", 0),
+            max_idle=pool.get("max_idle", 2),
+            max_active=pool.get("max_active", 8),
+            lease_timeout=float(pool.get("lease_timeout", 120)),
+        ),
+        paths=ProjectPaths(
+            vm_profiles=_search_dirs(root, paths.get("vm_profiles"), "profiles/vm"),
+            risk_policies=_search_dirs(root, paths.get("risk_policies"), "profiles/risk"),
+            seccomp=_search_dirs(root, paths.get("seccomp"), "profiles/seccomp"),
+            apparmor=_search_dirs(root, paths.get("apparmor"), "profiles/apparmor"),
+            images=_search_dirs(root, paths.get("images"), "images"),
+        ),
+    )
+
+
+def _search_dirs(root: Path, configured: str | None, default: str) -> tuple[Path, ...]:
+    """The project's own directory first, then the one shipped with lg (each only once)."""
+    own = (root / (configured or default)).resolve()
+    builtin = (BUILTIN_ROOT / default).resolve()
+    return (own,) if own == builtin else (own, builtin)
+
+
+def resolve_named_file(name: str, search_dirs: tuple[Path, ...], relative_to: Path, kind: str) -> Path:
+    """A profile/policy/recipe given by name (`strict`) or by path (`./policies/team.yaml`).
+
+    Fails closed: a name that resolves to nothing is an error, never "no profile".
+    """
+    if "/" in name or name.endswith((".yaml", ".yml", ".json")):
+        path = (relative_to / name).resolve()
+        if not path.is_file():
+            raise InvalidInput(f"{kind} file {name!r} not found (looked at {path})")
+        return path
+    for directory in search_dirs:
+        for suffix in (".yaml", ".yml", ".json"):
+            candidate = directory / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate
+    looked = ", ".join(str(d) for d in search_dirs)
+    raise InvalidInput(f"no {kind} named {name!r} (looked in {looked})")

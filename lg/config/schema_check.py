@@ -1,0 +1,93 @@
+"""Validate a loaded document against a JSON Schema and report every problem at its file, line and key."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError
+
+from lg.config.yamlsource import KeyPath, SourceDoc
+from lg.errors import InvalidInput
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'build'?)` when a close match exists, else the empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_schema(doc: SourceDoc, schema: Mapping[str, Any]) -> list[InvalidInput]:
+    """Every schema violation in `doc`, in file order. An empty list means the document is valid."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = [_to_input_error(doc, error) for error in _leaf_errors(validator.iter_errors(doc.data))]
+    unique = {str(error): error for error in errors}
+    return sorted(unique.values(), key=_file_order)
+
+
+def _file_order(error: InvalidInput) -> tuple[int, int]:
+    location = error.location
+    if location is None:
+        return (0, 0)
+    return (location.line or 0, location.column or 0)
+
+
+def _leaf_errors(errors: Iterable[ValidationError]) -> Iterable[ValidationError]:
+    """For `oneOf`/`anyOf` failures, report the alternative that got furthest, not a wall of text."""
+    for error in errors:
+        if error.validator in ("oneOf", "anyOf") and error.context:
+            yield from _leaf_errors([_best_alternative(error)])
+        else:
+            yield error
+
+
+def _best_alternative(error: ValidationError) -> ValidationError:
+    # The deepest sub-error is the one whose shape matched best (its type was right, a detail was wrong).
+    # A type mismatch at the top is least informative, so it ranks last.
+    def rank(sub: ValidationError) -> tuple[int, int]:
+        return (len(sub.absolute_path), 0 if sub.validator == "type" else 1)
+
+    best = max(error.context or [], key=rank)
+    if best.validator == "type" and not best.relative_path:
+        return error  # no alternative's type matched: the generic message is the honest one
+    return best
+
+
+def _to_input_error(doc: SourceDoc, error: ValidationError) -> InvalidInput:
+    key_path: KeyPath = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(error.schema.get("properties", {}))
+        extras = [key for key in error.instance if key not in allowed]
+        if extras:
+            key = extras[0]
+            return doc.error((*key_path, key), f"unknown key {key!r}{suggest(key, allowed)}", at_key=True)
+    if error.validator == "enum":
+        choices = ", ".join(repr(choice) for choice in error.validator_value)
+        hint = suggest(str(error.instance), [str(c) for c in error.validator_value])
+        return doc.error(key_path, f"{error.instance!r} is not one of {choices}{hint}")
+    if error.validator == "type":
+        expected = error.validator_value
+        expected_text = " or ".join(expected) if isinstance(expected, list) else expected
+        return doc.error(key_path, f"expected {expected_text}, got {_describe(error.instance)}")
+    if error.validator == "required":
+        return doc.error(key_path, error.message.replace("is a required property", "is required"))
+    if error.validator == "oneOf" or error.validator == "anyOf":
+        return doc.error(key_path, f"{_describe(error.instance)} is not any of the accepted forms")
+    return doc.error(key_path, error.message)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"string {shown!r}"
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,157 @@
+"""The validated, immutable model. Everything past `lg.config` works with these, never with raw YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from lg.errors import Location
+
+FrozenMap = MappingProxyType[str, str]
+
+
+def frozen_map(data: dict[str, str] | None = None) -> FrozenMap:
+    return MappingProxyType(dict(data or {}))
+
+
+# --- lg.yaml ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    min_idle: int = 0
+    max_idle: int = 2
+    max_active: int = 8
+    lease_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Where named profiles, policies and image recipes are looked up, in order."""
+
+    vm_profiles: tuple[Path, ...]
+    risk_policies: tuple[Path, ...]
+    seccomp: tuple[Path, ...]
+    apparmor: tuple[Path, ...]
+    images: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    source: Path | None  # the lg.yaml read, or None for built-in defaults
+    root: Path
+    hypervisor: str
+    accelerator: str
+    image: str
+    profile: str
+    policy: str
+    state_dir: Path
+    cache_dir: Path
+    pool: PoolSettings
+    paths: ProjectPaths
+
+
+# --- pipelines -------------------------------------------------------------------------------------------
+
+OnTimeout = Literal["reject", "fail", "continue"]
+
+
+@dataclass(frozen=True)
+class ApprovalSpec:
+    """An explicit gate on a step (`approve:`). Its semantics arrive with the approvals issue."""
+
+    approvers: tuple[str, ...] = ()  # user names or `group:NAME`; empty means anyone in allowed_signers
+    count: int = 1
+    timeout: float | None = None  # seconds
+    on_timeout: OnTimeout = "reject"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    """Where a secret's value comes from. The value itself is read only at run time, and never printed."""
+
+    name: str
+    from_env: str | None = None
+    from_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """An output a step produces: a `key=value` line in `$LG_OUTPUT`, or the content of a file."""
+
+    name: str
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    name: str
+    run: str | None  # shell script text; templates over step outputs stay unrendered until run time
+    uses: str | None
+    needs: tuple[str, ...]
+    condition: str | None  # the `if:` expression, a jinja2 expression
+    env: FrozenMap
+    workdir: str | None
+    timeout: float | None
+    retries: int
+    continue_on_error: bool
+    outputs: tuple[OutputSpec, ...]
+    artifacts: tuple[str, ...]
+    matrix: FrozenMap  # the values of this expansion (empty if the step has no matrix)
+    profile: str | None
+    hypervisor: str | None
+    approve: ApprovalSpec | None
+    location: Location = field(compare=False, default=Location(None))
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    path: Path
+    name: str
+    description: str
+    hypervisor: str
+    profile: str
+    policy: str
+    vars: FrozenMap
+    env: FrozenMap
+    secrets: tuple[SecretSpec, ...]
+    timeout: float | None
+    steps: tuple[Step, ...]
+    policy_location: Location = field(compare=False, default=Location(None))
+    profile_location: Location = field(compare=False, default=Location(None))
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+
+# --- what a step did ------------------------------------------------------------------------------------
+
+ChangeKind = Literal["created", "modified", "deleted"]
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One change a step made to its workspace, as the guest agent reports it (paths are workspace-relative)."""
+
+    path: str  # POSIX, relative to the workspace root, never starting with '/' or containing '..'
+    kind: ChangeKind
+    size: int | None = None  # after the change; None when deleted
+    sha256: str | None = None  # of the content after the change (of the link text for symlinks)
+    mode: int | None = None  # permission bits after the change (e.g. 0o755)
+    old_mode: int | None = None  # permission bits before (modified/deleted)
+    symlink_target: str | None = None  # set when the path is a symlink after the change
+
+    @property
+    def executable(self) -> bool:
+        return self.mode is not None and bool(self.mode & 0o111)

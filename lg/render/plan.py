@@ -1,0 +1,61 @@
+"""Plain-data views of the model, for `lg render`, `--json` and the dry-run plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lg.model import ApprovalSpec, Pipeline, Step
+
+
+def pipeline_view(pipeline: Pipeline) -> dict[str, Any]:
+    """The fully expanded pipeline. Secret *names* only: values are never read here."""
+    return {
+        "name": pipeline.name,
+        "description": pipeline.description,
+        "file": str(pipeline.path),
+        "hypervisor": pipeline.hypervisor,
+        "profile": pipeline.profile,
+        "policy": pipeline.policy,
+        "vars": dict(pipeline.vars),
+        "env": dict(pipeline.env),
+        "secrets": [secret.name for secret in pipeline.secrets],
+        "timeout": pipeline.timeout,
+        "steps": [step_view(step) for step in pipeline.steps],
+    }
+
+
+def step_view(step: Step) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": step.id,
+        "name": step.display_name,
+        "run": step.run,
+        "uses": step.uses,
+        "needs": list(step.needs),
+        "if": step.condition,
+        "env": dict(step.env),
+        "workdir": step.workdir,
+        "timeout": step.timeout,
+        "retries": step.retries,
+        "continue_on_error": step.continue_on_error,
+        "outputs": [{"name": o.name, "file": o.file} if o.file else o.name for o in step.outputs],
+        "artifacts": list(step.artifacts),
+        "matrix": dict(step.matrix),
+        "profile": step.profile,
+        "hypervisor": step.hypervisor,
+        "approve": approval_view(step.approve),
+    }
+    # Keep the rendering short: drop what is unset, but keep what a reviewer always wants to see.
+    always = {"id", "name", "run", "needs"}
+    return {key: value for key, value in view.items() if key in always or value not in (None, [], {}, False, 0)}
+
+
+def approval_view(approval: ApprovalSpec | None) -> dict[str, Any] | None:
+    if approval is None:
+        return None
+    return {
+        "approvers": list(approval.approvers),
+        "count": approval.count,
+        "timeout": approval.timeout,
+        "on_timeout": approval.on_timeout,
+        "reason": approval.reason,
+    }
