@@ -104,6 +104,7 @@ class Step:
     matrix: FrozenMap  # the values of this expansion (empty if the step has no matrix)
     profile: str | None
     hypervisor: str | None
+    image: str | None
     approve: ApprovalSpec | None
     location: Location = field(compare=False, default=Location(None))
 
@@ -118,6 +119,7 @@ class Pipeline:
     name: str
     description: str
     hypervisor: str
+    image: str
     profile: str
     policy: str
     vars: FrozenMap

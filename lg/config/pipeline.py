@@ -91,7 +91,11 @@ class _PipelineBuilder:
         pipeline_env = self._render_map(self.data.get("env", {}), ("env",), base_context)
         base_context["env"] = templates.Scope("env", pipeline_env)
         expansions = self._unique(list(self._expand_all()))
-        needs = {e.step_id: self._resolve_needs(e, expansions) for e in expansions}
+        by_base: dict[str, list[str]] = {}
+        for expansion in expansions:
+            by_base.setdefault(expansion.base_id, []).append(expansion.step_id)
+        all_ids = frozenset(e.step_id for e in expansions)
+        needs = {e.step_id: self._resolve_needs(e, by_base, all_ids) for e in expansions}
         self._check_cycles(expansions, needs)
         upstream = _transitive(needs)
         outputs = {e.step_id: frozenset(_output_names(e.raw.get("outputs"))) for e in expansions}
@@ -104,6 +108,7 @@ class _PipelineBuilder:
             name=self.data["name"],
             description=self.data.get("description", ""),
             hypervisor=self.data.get("hypervisor", self.config.hypervisor),
+            image=self.data.get("image", self.config.image),
             profile=self.data.get("profile", self.config.profile),
             policy=self.data.get("policy", self.config.policy),
             vars=frozen_map(variables),
@@ -161,13 +166,11 @@ class _PipelineBuilder:
 
     # --- dependencies ------------------------------------------------------------------------------------
 
-    def _resolve_needs(self, expansion: _Expansion, expansions: list[_Expansion]) -> tuple[str, ...]:
+    def _resolve_needs(self, expansion: _Expansion, by_base: Mapping[str, list[str]],
+                       all_ids: frozenset[str]) -> tuple[str, ...]:
+        """`needs` names a step id, or a matrix step's base id (meaning every one of its expansions)."""
         raw = expansion.raw.get("needs", [])
         names = [raw] if isinstance(raw, str) else list(raw)
-        by_base: dict[str, list[str]] = {}
-        for other in expansions:
-            by_base.setdefault(other.base_id, []).append(other.step_id)
-        all_ids = {other.step_id for other in expansions}
         resolved: list[str] = []
         for position, name in enumerate(names):
             key_path = (*expansion.key_path, "needs", position) if isinstance(raw, list) \
@@ -223,6 +226,7 @@ class _PipelineBuilder:
             matrix=frozen_map(dict(expansion.matrix)),
             profile=raw.get("profile"),
             hypervisor=raw.get("hypervisor"),
+            image=raw.get("image"),
             approve=_approval(raw.get("approve")),
             location=self.doc.location(key_path),
         )

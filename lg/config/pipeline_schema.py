@@ -123,6 +123,7 @@ def step_schema() -> dict[str, Any]:
             "matrix": _matrix(),
             "profile": _name_ref("VM profile name or path, overriding the pipeline's"),
             "hypervisor": {"enum": list(HYPERVISOR_NAMES)},
+            "image": _name_ref("guest image recipe name, overriding the pipeline's"),
             "approve": _approve(),
         },
     }
@@ -165,6 +166,7 @@ def pipeline_schema() -> dict[str, Any]:
             "name": {"type": "string", "minLength": 1},
             "description": {"type": "string"},
             "hypervisor": {"enum": list(HYPERVISOR_NAMES)},
+            "image": _name_ref("guest image recipe name (images/NAME.yaml); default from lg.yaml"),
             "profile": _name_ref("VM profile name (profiles/vm/NAME.yaml) or path"),
             "policy": _name_ref("risk policy name (profiles/risk/NAME.yaml) or path"),
             "vars": {

@@ -37,10 +37,11 @@ def _file_order(error: InvalidInput) -> tuple[int, int]:
 def _leaf_errors(errors: Iterable[ValidationError]) -> Iterable[ValidationError]:
     """For `oneOf`/`anyOf` failures, report the alternative that got furthest, not a wall of text."""
     for error in errors:
-        if error.validator in ("oneOf", "anyOf") and error.context:
-            yield from _leaf_errors([_best_alternative(error)])
-        else:
+        best = _best_alternative(error) if error.validator in ("oneOf", "anyOf") and error.context else error
+        if best is error:
             yield error
+        else:
+            yield from _leaf_errors([best])
 
 
 def _best_alternative(error: ValidationError) -> ValidationError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 from typing import Any
 
 from lg.errors import InvalidInput
@@ -38,3 +39,19 @@ def schema_text(name: str) -> str:
 
 def schema_filename(name: str) -> str:
     return f"{name}.schema.json"
+
+
+def write_all(directory: Path) -> list[Path]:
+    """Regenerate every committed schema file (what scripts/gen-schemas runs)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in schema_names():
+        path = directory / schema_filename(name)
+        path.write_text(schema_text(name))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in write_all(Path(__file__).resolve().parent.parent.parent / "schemas"):
+        print(f"wrote {written_path}")

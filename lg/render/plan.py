@@ -14,6 +14,7 @@ def pipeline_view(pipeline: Pipeline) -> dict[str, Any]:
         "description": pipeline.description,
         "file": str(pipeline.path),
         "hypervisor": pipeline.hypervisor,
+        "image": pipeline.image,
         "profile": pipeline.profile,
         "policy": pipeline.policy,
         "vars": dict(pipeline.vars),
@@ -42,6 +43,7 @@ def step_view(step: Step) -> dict[str, Any]:
         "matrix": dict(step.matrix),
         "profile": step.profile,
         "hypervisor": step.hypervisor,
+        "image": step.image,
         "approve": approval_view(step.approve),
     }
     # Keep the rendering short: drop what is unset, but keep what a reviewer always wants to see.
