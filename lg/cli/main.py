@@ -23,6 +23,11 @@ COMMANDS: dict[str, str] = {
     "image": "lg.cli.image:image",
     "doctor": "lg.cli.doctor:doctor",
     "policy": "lg.cli.policy:policy",
+    "run": "lg.cli.run:run",
+    "runs": "lg.cli.runs:runs",
+    "status": "lg.cli.runs:status",
+    "logs": "lg.cli.runs:logs",
+    "audit": "lg.cli.audit:audit",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -32,6 +37,11 @@ SHORT_HELP: dict[str, str] = {
     "image": "Build, list and remove guest images.",
     "doctor": "Report what this host can do, with a fix for each problem.",
     "policy": "Test risk policies and explain their decisions.",
+    "run": "Run a pipeline, each step in a fresh microVM.",
+    "runs": "List recent runs.",
+    "status": "Show a run and its steps.",
+    "logs": "Print the output of a run's steps.",
+    "audit": "Verify or export the tamper-evident audit log.",
 }
 
 
@@ -44,8 +54,7 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, _, attribute = target.partition(":")
-        command = getattr(importlib.import_module(module_name), attribute)
-        assert isinstance(command, click.Command)
+        command: click.Command = getattr(importlib.import_module(module_name), attribute)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

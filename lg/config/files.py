@@ -31,6 +31,8 @@ def detect_kind(path: Path, doc: SourceDoc) -> str:
         return "risk-policy"
     if "kernel" in data and "steps" not in data:
         return "image-recipe"
+    if "machine" in data and "steps" not in data:
+        return "vm-profile"
     return "pipeline"
 
 
@@ -80,9 +82,17 @@ def _validate_recipe(path: Path) -> str:
     return f"image recipe {recipe.name!r}"
 
 
+def _validate_vm_profile(path: Path) -> str:
+    from lg.security.profile import load_vm_profile_file  # noqa: PLC0415
+
+    profile = load_vm_profile_file(path)
+    return f"{profile.machine.vcpus} vCPU, {profile.machine.memory_mib} MiB"
+
+
 _VALIDATORS: dict[str, Callable[[Path], str]] = {
     "pipeline": _validate_pipeline,
     "risk-policy": _validate_policy,
     "lg": _validate_project,
     "image-recipe": _validate_recipe,
+    "vm-profile": _validate_vm_profile,
 }

@@ -12,7 +12,7 @@ from lg.vm.registry import HYPERVISOR_NAMES
 
 STEP_ID_PATTERN = "^[a-z0-9_-]+$"
 ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
-SECRET_NAME_PATTERN = "^[A-Z_][A-Z0-9_]*$"
+SECRET_NAME_PATTERN = "^[A-Z_][A-Z0-9_]*$"  # noqa: S105 - a name pattern, not a secret
 DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$"
 
 MAX_RETRIES = 10

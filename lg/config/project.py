@@ -77,6 +77,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "luminaguard"
 
 
+def default_state_dir() -> Path:
+    """Without an lg.yaml there is no project root, so runs must not land wherever lg was started."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "luminaguard"
+
+
 def load_project_config(start: Path | None = None) -> ProjectConfig:
     """The project configuration for `start` (default: the working directory); built-in defaults if none."""
     path = find_project_file(start or Path.cwd())
@@ -103,7 +109,7 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
     pool = data.get("pool", {})
 
     def under_root(value: str | None, default: Path) -> Path:
-        return (root / os.path.expanduser(value)).resolve() if value else default
+        return (root / Path(value).expanduser()).resolve() if value else default
 
     cache_env = os.environ.get("LG_CACHE_DIR")
     state_env = os.environ.get("LG_STATE_DIR")
@@ -115,7 +121,8 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
         image=data.get("image", "default"),
         profile=data.get("profile", "default"),
         policy=data.get("policy", "default"),
-        state_dir=Path(state_env) if state_env else under_root(data.get("state_dir"), root / ".lg"),
+        state_dir=Path(state_env) if state_env else under_root(
+            data.get("state_dir"), root / ".lg" if doc else default_state_dir()),
         cache_dir=Path(cache_env) if cache_env else under_root(data.get("cache_dir"), default_cache_dir()),
         pool=PoolSettings(
             min_idle=pool.get("min_idle", 0),

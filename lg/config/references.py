@@ -6,9 +6,10 @@ and so never runs ("no policy, so everything is green" is exactly what must not 
 
 from __future__ import annotations
 
-from lg.config.project import load_project_config, resolve_named_file
+from lg.config.project import load_project_config
 from lg.errors import InvalidInput, InvalidInputs, Location
 from lg.model import Pipeline
+from lg.security.profile import load_vm_profile
 
 
 def check_pipeline_references(pipeline: Pipeline) -> None:
@@ -31,7 +32,9 @@ def check_pipeline_references(pipeline: Pipeline) -> None:
                                                        f"{step.location.key_path}.profile"))
     for profile, location in profiles.items():
         try:
-            resolve_named_file(profile, config.paths.vm_profiles, base, "VM profile")
+            load_vm_profile(profile, config, base)
+        except InvalidInputs as problems:
+            errors.extend(problems.errors)
         except InvalidInput as problem:
             errors.append(InvalidInput(problem.message, location))
     if errors:

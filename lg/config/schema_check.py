@@ -58,13 +58,14 @@ def _best_alternative(error: ValidationError) -> ValidationError:
 
 def _to_input_error(doc: SourceDoc, error: ValidationError) -> InvalidInput:
     key_path: KeyPath = tuple(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = list(error.schema.get("properties", {}))
+        allowed = list(schema.get("properties", {}))
         extras = [key for key in error.instance if key not in allowed]
         if extras:
             key = extras[0]
             return doc.error((*key_path, key), f"unknown key {key!r}{suggest(key, allowed)}", at_key=True)
-    if error.validator == "enum":
+    if error.validator == "enum" and isinstance(error.validator_value, list):
         choices = ", ".join(repr(choice) for choice in error.validator_value)
         hint = suggest(str(error.instance), [str(c) for c in error.validator_value])
         return doc.error(key_path, f"{error.instance!r} is not one of {choices}{hint}")
@@ -74,7 +75,7 @@ def _to_input_error(doc: SourceDoc, error: ValidationError) -> InvalidInput:
         return doc.error(key_path, f"expected {expected_text}, got {_describe(error.instance)}")
     if error.validator == "required":
         return doc.error(key_path, error.message.replace("is a required property", "is required"))
-    if error.validator == "oneOf" or error.validator == "anyOf":
+    if error.validator in {"oneOf", "anyOf"}:
         return doc.error(key_path, f"{_describe(error.instance)} is not any of the accepted forms")
     return doc.error(key_path, error.message)
 

@@ -17,6 +17,7 @@ SCHEMAS: dict[str, str] = {
     "lg": "lg.config.project:project_schema",
     "risk-policy": "lg.policy.schema:policy_schema",
     "image-recipe": "lg.images.recipe:recipe_schema",
+    "vm-profile": "lg.security.profile:vm_profile_schema",
 }
 
 

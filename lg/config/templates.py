@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lg.config.schema_check import suggest
@@ -96,7 +97,7 @@ def render(text: str, context: Mapping[str, Any]) -> str:
     except jinja2.UndefinedError as error:
         raise TemplateProblem(f"undefined in template: {_explain_undefined(error)}", _template_line(error)) \
             from error
-    except jinja2.sandbox.SecurityError as error:
+    except SecurityError as error:
         raise TemplateProblem(f"not allowed in a template: {error}", _template_line(error)) from error
     except (TypeError, ValueError, ArithmeticError, LookupError) as error:
         raise TemplateProblem(f"template failed: {error}", _template_line(error)) from error
@@ -111,7 +112,7 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
         raise TemplateProblem(f"expression syntax error: {error.message}", None) from error
     except jinja2.UndefinedError as error:
         raise TemplateProblem(f"undefined in expression: {_explain_undefined(error)}", None) from error
-    except (TypeError, ValueError, ArithmeticError, LookupError, jinja2.sandbox.SecurityError) as error:
+    except (TypeError, ValueError, ArithmeticError, LookupError, SecurityError) as error:
         raise TemplateProblem(f"expression failed: {error}", None) from error
 
 
@@ -166,7 +167,7 @@ class StepsProbe:
     def __getitem__(self, step_id: str) -> Any:
         if step_id not in self._known:
             self._on_unknown(step_id)
-        outputs = {name: "" for name in self._known.get(step_id, frozenset())}
+        outputs = dict.fromkeys(self._known.get(step_id, frozenset()), "")
         return Scope(f"steps.{step_id}", {"outputs": _OutputsProbe(step_id, outputs), "status": "success"})
 
 

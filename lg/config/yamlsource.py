@@ -8,7 +8,6 @@ ourselves, refusing duplicates, custom tags and runaway expansion, and recording
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,9 +130,7 @@ class _Builder:
         if node.tag == _TIMESTAMP_TAG:
             return node.value  # dates stay text: no schema here wants a datetime object
         if node.tag in _SCALAR_TAGS:
-            value = self._scalar_constructor.construct_object(node)
-            assert not isinstance(value, datetime.date)
-            return value
+            return self._scalar_constructor.construct_object(node)
         raise self.fail(node, f"tag {node.tag!r} is not allowed (only plain YAML data is)", key_path)
 
     def _mapping(self, node: yaml.MappingNode, key_path: KeyPath) -> dict[str, Any]:

@@ -10,7 +10,6 @@ staging fails the step before anything is touched.
 from __future__ import annotations
 
 import fnmatch
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -141,8 +140,8 @@ def apply_changes(workspace: Path, changes: Sequence[FileChange], staged: Path) 
             _replace_with_symlink(target, change.symlink_target)
         else:
             if change.mode is not None:
-                os.chmod(source, change.mode & 0o7777)
-            os.replace(source, target)
+                source.chmod(change.mode & 0o7777)
+            source.replace(target)
     for change, target in targets:
         if change.kind == "deleted" and (target.exists() or target.is_symlink()):
             if target.is_dir() and not target.is_symlink():
@@ -156,4 +155,4 @@ def _replace_with_symlink(target: Path, link_text: str) -> None:
     if temporary.is_symlink() or temporary.exists():
         temporary.unlink()
     temporary.symlink_to(link_text)
-    os.replace(temporary, target)
+    temporary.replace(target)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lg.errors import EnvironmentUnfit, InvalidInput
+from lg.runs.audit import AuditLog, AuditRecord
 
 SCHEMA_VERSION = 1
 
@@ -116,6 +117,7 @@ class RunStore:
                                    fix="check the state_dir in lg.yaml (or LG_STATE_DIR) is writable") from error
         self._db.row_factory = sqlite3.Row
         self._init_schema()
+        self.audit_log = AuditLog(self._db, state_dir)
 
     def _init_schema(self) -> None:
         try:
@@ -136,6 +138,13 @@ class RunStore:
                 f"the state database {self.path} is unreadable ({error}); it was left as it is",
                 fix="move it aside to keep it for inspection; lg then starts a new one",
             ) from error
+
+    def audit(self, kind: str, run_id: str | None, **data: Any) -> AuditRecord:
+        """Append an audit record in its own transaction."""
+        with self.transaction():
+            record = self.audit_log.append(kind, run_id, data)
+        self.audit_log.write_head(record)
+        return record
 
     def close(self) -> None:
         self._db.close()
@@ -166,6 +175,11 @@ class RunStore:
                 "INSERT INTO steps (run_id, step_id, position, name, status) VALUES (?, ?, ?, ?, 'pending')",
                 [(run_id, step_id, position, name) for position, (step_id, name) in enumerate(steps)],
             )
+            record = self.audit_log.append("run.created", run_id, {
+                "pipeline": pipeline, "file": str(pipeline_path), "workspace": str(workspace),
+                "initiator": initiator, "steps": [step_id for step_id, _ in steps],
+            })
+        self.audit_log.write_head(record)
         return self.run(run_id)
 
     def update_run(self, run_id: str, **fields: Any) -> None:

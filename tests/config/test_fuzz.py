@@ -25,7 +25,7 @@ TEXT = st.sampled_from(["a", "b", "build", "{{ vars.x }}", "{{ steps.a.outputs.v
                         "x y", "", "../up", "{{ matrix.v }}", "echo hi", "vars.x == 'y'"])
 SCALARS = st.one_of(TEXT, st.integers(-3, 5), st.booleans(), st.none(), st.floats(allow_nan=False))
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS + ["v", "x"]), inner, max_size=4),
+    st.lists(inner, max_size=4), st.dictionaries(st.sampled_from([*KEYS, "v", "x"]), inner, max_size=4),
 ), max_leaves=12)
 STEPS = st.lists(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=6), max_size=5)
 PIPELINES = st.fixed_dictionaries(

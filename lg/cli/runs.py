@@ -1,0 +1,101 @@
+"""`lg runs`, `lg status RUN`, `lg logs RUN [STEP]`: read the durable run records."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from lg.cli.output import emit_json, json_option
+from lg.errors import ExitCode, InvalidInput
+from lg.runs.store import RunStore
+
+
+def _store() -> RunStore:
+    from lg.config.project import load_project_config  # noqa: PLC0415
+
+    return RunStore(load_project_config().state_dir)
+
+
+def _age(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    seconds = time.time() - timestamp
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.1f}s" if value is not None else "-"
+
+
+@click.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+def runs(limit: int, as_json: bool) -> int:
+    """List recent runs, newest first."""
+    records = _store().runs(limit)
+    if as_json:
+        emit_json([asdict(record) for record in records])
+        return ExitCode.OK
+    if not records:
+        click.echo("no runs yet")
+    for record in records:
+        click.echo(f"{record.id}  {record.status:<11}  {record.pipeline:<24}  {_age(record.created)}")
+    return ExitCode.OK
+
+
+@click.command()
+@click.argument("run_id")
+@json_option
+def status(run_id: str, as_json: bool) -> int:
+    """Show a run and each of its steps: status, timings, accelerator, image, exit code."""
+    store = _store()
+    record = store.run(run_id)
+    steps = store.steps(record.id)
+    if as_json:
+        emit_json({"run": asdict(record), "steps": [asdict(step) for step in steps]})
+        return ExitCode.OK
+    duration = (record.finished or time.time()) - record.started if record.started else None
+    click.echo(f"run {record.id}  {record.status}  pipeline {record.pipeline}  {_seconds(duration)}")
+    if record.error:
+        click.echo(f"  error: {record.error}")
+    for step in steps:
+        digest = (step.image_digest or "")[:12] or "-"
+        click.echo(
+            f"  {step.step_id:<24} {step.status:<11} exit {step.exit_code if step.exit_code is not None else '-':<4}"
+            f" {_seconds(step.duration):>8}  boot {_seconds(step.boot_seconds):>6}"
+            f"  {step.accelerator or '-':<4} image {digest}  attempts {step.attempts}"
+        )
+        if step.detail:
+            click.echo(f"      {step.detail}")
+    return ExitCode.OK
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("step_id", required=False)
+@json_option
+def logs(run_id: str, step_id: str | None, as_json: bool) -> int:
+    """Print the (secret-masked) output of a run's steps, or of one step."""
+    store = _store()
+    record = store.run(run_id)
+    steps = store.steps(record.id)
+    if step_id is not None:
+        steps = [step for step in steps if step.step_id == step_id]
+        if not steps:
+            raise InvalidInput(f"run {record.id} has no step {step_id!r}")
+    chosen = [(step.step_id, Path(step.log_path)) for step in steps if step.log_path]
+    if as_json:
+        emit_json({sid: path.read_text(errors="replace") if path.is_file() else None for sid, path in chosen})
+        return ExitCode.OK
+    for sid, path in chosen:
+        if len(chosen) > 1:
+            click.echo(f"== {sid}")
+        if path.is_file():
+            click.echo(path.read_text(errors="replace"), nl=False)
+    return ExitCode.OK

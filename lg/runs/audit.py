@@ -1,0 +1,136 @@
+"""The audit log: every run transition, gate, decision and applied or discarded effect, chained by SHA-256.
+
+Each record holds the hash of the one before it, and its own hash covers its sequence number, time, kind,
+run, data and that previous hash. Editing, deleting, inserting or reordering records breaks the chain at the
+first record touched, and `verify` says which. Deleting records from the *end* leaves a valid shorter chain,
+so the newest sequence number and hash are also kept in `audit.head` beside the database (written atomically);
+a log shorter than its head, or whose last hash differs, is reported as truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    run_id TEXT,
+    data TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    ts: float
+    kind: str
+    run_id: str | None
+    data: dict[str, Any]
+    prev: str
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "kind": self.kind, "run_id": self.run_id,
+                "data": self.data, "prev": self.prev, "hash": self.hash}
+
+
+@dataclass(frozen=True)
+class Problem:
+    seq: int | None
+    message: str
+
+
+def record_hash(seq: int, ts: float, kind: str, run_id: str | None, data_text: str, prev: str) -> str:
+    canonical = json.dumps([seq, repr(ts), kind, run_id, data_text, prev], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class AuditLog:
+    """Appends to and verifies the chain. Appends happen inside the caller's SQLite connection."""
+
+    def __init__(self, db: sqlite3.Connection, state_dir: Path) -> None:
+        self._db = db
+        self.head_path = state_dir / "audit.head"
+        db.execute(_SCHEMA)
+
+    def append(self, kind: str, run_id: str | None, data: Mapping[str, Any]) -> AuditRecord:
+        """Append one record. Call inside a transaction (BEGIN IMMEDIATE) so seq is exclusive, and call
+        `write_head` after it commits (before, a rollback would leave a head naming a record that never was)."""
+        last = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        ts = time.time()
+        data_text = json.dumps(dict(data), sort_keys=True, separators=(",", ":"), default=str)
+        digest = record_hash(seq, ts, kind, run_id, data_text, prev)
+        self._db.execute(
+            "INSERT INTO audit (seq, ts, kind, run_id, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, ts, kind, run_id, data_text, prev, digest),
+        )
+        return AuditRecord(seq, ts, kind, run_id, dict(data), prev, digest)
+
+    def records(self) -> Iterator[AuditRecord]:
+        for row in self._db.execute("SELECT seq, ts, kind, run_id, data, prev, hash FROM audit ORDER BY rowid"):
+            yield AuditRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
+
+    def verify(self) -> list[Problem]:
+        """Every break in the chain, in order. An empty list means the log is intact."""
+        problems: list[Problem] = []
+        expected_prev, expected_seq = GENESIS, 1
+        rows = self._db.execute("SELECT seq, ts, kind, run_id, data, prev, hash FROM audit ORDER BY seq").fetchall()
+        for seq, ts, kind, run_id, data_text, prev, digest in rows:
+            if seq != expected_seq:
+                problems.append(Problem(seq, f"record {expected_seq} is missing (found {seq} next): "
+                                             "records were deleted or renumbered"))
+            if prev != expected_prev:
+                problems.append(Problem(seq, f"record {seq} does not follow the record before it: "
+                                             "a record was inserted, deleted or reordered here"))
+            if record_hash(seq, ts, kind, run_id, data_text, prev) != digest:
+                problems.append(Problem(seq, f"record {seq} ({kind}) was edited: its content does not match its hash"))
+            expected_prev, expected_seq = digest, seq + 1
+        problems.extend(self._check_head(len(rows) and rows[-1][0], expected_prev))
+        return problems
+
+    def _check_head(self, last_seq: int, last_hash: str) -> list[Problem]:
+        head = self._read_head()
+        if head is None:
+            return [] if last_seq == 0 else [Problem(None, f"{self.head_path} is missing: cannot rule out "
+                                                            "that the newest records were deleted")]
+        head_seq, head_hash = head
+        if head_seq < 0:
+            return [Problem(None, f"{self.head_path} is unreadable: it was edited or damaged")]
+        if last_seq < head_seq:
+            return [Problem(last_seq + 1, f"records {last_seq + 1} to {head_seq} were deleted from the end")]
+        if last_seq == head_seq and last_hash != head_hash:
+            return [Problem(last_seq, f"the newest record {last_seq} differs from the one recorded in the head")]
+        return []
+
+    def write_head(self, record: AuditRecord) -> None:
+        temporary = self.head_path.with_suffix(".tmp")
+        with temporary.open("w") as handle:
+            handle.write(f"{record.seq} {record.hash}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(self.head_path)
+
+    def _read_head(self) -> tuple[int, str] | None:
+        try:
+            seq_text, digest = self.head_path.read_text().split()
+            return int(seq_text), digest
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return (-1, "unreadable")
