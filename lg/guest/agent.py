@@ -1,0 +1,272 @@
+"""The guest agent: `python3 -m lg.guest.agent` (the image's init runs it, usually as PID 1).
+
+It serves one request at a time over one connection, answers anything malformed with an error frame and
+goes on, reopens its channel whenever the host goes away, and reaps every zombie in the guest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from lg.guest import AGENT_VERSION, execute, files, manifest, system
+from lg.guest.channel import (
+    PORT_NAME,
+    Connection,
+    Disconnected,
+    Endpoint,
+    FdEndpoint,
+    UnixConnectEndpoint,
+    VirtioPortEndpoint,
+    VsockListenEndpoint,
+)
+from lg.guest.protocol import (
+    PROTOCOL_VERSION,
+    BadFrame,
+    Data,
+    ErrorCode,
+    Frame,
+    Message,
+    ProtocolError,
+    encode_message,
+    error,
+    get_bool,
+    get_str,
+    result,
+)
+
+IDLE_POLL_MS = 1000
+
+
+def log(text: str) -> None:
+    print(f"lg-agent: {text}", file=sys.stderr, flush=True)
+
+
+class Session:
+    """One connection to a host; implements `execute.Link` for the request running on it."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.queue: deque[Frame] = deque()
+
+    def fileno(self) -> int:
+        return self.connection.fileno()
+
+    def receive(self) -> list[Frame]:
+        return self.connection.read_frames()
+
+    def backlog(self) -> list[Frame]:
+        frames = list(self.queue)
+        self.queue.clear()
+        return frames
+
+    def next_frame(self, timeout: float, on_idle: Callable[[], None]) -> Frame | None:
+        if not self.queue:
+            select.select([self.fileno()], [], [], timeout)
+            on_idle()
+            self.queue.extend(self.receive())
+        return self.queue.popleft() if self.queue else None
+
+    def send(self, data: bytes) -> None:
+        self.connection.send(data)
+
+    def refuse(self, frame: Frame) -> None:
+        if isinstance(frame, BadFrame):
+            self.send(error(None, frame.code, frame.message))
+            if frame.fatal:
+                raise Disconnected(frame.message)
+        elif isinstance(frame, Message):
+            self.send(error(frame.id, ErrorCode.BUSY, "another request is running on this connection"))
+        # Stray data frames (stdin for a command that already ended) are dropped without a word.
+
+
+Handler = Callable[["Agent", Session, int, dict[str, Any]], dict[str, Any] | None]
+
+
+class Agent:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.reaper = execute.Reaper()
+        self.manifests: dict[str, manifest.Manifest] = {}
+        self.stopping = False
+
+    def serve_forever(self) -> None:
+        for connection in self.endpoint.connections():
+            try:
+                self.serve(Session(connection))
+            except Disconnected:
+                pass
+            except Exception as problem:  # never die: log it, drop this connection, wait for the next
+                log(f"connection failed: {problem!r}")
+            finally:
+                connection.close()
+            if self.stopping:
+                return
+
+    def serve(self, session: Session) -> None:
+        while not self.stopping:
+            frame = session.next_frame(IDLE_POLL_MS / 1000, on_idle=self.reaper.collect)
+            if frame is not None:
+                self.dispatch(session, frame)
+
+    def dispatch(self, session: Session, frame: Frame) -> None:
+        if isinstance(frame, Data):
+            return  # stdin or tar data of a request that already ended
+        if isinstance(frame, BadFrame):
+            session.refuse(frame)
+            return
+        request_id = frame.id
+        try:
+            if request_id is None:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "a request needs an integer 'id'")
+            op = get_str(frame.body, "op")
+            handler = HANDLERS.get(op)
+            if handler is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}")
+            answer = handler(self, session, request_id, frame.body)
+        except ProtocolError as problem:
+            session.send(error(request_id, problem.code, problem.message))
+            return
+        except OSError as problem:
+            session.send(error(request_id, ErrorCode.FAILED, str(problem)))
+            return
+        except (Disconnected, SystemExit):
+            raise
+        except Exception as problem:
+            session.send(error(request_id, ErrorCode.FAILED, f"agent error: {problem!r}"))
+            return
+        if answer is not None:
+            session.send(result(request_id, **answer))
+
+
+# --- handlers -----------------------------------------------------------------------------------------
+
+
+def op_hello(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "agent": AGENT_VERSION,
+        "protocol": PROTOCOL_VERSION,
+        "kernel": os.uname().release,
+        "uptime": system.uptime(),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "python": sys.version.split()[0],
+    }
+
+
+def op_exec(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> None:
+    execute.run(session, request_id, execute.parse_command(body), agent.reaper)
+
+
+def op_put(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    stats = files.receive_tree(session, request_id, body)
+    answer: dict[str, Any] = {"files": stats.files, "bytes": stats.bytes}
+    if get_bool(body, "manifest", True):
+        dest = files.check_guest_dir(get_str(body, "dest"))
+        agent.manifests[dest] = manifest.take(dest)
+        answer["manifest"] = manifest.summary(agent.manifests[dest])
+    return answer
+
+
+def op_get(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    stats = files.send_paths(session, request_id, body)
+    return {"files": stats.files, "bytes": stats.bytes}
+
+
+def op_snapshot(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    root = files.check_guest_dir(get_str(body, "root"))
+    agent.manifests[root] = manifest.take(root)
+    return manifest.summary(agent.manifests[root])
+
+
+def op_changes(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    root = files.check_guest_dir(get_str(body, "root"))
+    before = agent.manifests.get(root)
+    if before is None:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no manifest of {root}: put a workspace there first")
+    after = manifest.take(root, previous=None if get_bool(body, "full", False) else before)
+    return {"changes": manifest.diff(before, after)}
+
+
+def op_set_clock(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    return system.set_clock(body)
+
+
+def op_reseed(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    return system.reseed(body)
+
+
+def op_signal(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    raise ProtocolError(ErrorCode.NOT_FOUND, "no command is running")
+
+
+def op_shutdown(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> None:
+    session.send(result(request_id))
+    agent.stopping = True
+    if get_str(body, "action", "poweroff") == "poweroff" and os.getpid() == 1:
+        system.power_off()
+
+
+HANDLERS: dict[str, Handler] = {
+    "hello": op_hello,
+    "exec": op_exec,
+    "put": op_put,
+    "get": op_get,
+    "snapshot": op_snapshot,
+    "changes": op_changes,
+    "set_clock": op_set_clock,
+    "reseed": op_reseed,
+    "signal": op_signal,
+    "shutdown": op_shutdown,
+}
+
+
+# --- entry point --------------------------------------------------------------------------------------
+
+
+def ready_banner() -> bytes:
+    return encode_message({"id": None, "type": "ready", "agent": AGENT_VERSION, "protocol": PROTOCOL_VERSION})
+
+
+def endpoint_from(options: argparse.Namespace) -> Endpoint:
+    banner = ready_banner()
+    if options.fd is not None:
+        return FdEndpoint(options.fd, banner)
+    if options.unix:
+        return UnixConnectEndpoint(options.unix, banner)
+    if options.vsock is not None:
+        return VsockListenEndpoint(options.vsock, banner)
+    return VirtioPortEndpoint(banner, name=options.port, device=options.device)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lg-agent", description="LuminaGuard guest agent")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--port", default=PORT_NAME, help="virtio-serial port name (default %(default)s)")
+    where.add_argument("--device", help="a character device to use instead of looking the port up")
+    where.add_argument("--unix", help="connect to this unix socket (host-side tests)")
+    where.add_argument("--fd", type=int, help="serve one already connected file descriptor, then exit")
+    where.add_argument("--vsock", type=int, help="listen on this AF_VSOCK port (Firecracker, Cloud Hypervisor)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    system.apply_boot_settings()
+    endpoint = endpoint_from(options)
+    log(f"agent {AGENT_VERSION} (protocol {PROTOCOL_VERSION}) serving on {endpoint.describe()}")
+    started = time.monotonic()
+    Agent(endpoint).serve_forever()
+    log(f"stopped after {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""put and get: tar streams carried in data frames, extracted safely on arrival, produced on demand."""
+
+from __future__ import annotations
+
+import os
+import select
+import tarfile
+from typing import Any
+
+from lg.guest.channel import Disconnected
+from lg.guest.execute import Link
+from lg.guest.protocol import (
+    DATA_CHUNK,
+    BadFrame,
+    Data,
+    ErrorCode,
+    ProtocolError,
+    Stream,
+    encode_data,
+    get_opt_int,
+    get_str,
+    get_str_list,
+)
+from lg.guest.tarsafe import Extractor, TreeStats, add_paths
+
+
+def check_guest_dir(path: str) -> str:
+    if not path.startswith("/") or "\0" in path or ".." in path.split("/"):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{path!r} must be an absolute path without '..'")
+    return os.path.normpath(path)
+
+
+class IncomingStream:
+    """A read-only file object over the data frames of one request's tar stream."""
+
+    def __init__(self, link: Link, request_id: int) -> None:
+        self.link = link
+        self.request_id = request_id
+        self.buffer = bytearray()
+        self.ended = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.ended and (size < 0 or len(self.buffer) < size):
+            self._fill()
+        count = len(self.buffer) if size < 0 else min(size, len(self.buffer))
+        chunk = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        return chunk
+
+    def drain(self) -> None:
+        """Consume the rest of the stream, so the connection stays in step after an error."""
+        while not self.ended:
+            self.buffer.clear()
+            self._fill()
+        self.buffer.clear()
+
+    def _fill(self) -> None:
+        frames = self.link.backlog()
+        if not frames:
+            select.select([self.link.fileno()], [], [], 1.0)
+            frames = self.link.receive()
+        for frame in frames:
+            if isinstance(frame, Data) and frame.request_id == self.request_id and frame.stream == Stream.TAR:
+                if frame.end:
+                    self.ended = True
+                self.buffer += frame.payload
+            elif isinstance(frame, BadFrame) and frame.fatal:
+                raise Disconnected(frame.message)
+            else:
+                self.link.refuse(frame)
+
+
+class OutgoingStream:
+    """A write-only file object that sends what is written as data frames of one request."""
+
+    def __init__(self, link: Link, request_id: int) -> None:
+        self.link = link
+        self.request_id = request_id
+
+    def write(self, data: bytes) -> int:
+        for start in range(0, len(data), DATA_CHUNK):
+            self.link.send(encode_data(self.request_id, Stream.TAR, data[start : start + DATA_CHUNK]))
+        return len(data)
+
+    def end(self) -> None:
+        self.link.send(encode_data(self.request_id, Stream.TAR, b""))
+
+
+def receive_tree(link: Link, request_id: int, body: dict[str, Any]) -> TreeStats:
+    """Extract the tar stream that follows a put request into its `dest`."""
+    incoming = IncomingStream(link, request_id)
+    try:
+        dest = check_guest_dir(get_str(body, "dest"))
+        uid, gid = get_opt_int(body, "uid"), get_opt_int(body, "gid")
+        owner = (uid, gid if gid is not None else uid) if uid is not None else None
+        extractor = Extractor(dest, owner=owner)
+        with tarfile.open(fileobj=incoming, mode="r|", bufsize=DATA_CHUNK) as archive:  # type: ignore[call-overload]
+            return extractor.extract_all(archive)
+    except tarfile.TarError as problem:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"not a valid tar stream: {problem}") from problem
+    finally:
+        incoming.drain()
+
+
+def send_paths(link: Link, request_id: int, body: dict[str, Any]) -> TreeStats:
+    """Stream the requested paths under `root` as a tar stream, then its end marker."""
+    root = check_guest_dir(get_str(body, "root"))
+    paths = get_str_list(body, "paths")
+    outgoing = OutgoingStream(link, request_id)
+    try:
+        with tarfile.open(  # type: ignore[call-overload]
+            fileobj=outgoing, mode="w|", bufsize=DATA_CHUNK, format=tarfile.PAX_FORMAT
+        ) as archive:
+            return add_paths(archive, root, paths)
+    finally:
+        outgoing.end()

@@ -1,0 +1,91 @@
+"""Guest-wide settings: clock, entropy, hostname, power off (Linux only, root in the guest)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+from lg.guest.protocol import ErrorCode, ProtocolError, get_int, get_str
+
+RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
+RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
+MAX_ENTROPY_BYTES = 4096
+
+
+def uptime() -> float:
+    try:
+        with open("/proc/uptime") as handle:
+            return float(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+def set_clock(body: dict[str, Any]) -> dict[str, Any]:
+    """Set the wall clock to the host's (a restored snapshot wakes up with the time it was saved at)."""
+    wanted = get_int(body, "epoch_ns")
+    skew = time.time_ns() - wanted
+    time.clock_settime_ns(time.CLOCK_REALTIME, wanted)
+    return {"skew_ns": skew}
+
+
+def reseed(body: dict[str, Any]) -> dict[str, Any]:
+    """Mix host entropy into the kernel pool and force a reseed (clones of one snapshot share RNG state)."""
+    try:
+        entropy = bytes.fromhex(get_str(body, "entropy"))
+    except ValueError as problem:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "entropy must be hex") from problem
+    if not 16 <= len(entropy) <= MAX_ENTROPY_BYTES:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"entropy must be 16 to {MAX_ENTROPY_BYTES} bytes")
+    credited = False
+    fd = os.open("/dev/urandom", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        info = struct.pack("ii", len(entropy) * 8, len(entropy)) + entropy
+        try:
+            fcntl.ioctl(fd, RNDADDENTROPY, info)
+            credited = True
+        except OSError:  # not root: a plain write still mixes it in, without credit
+            os.write(fd, entropy)
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, RNDRESEEDCRNG)
+    finally:
+        os.close(fd)
+    return {"credited": credited}
+
+
+def boot_parameters(cmdline: str) -> dict[str, str]:
+    """`lg.NAME=VALUE` words of the kernel command line."""
+    found = {}
+    for word in cmdline.split():
+        key, sep, value = word.partition("=")
+        if sep and key.startswith("lg."):
+            found[key[3:]] = value
+    return found
+
+
+def apply_boot_settings() -> None:
+    try:
+        with open("/proc/cmdline") as handle:
+            parameters = boot_parameters(handle.read())
+    except OSError:
+        return
+    hostname = parameters.get("hostname")
+    if hostname:
+        with contextlib.suppress(OSError):
+            socket.sethostname(hostname)
+
+
+def power_off() -> None:
+    """Power the guest off at once (the VM is throwaway): sync, then the sysrq 'o' trigger."""
+    os.sync()
+    try:
+        with open("/proc/sysrq-trigger", "w") as trigger:
+            trigger.write("o")
+        time.sleep(5)
+    except OSError:
+        pass
+    raise SystemExit(0)

@@ -1,0 +1,254 @@
+"""The backend-neutral VM interface: what the runner and the pool use, whatever the hypervisor.
+
+Shaped after pyinfra's connectors and tox's execute API: a `Hypervisor` probes the host and boots a
+`VmSpec` into a `Vm`; a `Vm` is a context manager that always destroys itself, and runs `ExecRequest`s into
+`ExecResult`s. Backends (QEMU today; Firecracker, Cloud Hypervisor, Apple Virtualization later) differ in how
+they boot and reach the guest, not in this interface: most inherit `lg.vm.base.AgentVm`, which speaks the
+guest agent's protocol over whatever stream the backend connects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Protocol, Self
+
+from lg.errors import EnvironmentUnfit, ExitCode, LgError
+from lg.model import FileChange, ProjectConfig
+from lg.vm.registry import load_backend_class
+
+Accelerator = Literal["kvm", "tcg"]
+ACCELERATOR_CHOICES = ("auto", "kvm", "tcg")
+
+OutputCallback = Callable[[str, bytes], None]
+"""Receives ("stdout" | "stderr", chunk) as the guest produces output."""
+
+
+class GuestImage(Protocol):
+    """What booting needs from a built image (`lg.images.store.BuiltImage` satisfies it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def kernel(self) -> Path: ...
+
+    @property
+    def initrd(self) -> Path: ...
+
+    @property
+    def rootfs(self) -> Path | None: ...
+
+    @property
+    def kernel_args(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    image: GuestImage
+    vcpus: int = 1
+    memory_mib: int = 256
+    accelerator: str = "auto"  # auto | kvm | tcg
+    run_dir: Path | None = None  # parent of the VM's private run directory; default <state_dir>/vms
+    hostname: str = "lg-guest"
+    boot_timeout: float = 120.0  # seconds from VMM start to the agent's first answer
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """One command for the guest: an argv, or a script for /bin/sh -c."""
+
+    argv: tuple[str, ...] | None = None
+    script: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    timeout: float | None = None
+    stdin: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.argv is None) == (self.script is None):
+            raise ValueError("ExecRequest needs exactly one of argv and script")
+        if self.argv is not None and not self.argv:
+            raise ValueError("ExecRequest.argv must not be empty")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("ExecRequest.timeout must be positive")
+
+    def __repr__(self) -> str:
+        # Values of the environment may be secrets: show the names only.
+        what = f"argv={self.argv!r}" if self.argv is not None else f"script=<{len(self.script or '')} chars>"
+        stdin = f", stdin=<{len(self.stdin)} bytes>" if self.stdin is not None else ""
+        return (f"ExecRequest({what}, env_keys={sorted(self.env)!r}, cwd={self.cwd!r}, "
+                f"uid={self.uid!r}, timeout={self.timeout!r}{stdin})")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int | None  # None when killed by a signal
+    signal: int | None
+    timed_out: bool
+    duration: float  # seconds, measured by the agent
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    bytes: int  # regular file content
+    files: int  # files and links (not directories)
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    agent: str
+    protocol: int
+    kernel: str
+    uptime: float  # guest seconds since boot when it first answered
+    hostname: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    message: str
+    fix: str | None = None
+
+
+@dataclass(frozen=True)
+class KvmStatus:
+    present: bool  # /dev/kvm exists and opens
+    usable: bool | None  # a guest actually booted under it; None: not tested yet
+    reason: str  # why not, or how we know
+
+
+@dataclass(frozen=True)
+class HostProbe:
+    backend: str
+    binary: Path | None
+    version: str | None
+    kvm: KvmStatus
+    auto_accelerator: Accelerator | None  # what accelerator=auto picks; None: cannot run VMs at all
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def can_run(self) -> bool:
+        return self.auto_accelerator is not None
+
+
+class Vm(Protocol):
+    """A running guest whose agent answered. Always use it as a context manager (or call destroy())."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def accelerator(self) -> Accelerator: ...
+
+    @property
+    def boot_seconds(self) -> float: ...
+
+    @property
+    def agent_info(self) -> AgentInfo: ...
+
+    def exec(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecResult: ...
+
+    def put_tree(
+        self, host_dir: Path, guest_dir: str, exclude: Callable[[str], bool] | None = None
+    ) -> TransferStats:
+        """Copy `host_dir`'s content into `guest_dir` and remember it as the baseline for `changes`."""
+        ...
+
+    def get_paths(self, guest_dir: str, relative_paths: list[str], dest_dir: Path) -> TransferStats:
+        """Copy paths under `guest_dir` into `dest_dir` (refusing anything that would escape it)."""
+        ...
+
+    def changes(self, guest_dir: str) -> list[FileChange]:
+        """What changed in `guest_dir` since it was put."""
+        ...
+
+    def resync(self) -> None:
+        """Set the guest clock to the host's and reseed its RNG (after a snapshot restore)."""
+        ...
+
+    def console_tail(self, lines: int = 30) -> str: ...
+
+    def save_snapshot(self, path: Path) -> None:
+        """Save the VM's full state under `path` (a directory). The VM stays paused afterwards."""
+        ...
+
+    def destroy(self) -> None:
+        """Stop the VM and remove everything it left on the host. Idempotent."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None: ...
+
+
+class Hypervisor(Protocol):
+    name: str
+
+    def probe(self, image: GuestImage | None = None) -> HostProbe:
+        """What this host can do. With an image, an untested KVM is tested by booting it (and cached)."""
+        ...
+
+    def boot(self, spec: VmSpec) -> Vm:
+        """A booted VM whose agent answered, or an error carrying the guest's last console lines."""
+        ...
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+
+class VmError(LgError):
+    """A VM that failed: what happened, and the guest's last console lines when they help."""
+
+    def __init__(self, message: str, console: str = "") -> None:
+        super().__init__(message)
+        self.console = console
+
+    def __str__(self) -> str:
+        if not self.console.strip():
+            return self.message
+        tail = "\n".join(f"  | {line}" for line in self.console.rstrip().splitlines())
+        return f"{self.message}\n  last console lines:\n{tail}"
+
+
+class BootFailed(VmError):
+    """The guest did not come up (VMM refused to start, kernel panicked, agent never answered)."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+
+class GuestCrashed(VmError):
+    """The VM died while in use (a guest kernel panic, the VMM killed)."""
+
+
+class AgentFailure(VmError):
+    """The agent answered a request with an error."""
+
+    def __init__(self, message: str, code: str, console: str = "") -> None:
+        super().__init__(message, console)
+        self.code = code
+
+
+class AgentUnresponsive(VmError):
+    """The agent went silent or spoke something that is not the protocol."""
+
+
+def hypervisor_for(config: ProjectConfig, name: str | None = None) -> Hypervisor:
+    """The configured backend (or `name`), constructed for this project."""
+    backend = load_backend_class(name or config.hypervisor)(config)
+    if not hasattr(backend, "boot"):
+        raise EnvironmentUnfit(f"hypervisor backend {name or config.hypervisor!r} is not usable")
+    return backend  # type: ignore[no-any-return]
