@@ -62,10 +62,15 @@ class _Timeout(Exception):
 class AgentClient:
     """Requests to one guest agent over one connection. Not thread-safe: one request at a time."""
 
-    def __init__(self, sock: socket.socket, alive: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, sock: socket.socket, alive: Callable[[], None] = lambda: None,
+        lost: Callable[[], None] | None = None,
+    ) -> None:
         self.sock = sock
         self.sock.setblocking(False)
         self.alive = alive  # raises the backend's error when the VM has died
+        # Called when the channel breaks: the VMM may close it a moment before it exits (guest panic).
+        self.lost = lost or alive
         self.decoder = FrameDecoder(max_frame=MAX_FRAME, max_discard=0)
         self.inbox: deque[Frame] = deque()
         self._ids = itertools.count(1)
@@ -81,10 +86,10 @@ class AgentClient:
         except BlockingIOError:
             return
         except OSError as problem:
-            self.alive()
+            self.lost()
             raise AgentUnresponsive(f"the agent channel failed: {problem}") from problem
         if not data:
-            self.alive()
+            self.lost()
             raise AgentUnresponsive("the guest agent closed its channel")
         for frame in self.decoder.feed(data):
             if isinstance(frame, BadFrame):
@@ -122,7 +127,7 @@ class AgentClient:
             except BlockingIOError:
                 self._wait(deadline, writable=True)
             except OSError as problem:
-                self.alive()
+                self.lost()
                 raise AgentUnresponsive(f"cannot write to the guest agent: {problem}") from problem
 
     def new_id(self) -> int:

@@ -52,6 +52,7 @@ QMP_SOCKET = "qmp.sock"
 CONSOLE_LOG = "console.log"
 QEMU_LOG = "qemu.log"
 OVERLAY = "overlay.qcow2"
+CHANNEL_LOST_GRACE = 3.0  # seconds qemu gets to exit after the agent channel closed
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -335,7 +336,7 @@ class QemuVm(AgentVm):
         deadline = self.started + timeout
         try:
             sock = self._connect(deadline)
-            client = AgentClient(sock, alive=self.check_alive)
+            client = AgentClient(sock, alive=self.check_alive, lost=self.channel_lost)
             info = client.hello(max(0.1, deadline - time.monotonic()))
         except GuestCrashed as crash:
             raise BootFailed(f"the guest did not boot under {self.accelerator}: {crash.message}",
@@ -364,6 +365,13 @@ class QemuVm(AgentVm):
         stderr = self._qemu_log_tail()
         message = f"VM {self.id}: qemu {detail}" + (f": {stderr}" if stderr else "")
         raise GuestCrashed(message, self.console_tail())
+
+    def channel_lost(self) -> None:
+        """The agent channel closed: if qemu is on its way out (a panic), report that instead."""
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=CHANNEL_LOST_GRACE)
+        self.check_alive()
 
     def _qemu_log_tail(self) -> str:
         try:
