@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import hashlib
 import os
@@ -16,11 +15,11 @@ KVM_DEVICE = Path("/dev/kvm")
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 PR_SET_PDEATHSIG = 1
+TSC_SYSFS = Path("/sys/devices/system/cpu/cpu0/tsc_freq_khz")  # only on some kernels
 
 
-def tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
+def tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo"), exact: Path = TSC_SYSFS) -> int | None:
     """The host TSC rate in kHz (guests under microvm cannot calibrate it: no HPET, no PM timer)."""
-    exact = Path("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
     try:
         return int(exact.read_text().strip())
     except (OSError, ValueError):
@@ -123,6 +122,3 @@ def die_with_parent(parent_pid: int) -> Callable[[], None]:
 
     return preexec
 
-
-def errno_name(code: int) -> str:
-    return errno.errorcode.get(code, str(code))
