@@ -42,6 +42,29 @@ def find_image(name: str) -> GuestImage:
     return ImageFiles.of(require_image(load_project_config(REPO), name))
 
 
+def snapshot_numbers(hypervisor: QemuHypervisor, vm: QemuVm, spec: VmSpec, count: int) -> dict[str, object]:
+    """Save the booted VM, then restore clones from it (what a warm pool would do)."""
+    with tempfile.TemporaryDirectory(prefix="lg-bench-snap-") as scratch:
+        snapshot = Path(scratch, "snapshot")
+        started = time.monotonic()
+        vm.save_snapshot(snapshot)
+        saved = time.monotonic() - started
+        size = sum(path.stat().st_size for path in snapshot.iterdir())
+        restores, rss = [], 0.0
+        for _ in range(count):
+            started = time.monotonic()
+            with hypervisor.restore(snapshot, spec) as clone:
+                restores.append(time.monotonic() - started)
+                rss = idle_rss_mb(clone, settle=0.5)
+    return {
+        "snapshot_save_s": round(saved, 2),
+        "snapshot_size_mb": round(size / (1 << 20), 1),
+        "restore_to_agent_ready_median_s": round(statistics.median(restores), 2),
+        "restore_samples_s": [round(sample, 2) for sample in restores],
+        "restored_vm_rss_mb": rss,
+    }
+
+
 def median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 2)
 
@@ -102,7 +125,7 @@ def main() -> None:
         spec = VmSpec(image=find_image(options.image), accelerator=options.accelerator, run_dir=Path(run_dir))
         boots, accelerator = cold_boots(hypervisor, spec, options.boots)
         with hypervisor.boot(spec) as vm:
-            results = {
+            results: dict[str, object] = {
                 "accelerator": accelerator,
                 "image": spec.image.name,
                 "cold_boot_to_agent_ready_median_s": round(statistics.median(boots), 2),
@@ -111,6 +134,7 @@ def main() -> None:
                 "idle_vm_rss_mb": idle_rss_mb(vm, settle=2.0),
                 **exec_round_trips(vm, options.execs),
                 **copy_throughput(vm, options.copy_mb),
+                **snapshot_numbers(hypervisor, vm, spec, options.boots),
                 "vcpus": spec.vcpus,
                 "memory_mib": spec.memory_mib,
                 "host_cpus": os.cpu_count(),

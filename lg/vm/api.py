@@ -206,6 +206,11 @@ class Hypervisor(Protocol):
         """A booted VM whose agent answered, or an error carrying the guest's last console lines."""
         ...
 
+    def restore(self, snapshot: Path, spec: VmSpec) -> Vm:
+        """A new VM resumed from a snapshot saved by `Vm.save_snapshot` (NotImplementedError if the backend
+        cannot), with its clock and RNG already resynced with the host."""
+        ...
+
 
 # --- errors -------------------------------------------------------------------------------------------
 

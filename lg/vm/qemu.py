@@ -281,6 +281,13 @@ class QemuHypervisor:
             return [_Attempt("kvm", spec.boot_timeout, records_verdict=True, last=False), tcg]
         return [tcg]
 
+    def restore(self, snapshot: Path, spec: VmSpec) -> QemuVm:
+        """A new VM resumed from `snapshot` (see save_snapshot), its clock and RNG resynced with the host."""
+        from lg.vm import qemu_snapshot  # noqa: PLC0415
+
+        reap_leftovers(self._run_parent(spec))
+        return qemu_snapshot.restore(snapshot, spec, self._run_parent(spec))
+
     def _run_parent(self, spec: VmSpec) -> Path:
         return spec.run_dir if spec.run_dir is not None else self.state_dir / "vms"
 
@@ -291,6 +298,7 @@ class QemuHypervisor:
         vm_id = f"vm-{secrets.token_hex(5)}"
         run_dir = create_run_dir(self._run_parent(spec), vm_id)
         vm = QemuVm(vm_id, attempt.accelerator, run_dir)
+        vm.image_digest = spec.image.digest
         try:
             overlay = create_overlay(run_dir, spec.image.rootfs) if spec.image.rootfs is not None else False
             cmdline = kernel_cmdline(spec.image, spec.hostname, host.tsc_khz())
@@ -311,13 +319,16 @@ class QemuVm(AgentVm):
         self.run_dir = run_dir
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
+        self.argv: list[str] = []
+        self.image_digest = ""
         self._last_console = ""
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    def start(self, argv: list[str]) -> None:
+    def start(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> None:
+        self.argv = argv
         self.started = time.monotonic()
         with (self.run_dir / QEMU_LOG).open("wb") as log:
             self.process = subprocess.Popen(
@@ -329,6 +340,7 @@ class QemuVm(AgentVm):
                 start_new_session=True,  # Ctrl-C in the terminal is lg's to handle, not qemu's
                 preexec_fn=host.die_with_parent(os.getpid()),  # noqa: PLW1509 - only prctl, no locks
                 close_fds=True,
+                pass_fds=pass_fds,
             )
         write_owner(self.run_dir, self.process.pid, "qemu")
 
@@ -399,9 +411,18 @@ class QemuVm(AgentVm):
             self._kill_and_wait()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
+    def qmp(self, timeout: float = 5.0) -> QmpClient:
+        """A fresh QMP session (close it when done); QmpError if qemu does not answer."""
+        return QmpClient.connect(self.run_dir / QMP_SOCKET, timeout=timeout)
+
+    def save_snapshot(self, path: Path) -> None:
+        from lg.vm import qemu_snapshot  # noqa: PLC0415 - snapshots are the pool's business, loaded on use
+
+        qemu_snapshot.save(self, path)
+
     def _quit_via_qmp(self) -> None:
         try:
-            qmp = QmpClient.connect(self.run_dir / QMP_SOCKET, timeout=1.0)
+            qmp = self.qmp(timeout=1.0)
         except (QmpError, OSError):
             return
         try:

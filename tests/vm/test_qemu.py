@@ -114,3 +114,22 @@ def test_ctrl_c_of_lg_leaves_nothing(image: ImageFiles, tmp_path: Path, mode: st
     assert "KeyboardInterrupt" in stderr
     assert _gone(int(booted["pid"]), within=5)
     assert not Path(booted["run_dir"]).exists()
+
+
+def test_snapshot_restores_independent_clones(hypervisor: QemuHypervisor, spec: VmSpec, tmp_path: Path) -> None:
+    snapshot = tmp_path / "snapshot"
+    with hypervisor.boot(spec) as vm:
+        assert conformance.run(vm, "echo before > /tmp/marker")[0] == 0
+        vm.save_snapshot(snapshot)
+        cold = vm.boot_seconds
+    assert {p.name for p in snapshot.iterdir()} >= {"memory.state", "snapshot.json"}
+    with hypervisor.restore(snapshot, spec) as first, hypervisor.restore(snapshot, spec) as second:
+        assert first.boot_seconds < cold and first.accelerator == vm.accelerator
+        assert conformance.run(first, "cat /tmp/marker")[1] == b"before\n"
+        conformance.run(first, "echo first > /tmp/marker")
+        assert conformance.run(second, "cat /tmp/marker")[1] == b"before\n"
+        uuids = [conformance.run(clone, "cat /proc/sys/kernel/random/uuid")[1] for clone in (first, second)]
+        assert uuids[0] != uuids[1]
+        guest_time = int(conformance.run(second, "date +%s")[1])
+        assert abs(guest_time - time.time()) < 10
+    assert list(spec.run_dir.iterdir()) == []  # type: ignore[union-attr]

@@ -1,0 +1,145 @@
+"""QEMU snapshots: save a running VM's full state to a directory, and resume clones from it.
+
+A snapshot directory holds `memory.state` (the migration stream), `disk.qcow2` (the VM's disk overlay, when
+it has a root disk) and `snapshot.json` (the qemu command line to restore with, the image digest, the
+accelerator). Saving migrates to a file descriptor handed over QMP (`getfd`), because `-sandbox spawn=deny`
+forbids the `exec:` migration URI. Restoring starts the same command line with `-incoming fd:N`, resumes
+it, and resyncs the guest's clock and RNG: every clone of a snapshot wakes up with the same time and the
+same random state otherwise. Each clone gets its own run directory, sockets and disk overlay (backed by the
+snapshot's disk, which therefore must not change).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from lg.vm.api import BootFailed, VmError, VmSpec
+from lg.vm.qemu import OVERLAY, QemuVm
+from lg.vm.qmp import QmpClient, QmpError
+from lg.vm.rundir import create_run_dir
+
+META = "snapshot.json"
+MEMORY = "memory.state"
+DISK = "disk.qcow2"
+MIGRATION_BANDWIDTH = 1 << 40  # bytes/s: no throttle (the default is 32 MiB/s)
+SAVE_TIMEOUT = 300.0
+RESUME_TIMEOUT = 60.0
+
+
+def save(vm: QemuVm, path: Path) -> None:
+    path.mkdir(parents=True)
+    try:
+        qmp = vm.qmp()
+    except QmpError as error:
+        raise VmError(f"VM {vm.id}: cannot save a snapshot: {error}") from error
+    try:
+        qmp.execute("stop")
+        qmp.execute("migrate-set-parameters", {"max-bandwidth": MIGRATION_BANDWIDTH})
+        with (path / MEMORY).open("wb") as memory:
+            qmp.execute("getfd", {"fdname": "lg-snapshot"}, fds=[memory.fileno()])
+        qmp.execute("migrate", {"uri": "fd:lg-snapshot"})
+        _wait_for_migration(qmp, SAVE_TIMEOUT)
+    except QmpError as error:
+        shutil.rmtree(path, ignore_errors=True)
+        raise VmError(f"VM {vm.id}: saving the snapshot failed: {error}") from error
+    finally:
+        qmp.close()
+    has_disk = (vm.run_dir / OVERLAY).exists()
+    if has_disk:
+        shutil.copyfile(vm.run_dir / OVERLAY, path / DISK)
+    meta = {
+        "backend": "qemu", "argv": vm.argv, "accelerator": vm.accelerator, "image_digest": vm.image_digest,
+        "disk": has_disk, "saved_at": time.time(),
+    }
+    (path / META).write_text(json.dumps(meta, indent=2))
+
+
+def _wait_for_migration(qmp: QmpClient, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = qmp.execute("query-migrate").get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise QmpError(f"migration {status}")
+        time.sleep(0.02)
+    raise QmpError(f"migration did not complete within {timeout:.0f}s")
+
+
+def load_meta(snapshot: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((snapshot / META).read_text())
+    except (OSError, ValueError) as error:
+        raise BootFailed(f"{snapshot} is not a snapshot: {error}") from error
+    if not isinstance(meta, dict) or meta.get("backend") != "qemu" or not isinstance(meta.get("argv"), list):
+        raise BootFailed(f"{snapshot} is not a QEMU snapshot")
+    return meta
+
+
+def restore(snapshot: Path, spec: VmSpec, run_parent: Path) -> QemuVm:
+    meta = load_meta(snapshot)
+    if meta.get("image_digest") != spec.image.digest:
+        raise BootFailed(f"snapshot {snapshot} was taken from image {meta.get('image_digest')}, "
+                         f"not {spec.image.digest}")
+    accelerator = meta.get("accelerator")
+    if accelerator not in ("kvm", "tcg"):
+        raise BootFailed(f"snapshot {snapshot} names no accelerator")
+    vm_id = f"vm-{secrets.token_hex(5)}"
+    vm = QemuVm(vm_id, accelerator, create_run_dir(run_parent, vm_id))
+    vm.image_digest = spec.image.digest
+    try:
+        if meta.get("disk"):
+            _overlay_on(snapshot / DISK, vm.run_dir / OVERLAY)
+        memory = os.open(snapshot / MEMORY, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            vm.start([*meta["argv"], "-incoming", f"fd:{memory}"], pass_fds=(memory,))
+        finally:
+            os.close(memory)
+        _resume(vm, RESUME_TIMEOUT)
+        vm.wait_ready(spec.boot_timeout)
+        vm.resync()
+    except BaseException:
+        vm.destroy()
+        raise
+    return vm
+
+
+def _overlay_on(backing: Path, overlay: Path) -> None:
+    done = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing.resolve()), str(overlay)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    if done.returncode != 0:
+        raise BootFailed(f"cannot create a disk overlay over {backing}: {done.stderr.strip()}")
+
+
+def _resume(vm: QemuVm, timeout: float) -> None:
+    """Wait for the incoming migration to finish (state `paused`), then continue the guest."""
+    deadline = time.monotonic() + timeout
+    qmp = None
+    while qmp is None:
+        vm.check_alive()
+        try:
+            qmp = vm.qmp(timeout=2.0)
+        except QmpError:
+            if time.monotonic() > deadline:
+                raise BootFailed(f"VM {vm.id}: qemu's QMP socket never answered") from None
+            time.sleep(0.01)
+    try:
+        while qmp.execute("query-status").get("status") != "paused":
+            vm.check_alive()
+            if time.monotonic() > deadline:
+                raise BootFailed(f"VM {vm.id}: restoring the snapshot did not finish in {timeout:.0f}s")
+            time.sleep(0.01)
+        qmp.execute("cont")
+    except QmpError as error:
+        raise BootFailed(f"VM {vm.id}: cannot resume the snapshot: {error}") from error
+    finally:
+        qmp.close()
