@@ -208,9 +208,12 @@ def op_signal(agent: Agent, session: Session, request_id: int, body: dict[str, A
 
 
 def op_shutdown(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> None:
+    action = get_str(body, "action", "poweroff")
+    if action not in ("poweroff", "exit"):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown shutdown action {action!r}")
     session.send(result(request_id))
     agent.stopping = True
-    if get_str(body, "action", "poweroff") == "poweroff" and os.getpid() == 1:
+    if os.getpid() == 1:  # init must not exit (the kernel would panic): power off instead
         system.power_off()
 
 

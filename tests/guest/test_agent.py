@@ -365,3 +365,17 @@ def test_data_frame_for_unknown_stream_ids_do_not_confuse_exec(agent: AgentProce
         elif isinstance(frame, Message) and frame.body.get("id") == 1:
             break
     assert bytes(output) == b"abc" and frame.body["exit_code"] == 0
+
+
+def test_shutdown_answers_then_stops(agent: AgentProcess) -> None:
+    assert agent.raw.call(1, "shutdown", action="bogus")["code"] == ErrorCode.BAD_REQUEST
+    assert agent.raw.call(2, "shutdown", action="exit")["type"] == "result"
+    assert agent.process.wait(timeout=10) == 0
+
+
+def test_reseed_and_set_clock_validate_their_input(agent: AgentProcess) -> None:
+    assert agent.raw.call(1, "reseed", entropy="zz")["code"] == ErrorCode.BAD_REQUEST
+    assert agent.raw.call(2, "reseed", entropy="ab")["code"] == ErrorCode.BAD_REQUEST
+    answer = agent.raw.call(3, "reseed", entropy=os.urandom(32).hex())
+    assert answer["type"] == "result" and isinstance(answer["credited"], bool)
+    assert agent.raw.call(4, "set_clock", epoch_ns="now")["code"] == ErrorCode.BAD_REQUEST
