@@ -232,8 +232,8 @@ class QemuHypervisor:
         if usable:
             reason = "a guest booted under KVM"
         else:
-            first_line = str(error.message if error else "").splitlines()[0] if error else ""
-            reason = f"a test guest did not boot under KVM ({first_line})"
+            first_line = error.message.splitlines()[0] if error and error.message else "unknown failure"
+            reason = f"a test boot under KVM failed: {first_line}"
         verdict = KvmVerdict(usable, reason, self.fingerprint())
         store_verdict(self.verdict_path, verdict)
         return verdict
@@ -354,9 +354,11 @@ class QemuVm(AgentVm):
             raise BootFailed(f"the guest did not boot under {self.accelerator}: {crash.message}",
                              crash.console) from None
         except AgentUnresponsive as silent:
+            console = self.console_tail()
+            why = "its console stayed empty" if not console.strip() else silent.message
             raise BootFailed(
-                f"the guest did not become ready under {self.accelerator} within {timeout:.0f}s "
-                f"({silent.message})", self.console_tail()) from None
+                f"the guest did not become ready under {self.accelerator} within {timeout:.0f}s ({why})",
+                console) from None
         self.attach(client, info, time.monotonic() - self.started)
 
     def _connect(self, deadline: float) -> socket.socket:
