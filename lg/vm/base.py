@@ -35,6 +35,7 @@ CHANGE_KINDS = ("created", "modified", "deleted")
 
 
 class AgentVm(abc.ABC):
+    max_get_bytes: int | None = 16 << 30  # an untrusted guest must not fill the host's disk
     def __init__(self, vm_id: str, accelerator: Accelerator) -> None:
         self._id = vm_id
         self._accelerator: Accelerator = accelerator
@@ -113,7 +114,7 @@ class AgentVm(abc.ABC):
     def get_paths(self, guest_dir: str, relative_paths: list[str], dest_dir: Path) -> TransferStats:
         started = time.monotonic()
         with self._context():
-            stats = self.agent.get_paths(guest_dir, list(relative_paths), dest_dir)
+            stats = self.agent.get_paths(guest_dir, list(relative_paths), dest_dir, self.max_get_bytes)
         return TransferStats(stats.bytes, stats.files, time.monotonic() - started)
 
     def changes(self, guest_dir: str) -> list[FileChange]:

@@ -379,3 +379,12 @@ def test_reseed_and_set_clock_validate_their_input(agent: AgentProcess) -> None:
     answer = agent.raw.call(3, "reseed", entropy=os.urandom(32).hex())
     assert answer["type"] == "result" and isinstance(answer["credited"], bool)
     assert agent.raw.call(4, "set_clock", epoch_ns="now")["code"] == ErrorCode.BAD_REQUEST
+
+
+def test_get_stops_at_the_host_size_limit(agent: AgentProcess, tmp_path: Path) -> None:
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    (guest / "big").write_bytes(b"x" * 100_000)
+    with pytest.raises(AgentFailure, match="exceeds 1000 bytes"):
+        agent.client.get_paths(str(guest), ["big"], tmp_path / "back", max_bytes=1000)
+    assert agent.client.call("hello")["type"] == "result"  # the stream was drained: still in step
