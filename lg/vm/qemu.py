@@ -222,10 +222,15 @@ class QemuHypervisor:
     def _test_kvm(self, image: GuestImage) -> KvmVerdict:
         spec = VmSpec(image=image, accelerator="kvm", hostname="lg-kvm-probe")
         try:
-            vm = self._boot_once(spec, _Attempt("kvm", KVM_PROBE_SECONDS, records_verdict=True, last=True))
-        except VmError as error:
-            return self._record(False, error)
-        vm.destroy()
+            self._boot_once(spec, _Attempt("kvm", KVM_PROBE_SECONDS, records_verdict=True, last=True)).destroy()
+        except VmError as kvm_error:
+            # Blame KVM only if the same image boots under TCG; otherwise the image is what is broken.
+            try:
+                self._boot_once(spec, _Attempt("tcg", spec.boot_timeout, records_verdict=False, last=True)).destroy()
+            except VmError as tcg_error:
+                first = tcg_error.message.splitlines()[0]
+                return KvmVerdict(False, f"untested: the test image does not boot under TCG either ({first})", "")
+            return self._record(False, kvm_error)
         return self._record(True, None)
 
     def _record(self, usable: bool, error: VmError | None) -> KvmVerdict:
@@ -244,18 +249,19 @@ class QemuHypervisor:
         if self.binary_path() is None:
             raise EnvironmentUnfit(f"{self.binary} is not installed", fix=INSTALL_FIX)
         reap_leftovers(self._run_parent(spec))
-        attempts = self._plan(spec)
-        for attempt in attempts:
+        kvm_failure: VmError | None = None
+        for attempt in self._plan(spec):
             try:
                 vm = self._boot_once(spec, attempt)
             except VmError as error:
-                if attempt.records_verdict:
-                    self._record(False, error)
                 if attempt.last:
-                    raise
+                    raise  # a KVM failure is not recorded: the image itself may be what is broken
+                kvm_failure = error if attempt.records_verdict else kvm_failure
                 continue
             if attempt.records_verdict:
                 self._record(True, None)
+            elif kvm_failure is not None:
+                self._record(False, kvm_failure)  # the fallback booted the same image: KVM is to blame
             return vm
         raise BootFailed("no accelerator left to try")  # unreachable: the last attempt raises
 

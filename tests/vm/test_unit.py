@@ -310,3 +310,43 @@ def test_exec_request_validates_and_redacts() -> None:
         ExecRequest(argv=("a",), timeout=0)
     shown = repr(ExecRequest(script="deploy", env={"TOKEN": "s3cret"}, stdin=b"password"))
     assert "s3cret" not in shown and "password" not in shown and "TOKEN" in shown
+
+
+class _FakeVm:
+    def __init__(self, accelerator: str) -> None:
+        self.accelerator = accelerator
+
+    def destroy(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("tcg_boots", "expected_verdict", "raises"),
+    [(True, False, False), (False, None, True)],
+    ids=["kvm-blamed-when-tcg-boots", "nothing-recorded-when-the-image-is-broken"],
+)
+def test_auto_fallback_records_a_verdict_only_when_tcg_proves_the_image(
+    hv: qemu.QemuHypervisor, monkeypatch: pytest.MonkeyPatch, tcg_boots: bool,
+    expected_verdict: bool | None, raises: bool,
+) -> None:
+    from lg.vm.api import BootFailed
+
+    monkeypatch.setattr(host, "kvm_device_status", lambda: (True, "ok"))
+    monkeypatch.setattr(qemu.QemuHypervisor, "binary_path", lambda self: Path("/usr/bin/qemu"))
+    tried = []
+
+    def boot_once(spec: VmSpec, attempt: qemu._Attempt) -> _FakeVm:
+        tried.append(attempt.accelerator)
+        if attempt.accelerator == "kvm" or not tcg_boots:
+            raise BootFailed(f"no boot under {attempt.accelerator}")
+        return _FakeVm(attempt.accelerator)
+
+    monkeypatch.setattr(hv, "_boot_once", boot_once)
+    if raises:
+        with pytest.raises(BootFailed, match="under tcg"):
+            hv.boot(VmSpec(image=IMAGE, run_dir=hv.state_dir / "vms"))
+    else:
+        assert hv.boot(VmSpec(image=IMAGE, run_dir=hv.state_dir / "vms")).accelerator == "tcg"
+    assert tried == ["kvm", "tcg"]
+    verdict = qemu.load_verdict(hv.verdict_path, "host-a")
+    assert (verdict.usable if verdict else None) == expected_verdict
