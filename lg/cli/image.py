@@ -1,0 +1,97 @@
+"""`lg image build | ls | rm`: guest images from images/ recipes, in a content-addressed cache."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from lg.cli.output import emit_json, json_option
+from lg.errors import ExitCode, LgError
+from lg.images.store import BuiltImage  # light: this module loads only when `lg image` runs
+
+
+@click.group()
+def image() -> None:
+    """Build, list and remove guest images."""
+
+
+@image.command()
+@click.argument("names", nargs=-1)
+@json_option
+def build(names: tuple[str, ...], as_json: bool) -> int:
+    """Build NAMES (default: the project's image). Cached by digest: an unchanged recipe builds nothing.
+
+    Safe to interrupt: a half-built image is never used.
+    """
+    from lg.config.project import load_project_config  # noqa: PLC0415
+    from lg.images.build import build_image  # noqa: PLC0415
+
+    config = load_project_config()
+    progress = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    built = [build_image(config, name, progress) for name in (names or (config.image,))]
+    if as_json:
+        emit_json([_view(img) for img in built])
+    return ExitCode.OK
+
+
+@image.command(name="ls")
+@json_option
+def list_images(as_json: bool) -> int:
+    """List built images: name, digest, size, age, and whether it matches its recipe as it is now."""
+    from lg.config.project import load_project_config  # noqa: PLC0415
+    from lg.images.recipe import find_recipe  # noqa: PLC0415
+    from lg.images.store import ImageStore, recipe_key  # noqa: PLC0415
+
+    config = load_project_config()
+    current: dict[str, str | None] = {}
+    images = ImageStore(config.cache_dir).list()
+    for img in images:
+        if img.name not in current:
+            try:
+                current[img.name] = recipe_key(find_recipe(config, img.name))
+            except LgError:  # a recipe that no longer loads: the image is stale
+                current[img.name] = None
+    rows = [{**_view(img), "current": current[img.name] == img.recipe_key} for img in images]
+    if as_json:
+        emit_json(rows)
+        return ExitCode.OK
+    if not rows:
+        click.echo("no images built yet (lg image build tiny default)")
+    for row in rows:
+        state = "current" if row["current"] else "stale"
+        click.echo(f"{row['name']:<12} {row['digest'][:12]}  {row['size_mb']:>6.0f} MB  "
+                   f"{_age(row['created']):>8}  {state}")
+    return ExitCode.OK
+
+
+@image.command()
+@click.argument("name_or_digest")
+@json_option
+def rm(name_or_digest: str, as_json: bool) -> int:
+    """Remove every built image of a recipe NAME, or the one with DIGEST (a prefix of 6+ characters)."""
+    from lg.config.project import load_project_config  # noqa: PLC0415
+    from lg.images.store import ImageStore  # noqa: PLC0415
+
+    removed = ImageStore(load_project_config().cache_dir).remove(name_or_digest)
+    if as_json:
+        emit_json([_view(img) for img in removed])
+    else:
+        for img in removed:
+            click.echo(f"removed {img.name} {img.digest[:12]}")
+    return ExitCode.OK
+
+
+def _view(img: BuiltImage) -> dict[str, Any]:
+    return {"name": img.name, "digest": img.digest, "directory": str(img.directory),
+            "size_mb": round(img.size_bytes / 1e6, 1), "created": img.created, "rootfs": img.rootfs is not None,
+            "kernel_release": img.kernel_release}
+
+
+def _age(created: float) -> str:
+    seconds = time.time() - created
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
