@@ -21,7 +21,7 @@ def main() -> None:
     with QemuHypervisor(state_dir=STATE_DIR).boot(spec) as vm:
         print(json.dumps({"pid": vm.pid, "run_dir": str(vm.run_dir)}), flush=True)
         if sys.argv[4] == "exec":
-            vm.exec(ExecRequest(argv=("sleep", "600")))
+            vm.exec(ExecRequest(script="sleep 600"))
         else:
             time.sleep(600)
 
