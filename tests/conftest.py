@@ -48,3 +48,12 @@ def write(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
         return path
 
     return writer
+
+
+@pytest.fixture(scope="session")
+def tiny_image_ready() -> None:
+    """The `tiny` guest image, built from its recipe if the cache does not have it yet (keyed by digest)."""
+    from lg.config.project import load_project_config
+    from lg.images.build import build_image
+
+    build_image(load_project_config(REPO), "tiny", progress=lambda line: None)

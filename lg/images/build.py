@@ -253,8 +253,23 @@ def _finish_root(root: Path, prune: tuple[str, ...]) -> None:
             path.symlink_to(target)
     if not (root / "bin/sh").exists():
         (root / "bin/sh").symlink_to("busybox")
+    _link_busybox_applets(root)
     if (root / "etc/ld.so.conf").exists() or (root / "etc/ld.so.conf.d").exists():
         subprocess.run(["ldconfig", "-r", str(root)], capture_output=True, check=False)
+
+
+def _link_busybox_applets(root: Path) -> None:
+    """What busybox's own installer does: a link per applet, never shadowing a real program."""
+    busybox = root / "bin/busybox"
+    if not busybox.is_file():
+        return
+    listing = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=False).stdout
+    for applet in listing.split():
+        link = root / applet
+        if link.exists() or link.is_symlink() or applet == "bin/busybox":
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("/bin/busybox"))
 
 
 def _copy_busybox(root: Path, stage1: Path) -> None:

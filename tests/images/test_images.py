@@ -44,7 +44,7 @@ def test_recipe_key_follows_recipe_text(write: Write) -> None:
 def test_recipe_key_follows_the_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     tiny = load_recipe(REPO / "images/tiny.yaml")
     before = recipe_key(tiny)
-    import lg.images.store as store
+    from lg.images import store
 
     original = store.agent_sources
     monkeypatch.setattr(store, "agent_sources", lambda: [*original(), ("lg/guest/new.py", b"x = 1\n")])

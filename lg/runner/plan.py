@@ -1,0 +1,71 @@
+"""The plan of a run (what `--dry-run` prints and a reviewer reads) and the checks made before booting."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lg.config.durations import format_duration
+from lg.config.pipeline import topological_order
+from lg.errors import EnvironmentUnfit
+from lg.images.store import require_image
+from lg.model import Pipeline, ProjectConfig
+from lg.render.plan import approval_view
+
+
+def build_plan(pipeline: Pipeline, config: ProjectConfig, workspace: Path) -> dict[str, Any]:
+    steps = []
+    for position, step in enumerate(topological_order(pipeline), start=1):
+        steps.append({
+            "position": position,
+            "id": step.id,
+            "name": step.display_name,
+            "needs": list(step.needs),
+            "if": step.condition,
+            "image": step.image or pipeline.image,
+            "profile": step.profile or pipeline.profile,
+            "hypervisor": step.hypervisor or pipeline.hypervisor,
+            "timeout": step.timeout,
+            "retries": step.retries,
+            "continue_on_error": step.continue_on_error,
+            "approve": approval_view(step.approve),
+            "run": step.run,
+        })
+    return {
+        "pipeline": pipeline.name,
+        "file": str(pipeline.path),
+        "workspace": str(workspace),
+        "policy": pipeline.policy,
+        "accelerator": config.accelerator,
+        "state_dir": str(config.state_dir),
+        "steps": steps,
+    }
+
+
+def render_plan(plan: dict[str, Any]) -> str:
+    lines = [f"plan for {plan['pipeline']} (workspace {plan['workspace']}, policy {plan['policy']})"]
+    for step in plan["steps"]:
+        extras = [f"image {step['image']}", f"profile {step['profile']}"]
+        if step["needs"]:
+            extras.append("after " + ", ".join(step["needs"]))
+        if step["timeout"]:
+            extras.append(f"timeout {format_duration(step['timeout'])}")
+        if step["retries"]:
+            extras.append(f"retries {step['retries']}")
+        if step["if"]:
+            extras.append(f"if {step['if']}")
+        if step["approve"]:
+            extras.append("GATE: needs approval")
+        lines.append(f"{step['position']:>3}. {step['id']}: {step['name'] or ''}".rstrip(": "))
+        lines.append(f"     {'; '.join(extras)}")
+    return "\n".join(lines)
+
+
+def preflight(pipeline: Pipeline, config: ProjectConfig) -> None:
+    """Everything that can be known to fail before a VM boots fails here, with a fix (exit 5)."""
+    if shutil.which("qemu-system-x86_64") is None:
+        raise EnvironmentUnfit("qemu-system-x86_64 is not installed",
+                               fix="apt-get install qemu-system-x86 (or run scripts/setup)")
+    for image in sorted({step.image or pipeline.image for step in pipeline.steps}):
+        require_image(config, image)

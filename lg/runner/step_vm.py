@@ -1,0 +1,170 @@
+"""One attempt of one step, in a VM booted for it alone: copy in, run, collect, and (on success) apply.
+
+This is the only module of the runner that talks to a VM, through the backend-neutral `lg.vm.api`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+from lg.errors import LgError
+from lg.images.store import require_image
+from lg.model import FileChange, Pipeline, ProjectConfig, Step
+from lg.runner.console import StepOutput
+from lg.runner.workspace import (
+    UnsafeChange,
+    apply_changes,
+    check_change_path,
+    exclude_function,
+    load_ignore_rules,
+    staging_area,
+)
+from lg.security.profile import load_vm_profile
+from lg.vm.api import ExecRequest, ExecResult, Vm, VmSpec, hypervisor_for
+
+GUEST_WORKSPACE = "/workspace"
+GUEST_OUTPUT_DIR = "/run/lg"
+GUEST_OUTPUT_FILE = "output"  # $LG_OUTPUT, outside the workspace so it is never a workspace change
+MAX_OUTPUT_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StepContext:
+    pipeline: Pipeline
+    config: ProjectConfig
+    step: Step
+    workspace: Path
+    script: str
+    env: Mapping[str, str]
+    timeout: float
+    run_id: str
+    run_dir: Path
+    output: StepOutput
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    status: str  # succeeded | failed | timed_out
+    exit_code: int | None
+    detail: str | None
+    accelerator: str | None = None
+    image_digest: str | None = None
+    boot_seconds: float | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    changes: tuple[FileChange, ...] = ()
+
+
+def run_attempt(context: StepContext) -> AttemptResult:
+    step, pipeline = context.step, context.pipeline
+    image = require_image(context.config, step.image or pipeline.image)
+    profile = load_vm_profile(step.profile or pipeline.profile, context.config, pipeline.path.parent)
+    backend = hypervisor_for(context.config, step.hypervisor or pipeline.hypervisor)
+    spec = VmSpec(
+        image=image,
+        vcpus=profile.machine.vcpus,
+        memory_mib=profile.machine.memory_mib,
+        accelerator=context.config.accelerator,
+        hostname=f"lg-{step.id}"[:63],
+    )
+    try:
+        with backend.boot(spec) as vm:
+            # microvm has no RTC: without this the guest lives in 1970 and so do the files it writes.
+            vm.resync()
+            context.output.note(f"VM {vm.id} ready in {vm.boot_seconds:.1f}s ({vm.accelerator})")
+            return _in_vm(context, vm, image.digest)
+    except UnsafeChange as error:
+        return AttemptResult("failed", None, str(error), image_digest=image.digest)
+    except LgError as error:
+        # A guest that crashed, an agent that went silent, a boot that failed: the step failed, and says why.
+        return AttemptResult("failed", None, str(error), image_digest=image.digest)
+
+
+def _in_vm(context: StepContext, vm: Vm, image_digest: str) -> AttemptResult:
+    step = context.step
+    exclude = exclude_function(context.workspace, load_ignore_rules(context.workspace))
+    vm.put_tree(context.workspace, GUEST_WORKSPACE, exclude)
+    workdir = str(PurePosixPath(GUEST_WORKSPACE) / step.workdir) if step.workdir else GUEST_WORKSPACE
+    env = {
+        **context.env,
+        "LG_OUTPUT": f"{GUEST_OUTPUT_DIR}/{GUEST_OUTPUT_FILE}",
+        "LG_RUN_ID": context.run_id,
+        "LG_STEP_ID": step.id,
+        "LG_WORKSPACE": GUEST_WORKSPACE,
+        "CI": "true",
+    }
+    prepare = vm.exec(ExecRequest(argv=("/bin/mkdir", "-p", workdir, GUEST_OUTPUT_DIR), timeout=30))
+    if prepare.exit_code != 0:
+        return AttemptResult("failed", prepare.exit_code, f"cannot create the workdir {workdir}")
+    result = vm.exec(
+        ExecRequest(argv=("/bin/sh", "-e", "-c", context.script), env=env, cwd=workdir, timeout=context.timeout),
+        on_output=context.output,
+    )
+    base = AttemptResult("failed", result.exit_code, None, accelerator=vm.accelerator,
+                         image_digest=image_digest, boot_seconds=vm.boot_seconds)
+    if result.timed_out:
+        return replace(base, status="timed_out", detail=f"timed out after {context.timeout:.0f}s; VM killed")
+    if result.exit_code != 0:
+        return replace(base, detail=_failure(result))
+    outputs = _collect_outputs(vm, step)
+    changes = tuple(vm.changes(GUEST_WORKSPACE))
+    _collect_artifacts(vm, step, context.run_dir / "artifacts" / step.id)
+    _apply(vm, context, changes)
+    return replace(base, status="succeeded", outputs=outputs, changes=changes)
+
+
+def _failure(result: ExecResult) -> str:
+    if result.signal:
+        return f"killed by signal {result.signal}"
+    return f"exited with {result.exit_code}"
+
+
+def _fetch_text(vm: Vm, guest_dir: str, relative: str) -> str | None:
+    with tempfile.TemporaryDirectory(prefix="lg-fetch-") as scratch:
+        try:
+            vm.get_paths(guest_dir, [relative], Path(scratch))
+        except LgError:
+            return None
+        path = Path(scratch, *PurePosixPath(relative).parts)
+        if not path.is_file() or path.stat().st_size > MAX_OUTPUT_BYTES:
+            return None
+        return path.read_text(errors="replace")
+
+
+def _collect_outputs(vm: Vm, step: Step) -> dict[str, str]:
+    if not step.outputs:
+        return {}
+    lines = _fetch_text(vm, GUEST_OUTPUT_DIR, GUEST_OUTPUT_FILE) or ""
+    written = dict(line.split("=", 1) for line in lines.splitlines() if "=" in line)
+    outputs: dict[str, str] = {}
+    for spec in step.outputs:
+        if spec.file:
+            value = _fetch_text(vm, GUEST_WORKSPACE, spec.file)
+            if value is not None:
+                outputs[spec.name] = value.rstrip("\n")
+        elif spec.name in written:
+            outputs[spec.name] = written[spec.name].strip()
+    return outputs
+
+
+def _collect_artifacts(vm: Vm, step: Step, destination: Path) -> None:
+    if not step.artifacts:
+        return
+    destination.mkdir(parents=True, exist_ok=True)
+    vm.get_paths(GUEST_WORKSPACE, list(step.artifacts), destination)
+
+
+def _apply(vm: Vm, context: StepContext, changes: tuple[FileChange, ...]) -> None:
+    if not changes:
+        return
+    for change in changes:
+        check_change_path(context.workspace, change)  # refuse before fetching anything
+    wanted = [c.path for c in changes if c.kind != "deleted" and c.symlink_target is None]
+    with staging_area(context.workspace) as staged:
+        if wanted:
+            vm.get_paths(GUEST_WORKSPACE, wanted, staged)
+        apply_changes(context.workspace, changes, staged)
+    counts = {kind: sum(1 for c in changes if c.kind == kind) for kind in ("created", "modified", "deleted")}
+    context.output.note("applied to the workspace: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))

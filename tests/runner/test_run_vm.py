@@ -1,0 +1,198 @@
+"""`lg run` end to end: real pipelines, each step in a real microVM (tiny image, TCG on these machines)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from lg.runs.store import RunStore
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_image_ready: None) -> Path:
+    """A workspace with its own lg.yaml (tiny image, default policy), state kept inside the temp dir."""
+    (tmp_path / "lg.yaml").write_text("image: tiny\nstate_dir: .lg\n")
+    (tmp_path / "keep.txt").write_text("original\n")
+    (tmp_path / "remove-me.txt").write_text("bye\n")
+    (tmp_path / ".lgignore").write_text("secret-local.txt\n")
+    (tmp_path / "secret-local.txt").write_text("never copied in\n")
+    monkeypatch.delenv("LG_STATE_DIR", raising=False)
+    return tmp_path
+
+
+def pipeline(project: Path, body: str) -> Path:
+    path = project / "pipeline.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and ".lg" not in p.relative_to(directory).parts
+    }
+
+
+def records(project: Path) -> tuple[Any, list[Any]]:
+    store = RunStore(project / ".lg")
+    run = store.runs(1)[0]
+    return run, store.steps(run.id)
+
+
+def test_changes_outputs_and_ignores(lg: Callable[..., Any], project: Path) -> None:
+    path = pipeline(project, """\
+        name: e2e
+        steps:
+          - id: make
+            run: |
+              test ! -e secret-local.txt
+              echo changed > keep.txt
+              mkdir -p out && printf 'artifact' > out/a.bin && chmod 755 out/a.bin
+              rm remove-me.txt
+              echo "answer=42" >> "$LG_OUTPUT"
+            outputs: [answer]
+            artifacts: [out/a.bin]
+          - id: use
+            needs: make
+            run: |
+              test "$(cat keep.txt)" = changed
+              echo "the answer is {{ steps.make.outputs.answer }}"
+        """)
+    result = lg("run", path)
+    assert result.code == 0, result.out + result.err
+    assert "[use] the answer is 42" in result.out
+    assert (project / "keep.txt").read_text() == "changed\n"
+    assert (project / "out/a.bin").read_bytes() == b"artifact"
+    assert (project / "out/a.bin").stat().st_mode & 0o777 == 0o755
+    assert not (project / "remove-me.txt").exists()
+    run, steps = records(project)
+    assert run.status == "succeeded"
+    assert [s.status for s in steps] == ["succeeded", "succeeded"]
+    assert steps[0].outputs == {"answer": "42"} and steps[0].accelerator in ("kvm", "tcg")
+    assert {c["path"]: c["kind"] for c in steps[0].changes} == {
+        "keep.txt": "modified", "out/a.bin": "created", "remove-me.txt": "deleted"}
+    artifact = project / ".lg" / "runs" / run.id / "artifacts" / "make" / "out" / "a.bin"
+    assert artifact.read_bytes() == b"artifact"
+    assert RunStore(project / ".lg").audit_log.verify() == []
+
+
+def test_a_failed_step_changes_nothing(lg: Callable[..., Any], project: Path) -> None:
+    before = snapshot(project)
+    path = pipeline(project, """\
+        name: fails
+        steps:
+          - id: break
+            retries: 1
+            run: |
+              echo mangled > keep.txt
+              touch new-file.txt
+              exit 3
+          - id: after
+            needs: break
+            run: echo never
+        """)
+    result = lg("run", path)
+    assert result.code == 1
+    assert snapshot(project) == before
+    run, (broken, after) = records(project)
+    assert run.status == "failed"
+    assert (broken.status, broken.exit_code, broken.attempts) == ("failed", 3, 2)
+    assert after.status == "skipped"
+
+
+def test_timeout_kills_the_step(lg: Callable[..., Any], project: Path) -> None:
+    before = snapshot(project)
+    path = pipeline(project, """\
+        name: slow
+        steps:
+          - id: sleepy
+            timeout: 3s
+            run: |
+              echo started > keep.txt
+              sleep 60
+        """)
+    started = time.monotonic()
+    result = lg("run", path)
+    assert result.code == 1
+    assert time.monotonic() - started < 45  # the boot dominates; the 60 s sleep did not run out
+    assert snapshot(project) == before
+    _, (step,) = records(project)
+    assert step.status == "timed_out"
+
+
+def test_secrets_are_masked(lg: Callable[..., Any], project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEPLOY_TOKEN", "tok-8c1f-very-secret")
+    path = pipeline(project, """\
+        name: secrets
+        secrets: [DEPLOY_TOKEN]
+        steps:
+          - id: leak
+            run: echo "token is $DEPLOY_TOKEN"
+        """)
+    result = lg("run", path)
+    assert result.code == 0, result.err
+    assert "tok-8c1f-very-secret" not in result.out
+    assert "[leak] token is ***" in result.out
+    run, (step,) = records(project)
+    assert "tok-8c1f" not in Path(step.log_path).read_text()
+    assert lg("logs", "--json", run.id).out.count("***") == 1
+
+
+def test_ctrl_c_destroys_the_vm_and_applies_nothing(project: Path) -> None:
+    before = snapshot(project)
+    path = pipeline(project, """\
+        name: interrupted
+        steps:
+          - id: long
+            run: |
+              echo touched > keep.txt
+              echo step-is-running
+              sleep 120
+        """)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lg.cli.main", "run", str(path)], cwd=project,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "step-is-running" in line:
+            break
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    psutil.wait_procs(children, timeout=15)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert snapshot(project) == before
+    run, (step,) = records(project)
+    assert (run.status, step.status) == ("interrupted", "interrupted")
+    assert not list((project / ".lg").glob("vms/*"))
+
+
+def test_dry_run_boots_nothing(lg: Callable[..., Any], project: Path) -> None:
+    path = pipeline(project, "name: plan\nsteps:\n  - {id: a, run: echo}\n  - {id: b, needs: a, run: echo}\n")
+    result = lg("run", "--dry-run", "--json", path)
+    assert result.code == 0
+    assert [s["id"] for s in json.loads(result.out)["steps"]] == ["a", "b"]
+    assert not (project / ".lg" / "lg.db").exists() or RunStore(project / ".lg").runs() == []
+
+
+def test_missing_image_says_how_to_build_it(lg: Callable[..., Any], project: Path) -> None:
+    (project / "lg.yaml").write_text("image: tiny\nstate_dir: .lg\ncache_dir: empty-cache\n")
+    path = pipeline(project, "name: x\nsteps:\n  - {id: a, run: echo}\n")
+    result = lg("run", path)
+    assert result.code == 5
+    assert "lg image build tiny" in result.err
+
