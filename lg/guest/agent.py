@@ -6,7 +6,6 @@ goes on, reopens its channel whenever the host goes away, and reaps every zombie
 
 from __future__ import annotations
 
-import argparse
 import os
 import select
 import socket
@@ -14,14 +13,12 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from lg.guest import AGENT_VERSION, execute, files, manifest, system
 from lg.guest.channel import (
     PORT_NAME,
     Connection,
     Disconnected,
-    Endpoint,
     FdEndpoint,
     UnixConnectEndpoint,
     VirtioPortEndpoint,
@@ -42,7 +39,22 @@ from lg.guest.protocol import (
     result,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from lg.guest.channel import Endpoint
+
+    Handler = Callable[["Agent", "Session", int, dict[str, Any]], dict[str, Any] | None]
+
 IDLE_POLL_MS = 1000
+USAGE = """usage: python3 -m lg.guest.agent [--port NAME | --device PATH | --unix PATH | --fd N | --vsock PORT]
+
+  --port NAME    virtio-serial port to serve (default lg.agent), found through /sys/class/virtio-ports
+  --device PATH  a character device to use instead of looking the port up
+  --unix PATH    connect to this unix socket, again after each disconnect (host-side tests)
+  --fd N         serve one already connected file descriptor, then exit
+  --vsock PORT   listen on this AF_VSOCK port (Firecracker, Cloud Hypervisor)"""
 
 
 def log(text: str) -> None:
@@ -85,9 +97,6 @@ class Session:
         elif isinstance(frame, Message):
             self.send(error(frame.id, ErrorCode.BUSY, "another request is running on this connection"))
         # Stray data frames (stdin for a command that already ended) are dropped without a word.
-
-
-Handler = Callable[["Agent", Session, int, dict[str, Any]], dict[str, Any] | None]
 
 
 class Agent:
@@ -238,7 +247,41 @@ def ready_banner() -> bytes:
     return encode_message({"id": None, "type": "ready", "agent": AGENT_VERSION, "protocol": PROTOCOL_VERSION})
 
 
-def endpoint_from(options: argparse.Namespace) -> Endpoint:
+class Options:
+    """Where to serve (argparse would cost a noticeable part of a TCG guest's boot)."""
+
+    __slots__ = ("device", "fd", "port", "unix", "vsock")
+
+    def __init__(self) -> None:
+        self.port = PORT_NAME
+        self.device: str | None = None
+        self.unix: str | None = None
+        self.fd: int | None = None
+        self.vsock: int | None = None
+
+
+def parse_args(argv: list[str]) -> Options:
+    options, pending, seen = Options(), list(argv), 0
+    while pending:
+        flag = pending.pop(0)
+        if flag in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        name = flag[2:] if flag.startswith("--") else ""
+        if name not in Options.__slots__ or not pending:
+            raise SystemExit(f"{USAGE}\nlg-agent: bad arguments at {flag!r}")
+        value = pending.pop(0)
+        try:
+            setattr(options, name, int(value) if name in ("fd", "vsock") else value)
+        except ValueError:
+            raise SystemExit(f"lg-agent: --{name} needs a number, not {value!r}") from None
+        seen += 1
+    if seen > 1:
+        raise SystemExit(f"{USAGE}\nlg-agent: give at most one of the options")
+    return options
+
+
+def endpoint_from(options: Options) -> Endpoint:
     banner = ready_banner()
     if options.fd is not None:
         return FdEndpoint(options.fd, banner)
@@ -249,19 +292,8 @@ def endpoint_from(options: argparse.Namespace) -> Endpoint:
     return VirtioPortEndpoint(banner, name=options.port, device=options.device)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lg-agent", description="LuminaGuard guest agent")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--port", default=PORT_NAME, help="virtio-serial port name (default %(default)s)")
-    where.add_argument("--device", help="a character device to use instead of looking the port up")
-    where.add_argument("--unix", help="connect to this unix socket (host-side tests)")
-    where.add_argument("--fd", type=int, help="serve one already connected file descriptor, then exit")
-    where.add_argument("--vsock", type=int, help="listen on this AF_VSOCK port (Firecracker, Cloud Hypervisor)")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    options = parse_args(argv)
+    options = parse_args(sys.argv[1:] if argv is None else argv)
     system.apply_boot_settings()
     endpoint = endpoint_from(options)
     log(f"agent {AGENT_VERSION} (protocol {PROTOCOL_VERSION}) serving on {endpoint.describe()}")

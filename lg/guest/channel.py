@@ -14,9 +14,21 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Protocol
 
-from lg.guest.protocol import Frame, FrameDecoder
+from lg.guest.protocol import FrameDecoder
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from lg.guest.protocol import Frame
+
+    class Endpoint(Protocol):
+        def connections(self) -> Iterator[Connection]:
+            """Connections, one after the other, as hosts come and go."""
+            ...
+
+        def describe(self) -> str: ...
 
 PORT_NAME = "lg.agent"
 READ_SIZE = 256 * 1024
@@ -80,14 +92,6 @@ class Connection:
             self._closer()
         else:
             os.close(fd)
-
-
-class Endpoint(Protocol):
-    def connections(self) -> Iterator[Connection]:
-        """Connections, one after the other, as hosts come and go."""
-        ...
-
-    def describe(self) -> str: ...
 
 
 def announce(fd: int, banner: bytes) -> None:

@@ -16,8 +16,6 @@ import select
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from lg.guest.channel import Disconnected
 from lg.guest.protocol import (
@@ -25,7 +23,6 @@ from lg.guest.protocol import (
     BadFrame,
     Data,
     ErrorCode,
-    Frame,
     Message,
     ProtocolError,
     Stream,
@@ -46,33 +43,39 @@ STDIN_BUFFER_LIMIT = 4 << 20  # stop reading the channel while this much stdin w
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class Link(Protocol):
-    """What a long-running request needs from the agent's connection."""
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
-    def fileno(self) -> int: ...
+    from lg.guest.protocol import Frame
 
-    def receive(self) -> list[Frame]: ...
+    class Link(Protocol):
+        """What a long-running request needs from the agent's connection."""
 
-    def send(self, data: bytes) -> None: ...
+        def fileno(self) -> int: ...
 
-    def backlog(self) -> list[Frame]:
-        """Frames already read from the connection but not handled yet."""
-        ...
+        def receive(self) -> list[Frame]: ...
 
-    def refuse(self, frame: Frame) -> None:
-        """Answer a frame that is not part of the running request (busy / bad frame)."""
-        ...
+        def send(self, data: bytes) -> None: ...
+
+        def backlog(self) -> list[Frame]:
+            """Frames already read from the connection but not handled yet."""
+            ...
+
+        def refuse(self, frame: Frame) -> None:
+            """Answer a frame that is not part of the running request (busy / bad frame)."""
+            ...
 
 
-@dataclass(frozen=True)
 class Command:
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str | None
-    uid: int | None
-    gid: int | None
-    timeout: float | None
-    stdin: bool
+    __slots__ = ("argv", "cwd", "env", "gid", "stdin", "timeout", "uid")
+
+    def __init__(
+        self, argv: list[str], env: dict[str, str], cwd: str | None, uid: int | None, gid: int | None,
+        timeout: float | None, stdin: bool,
+    ) -> None:
+        self.argv, self.env, self.cwd, self.uid, self.gid = argv, env, cwd, uid, gid
+        self.timeout, self.stdin = timeout, stdin
 
 
 def parse_command(body: dict[str, Any]) -> Command:
@@ -193,7 +196,7 @@ class _Run:
         self.process = process
         self.reaper = reaper
         self.deadline = time.monotonic() + command.timeout if command.timeout else None
-        self.outputs: dict[int, Stream] = {}
+        self.outputs: dict[int, int] = {}
         for pipe, stream in ((process.stdout, Stream.STDOUT), (process.stderr, Stream.STDERR)):
             if pipe is None:
                 raise RuntimeError("spawn() always creates stdout and stderr pipes")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import select
 import tarfile
-from typing import Any
 
 from lg.guest.channel import Disconnected
-from lg.guest.execute import Link
 from lg.guest.protocol import (
     DATA_CHUNK,
     BadFrame,
@@ -22,6 +20,12 @@ from lg.guest.protocol import (
     get_str_list,
 )
 from lg.guest.tarsafe import Extractor, TreeStats, add_paths
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from lg.guest.execute import Link
 
 
 def check_guest_dir(path: str) -> str:

@@ -11,20 +11,27 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 HASH_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
 class Entry:
-    kind: str  # file | symlink | dir | other
-    size: int
-    mode: int  # permission bits
-    sha256: str | None  # file content, or the link text of a symlink
-    target: str | None  # symlink target
-    key: tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+    __slots__ = ("key", "kind", "mode", "sha256", "size", "target")
+
+    def __init__(
+        self, kind: str, size: int, mode: int, sha256: str | None, target: str | None,
+        key: tuple[int, int, int, int],
+    ) -> None:
+        self.kind = kind  # file | symlink | dir | other
+        self.size = size
+        self.mode = mode  # permission bits
+        self.sha256 = sha256  # file content, or the link text of a symlink
+        self.target = target  # symlink target
+        self.key = key  # inode, size, mtime_ns, ctime_ns
 
 
 Manifest = dict[str, Entry]

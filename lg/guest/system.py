@@ -8,9 +8,12 @@ import os
 import socket
 import struct
 import time
-from typing import Any
 
 from lg.guest.protocol import ErrorCode, ProtocolError, get_int, get_str
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)

@@ -16,7 +16,6 @@ import posixpath
 import stat
 import tarfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from lg.guest.protocol import ErrorCode, ProtocolError, check_relative_path
 
@@ -24,10 +23,15 @@ COPY_CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
 class TreeStats:
-    files: int = 0  # non-directory entries
-    bytes: int = 0  # bytes of regular file content
+    __slots__ = ("bytes", "files")
+
+    def __init__(self, files: int = 0, bytes: int = 0) -> None:
+        self.files = files  # non-directory entries
+        self.bytes = bytes  # bytes of regular file content
+
+    def __repr__(self) -> str:
+        return f"TreeStats(files={self.files}, bytes={self.bytes})"
 
 
 def unsafe(message: str) -> ProtocolError:

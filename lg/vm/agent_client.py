@@ -191,7 +191,7 @@ class AgentClient:
         deadline = time.monotonic() + exec_request.timeout + EXEC_GRACE if exec_request.timeout else None
 
         def deliver(frame: Data) -> None:
-            name = STREAM_NAMES.get(Stream(frame.stream)) if frame.stream in STREAM_NAMES else None
+            name = STREAM_NAMES.get(frame.stream)
             if name is not None and on_output is not None and frame.payload:
                 on_output(name, frame.payload)
 
@@ -201,7 +201,7 @@ class AgentClient:
             raise AgentUnresponsive("the guest agent did not end a timed-out command") from None
         return _exec_result(body)
 
-    def _send_stream(self, request_id: int, stream: Stream, payload: bytes) -> None:
+    def _send_stream(self, request_id: int, stream: int, payload: bytes) -> None:
         for start in range(0, len(payload), DATA_CHUNK):
             self.send(encode_data(request_id, stream, payload[start : start + DATA_CHUNK]))
         self.send(encode_data(request_id, stream, b""))
