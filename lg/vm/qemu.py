@@ -119,6 +119,16 @@ def create_overlay(run_dir: Path, base: Path) -> bool:
     return True
 
 
+def guest_panic(console: str) -> str | None:
+    """The reason of the last guest kernel panic in a console log ("sysrq triggered crash"), if any."""
+    found = None
+    for line in console.splitlines():
+        _, marker, reason = line.partition("Kernel panic - not syncing:")
+        if marker:
+            found = reason.strip() or "no reason given"
+    return found
+
+
 # --- KVM verdict cache --------------------------------------------------------------------------------
 
 
@@ -384,6 +394,9 @@ class QemuVm(AgentVm):
         detail = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         stderr = self._qemu_log_tail()
         message = f"VM {self.id}: qemu {detail}" + (f": {stderr}" if stderr else "")
+        panic = guest_panic(self.console_tail(400))
+        if panic:
+            message += f" after a guest kernel panic ({panic})"
         raise GuestCrashed(message, self.console_tail())
 
     def channel_lost(self) -> None:

@@ -69,6 +69,12 @@ def test_overlay_never_writes_the_base(tmp_path: Path) -> None:
     assert json.loads(info.stdout)["backing-filename"] == str(base)
 
 
+def test_guest_panic_reason_is_found_in_the_console() -> None:
+    console = "[ 1.0] ok\n[ 5.7] Kernel panic - not syncing: sysrq triggered crash\n[ 5.8] CPU: 0 PID: 1\n"
+    assert qemu.guest_panic(console) == "sysrq triggered crash"
+    assert qemu.guest_panic("[ 1.0] all fine\n") is None
+
+
 # --- accelerator choice --------------------------------------------------------------------------------
 
 
