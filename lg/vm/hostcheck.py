@@ -100,8 +100,12 @@ def built_images(config: ProjectConfig) -> tuple[Sequence[GuestImage], Check]:
     if not images:
         return [], Check("images", "fail", f"no guest image built in {config.cache_dir}",
                          f"lg image build {PROBE_IMAGE}")
-    names = ", ".join(sorted({f"{image.name} ({image.digest[:19]})" for image in images}))
-    return images, Check("images", "ok", names)
+    newest: dict[str, GuestImage] = {}
+    for image in images:  # the store lists the newest first
+        newest.setdefault(image.name, image)
+    names = ", ".join(f"{name} ({image.digest[:12]})" for name, image in sorted(newest.items()))
+    older = len(images) - len(newest)
+    return images, Check("images", "ok", names + (f"; {older} older build(s) cached" if older else ""))
 
 
 def state_dir_check(state_dir: Path) -> Check:
