@@ -16,7 +16,7 @@ from lg.vm.qemu import QemuHypervisor
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO / ".lg" / "test-state"  # persists the KVM verdict between runs (gitignored)
-NO_IMAGE = "no guest image: run `lg image build tiny` (or set LG_TEST_KERNEL and LG_TEST_INITRD)"
+NO_IMAGE = "no guest image: run `lg image build tiny` (or set LG_TEST_IMAGE, or LG_TEST_KERNEL and LG_TEST_INITRD)"
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,12 @@ def find_test_image() -> ImageFiles | None:
             kernel_args=tuple(os.environ.get("LG_TEST_KERNEL_ARGS", "console=ttyS0 quiet panic=-1").split()),
         )
     try:
-        from lg.images.store import require_image
-
         from lg.config.project import load_project_config
+        from lg.images.store import require_image
     except ImportError:
         return None
     try:
-        return ImageFiles.of(require_image(load_project_config(REPO), "tiny"))
+        return ImageFiles.of(require_image(load_project_config(REPO), os.environ.get("LG_TEST_IMAGE", "tiny")))
     except LgError:
         return None
 
