@@ -99,7 +99,10 @@ def check_timeout(vm: Vm, scratch: Path) -> None:
     result = vm.exec(ExecRequest(script=script, timeout=1.0))
     assert result.timed_out and result.exit_code is None
     assert time.monotonic() - started < 15
-    code, out, _ = run(vm, "for p in $(cat /tmp/timeout.pids); do kill -0 $p 2>/dev/null && echo $p; done; true")
+    # Alive means a /proc entry that is not a zombie (reaping orphans is init's business, not the agent's).
+    survivors = ('for p in $(cat /tmp/timeout.pids); do read -r s < /proc/$p/stat 2>/dev/null || continue; '
+                 'case "$s" in *") Z "*) ;; *) echo $p ;; esac; done; true')
+    code, out, _ = run(vm, survivors)
     assert code == 0 and out == b"", f"processes of the timed-out command survived: {out!r}"
 
 
