@@ -1,0 +1,1 @@
+"""Risk policies: grade commands, effects and profile relaxations green < yellow < orange < red."""

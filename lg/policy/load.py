@@ -1,0 +1,240 @@
+"""Load risk policies: schema, rule semantics, `extends` chains, and each rule's own examples.
+
+A policy that does not load stops everything that depends on it: there is no "no policy" fallback.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lg.config.project import load_project_config, resolve_named_file
+from lg.config.schema_check import check_schema
+from lg.config.yamlsource import KeyPath, SourceDoc, load_yaml
+from lg.errors import InvalidInput, InvalidInputs
+from lg.model import FileChange, ProjectConfig
+from lg.policy.levels import RiskLevel
+from lg.policy.model import (
+    CommandMatch,
+    EffectsMatch,
+    RedirectMatch,
+    Relaxation,
+    RelaxationMatch,
+    RiskPolicy,
+    Rule,
+    RuleKind,
+    Thresholds,
+)
+from lg.policy.schema import policy_schema
+
+_FLAG = re.compile(r"^(-[A-Za-z0-9]|--[A-Za-z0-9][A-Za-z0-9-]*)$")
+MATCH_KINDS: tuple[RuleKind, ...] = ("command", "redirect", "allow", "effects", "relaxation")
+
+_cache: dict[tuple[Path, int, int], RiskPolicy] = {}
+
+
+def load_policy(name_or_path: str, config: ProjectConfig, relative_to: Path) -> RiskPolicy:
+    """A policy by name (profiles/risk/NAME.yaml, the project's first) or by path."""
+    return load_policy_file(resolve_named_file(name_or_path, config.paths.risk_policies, relative_to, "risk policy"))
+
+
+def load_policy_file(path: Path) -> RiskPolicy:
+    return _load(path.resolve(), ())
+
+
+def _load(path: Path, chain: tuple[Path, ...]) -> RiskPolicy:
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain, path))
+        raise InvalidInput(f"extends cycle: {cycle}", load_yaml(chain[-1]).location(("extends",)))
+    stat = path.stat() if path.is_file() else None
+    key = (path, stat.st_mtime_ns, stat.st_size) if stat else None
+    if key is not None and key in _cache and not chain:
+        return _cache[key]
+    policy = _build(load_yaml(path), chain)
+    if key is not None and not chain:
+        _cache[key] = policy
+    return policy
+
+
+def _build(doc: SourceDoc, chain: tuple[Path, ...]) -> RiskPolicy:
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "a risk policy must be a mapping with 'rules'")
+    errors = check_schema(doc, policy_schema())
+    if errors:
+        raise InvalidInputs(errors)
+    data = doc.data
+    parent = _parent(doc, chain) if "extends" in data else None
+    if "disable" in data and parent is None:
+        raise doc.error(("disable",), "'disable' needs 'extends' (there are no inherited rules to disable)")
+    problems: list[InvalidInput] = []
+    own = [_rule(doc, index, raw, problems) for index, raw in enumerate(data.get("rules", []))]
+    _check_unique(doc, [rule for rule in own if rule is not None], problems)
+    rules = _merge(doc, parent, [rule for rule in own if rule is not None], problems)
+    if problems:
+        raise InvalidInputs(problems)
+    thresholds_raw = data.get("thresholds", {})
+    base = parent.thresholds if parent else Thresholds()
+    policy = RiskPolicy(
+        name=doc.path.stem,
+        path=doc.path,
+        rules=tuple(rules),
+        thresholds=Thresholds(
+            before=RiskLevel.parse(thresholds_raw["before"]) if "before" in thresholds_raw else base.before,
+            effects=RiskLevel.parse(thresholds_raw["effects"]) if "effects" in thresholds_raw else base.effects,
+        ),
+        default_level=RiskLevel.parse(data["default_level"]) if "default_level" in data
+        else parent.default_level if parent else RiskLevel.YELLOW,
+        extends=(parent.path, *parent.extends) if parent else (),
+    )
+    _check_examples(doc, policy, own)
+    return policy
+
+
+def _parent(doc: SourceDoc, chain: tuple[Path, ...]) -> RiskPolicy:
+    config = load_project_config(doc.path.parent)
+    try:
+        path = resolve_named_file(doc.data["extends"], config.paths.risk_policies, doc.path.parent, "risk policy")
+    except InvalidInput as error:
+        raise doc.error(("extends",), error.message) from None
+    return _load(path, (*chain, doc.path))
+
+
+def _merge(doc: SourceDoc, parent: RiskPolicy | None, own: list[Rule],
+           problems: list[InvalidInput]) -> list[Rule]:
+    """By id: a rule of this policy replaces the inherited one of the same id; `disable` drops inherited ones."""
+    if parent is None:
+        return own
+    inherited = {rule.id: rule for rule in parent.rules}
+    for index, rule_id in enumerate(doc.data.get("disable", [])):
+        if rule_id not in inherited:
+            problems.append(doc.error(("disable", index), f"{parent.name} has no rule {rule_id!r} to disable"))
+        inherited.pop(rule_id, None)
+    replaced = {rule.id for rule in own}
+    return [rule for rule_id, rule in inherited.items() if rule_id not in replaced] + own
+
+
+def _check_unique(doc: SourceDoc, rules: list[Rule], problems: list[InvalidInput]) -> None:
+    seen: dict[str, str] = {}
+    for index, rule in enumerate(rules):
+        if rule.id in seen:
+            problems.append(doc.error(("rules", index, "id"), f"duplicate rule id {rule.id!r} (also {seen[rule.id]})"))
+        seen.setdefault(rule.id, rule.source)
+
+
+def _rule(doc: SourceDoc, index: int, raw: dict[str, Any], problems: list[InvalidInput]) -> Rule | None:
+    where: KeyPath = ("rules", index)
+    kinds = [kind for kind in MATCH_KINDS if kind in raw]
+    if len(kinds) != 1:
+        found = ", ".join(kinds) or "none"
+        problems.append(doc.error(where, "a rule matches exactly one of command, redirect, allow, effects, "
+                                         f"relaxation (found: {found})"))
+        return None
+    kind = kinds[0]
+    try:
+        matcher = _MATCHERS[kind](doc, (*where, kind), raw[kind])
+    except InvalidInput as error:
+        problems.append(error)
+        return None
+    location = doc.location(where)
+    return Rule(
+        id=raw["id"], level=RiskLevel.parse(raw["level"]), reason=raw["reason"], kind=kind,
+        deny=raw.get("deny", False), source=f"{location.path}:{location.line}", **{kind: matcher},
+    )
+
+
+def _strings(value: str | list[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _command(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> CommandMatch:
+    groups = []
+    for index, group in enumerate(raw.get("flags", [])):
+        bad = [flag for flag in group if not _FLAG.match(flag)]
+        if bad:
+            raise doc.error((*where, "flags", index),
+                            f"{bad[0]!r} can never match: write one flag per spelling, -r or --recursive "
+                            "(commands' -rf is split into -r and -f, so a rule wanting both uses two groups)")
+        groups.append(frozenset(group))
+    pattern = None
+    if "args_regex" in raw:
+        try:
+            pattern = re.compile(raw["args_regex"])
+        except re.error as error:
+            raise doc.error((*where, "args_regex"), f"regular expression does not compile: {error}") from None
+    return CommandMatch(
+        programs=_strings(raw["program"]), flag_groups=tuple(groups), subcommand=_strings(raw.get("subcommand", [])),
+        args=tuple(raw.get("args", ())), args_regex=pattern, dynamic_args=raw.get("dynamic_args", False),
+        piped_from=tuple(raw.get("piped_from", ())), via=tuple(raw.get("via", ())),
+    )
+
+
+def _redirect(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> RedirectMatch:
+    return RedirectMatch(tuple(raw["targets"]))
+
+
+def _allow(doc: SourceDoc, where: KeyPath, raw: list[str]) -> tuple[str, ...]:
+    return tuple(raw)
+
+
+def _effects(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> EffectsMatch:
+    kinds = frozenset(raw.get("kinds", ("created", "modified", "deleted")))
+    if (raw.get("executable") or raw.get("symlink_outside")) and kinds == {"deleted"}:
+        raise doc.error(where, "can never match: a deleted file is neither executable nor a symlink")
+    return EffectsMatch(
+        paths=tuple(raw.get("paths", ())), kinds=kinds, executable=raw.get("executable", False),
+        symlink_outside=raw.get("symlink_outside", False), count_over=raw.get("count_over"),
+        bytes_over=raw.get("bytes_over"),
+    )
+
+
+def _relaxation(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> RelaxationMatch:
+    return RelaxationMatch(frozenset(raw["kinds"]), tuple(raw.get("details", ())))
+
+
+_MATCHERS: dict[str, Callable[[SourceDoc, KeyPath, Any], Any]] = {
+    "command": _command, "redirect": _redirect, "allow": _allow, "effects": _effects, "relaxation": _relaxation,
+}
+
+
+# --- a rule's own examples -------------------------------------------------------------------------------
+
+
+def _check_examples(doc: SourceDoc, policy: RiskPolicy, own: list[Rule | None]) -> None:
+    from lg.policy.grade import rule_matches_example  # noqa: PLC0415 - grade imports this module's users
+
+    problems: list[InvalidInput] = []
+    for index, raw in enumerate(doc.data.get("rules", [])):
+        rule = own[index]
+        if rule is None:
+            continue
+        for expected in ("match", "no_match"):
+            for position, example in enumerate(raw.get("examples", {}).get(expected, [])):
+                where: KeyPath = ("rules", index, "examples", expected, position)
+                try:
+                    matched = rule_matches_example(rule, _example(doc, where, rule, example))
+                except InvalidInput as error:
+                    problems.append(error)
+                    continue
+                if matched != (expected == "match"):
+                    verb = "does not match" if expected == "match" else "matches"
+                    problems.append(doc.error(where, f"rule {rule.id} {verb} its own example {example!r}"))
+    if problems:
+        raise InvalidInputs(problems)
+
+
+def _example(doc: SourceDoc, where: KeyPath, rule: Rule, example: Any) -> Any:
+    if rule.kind in ("command", "redirect", "allow"):
+        if not isinstance(example, str):
+            raise doc.error(where, "a command example is a command line (a string)")
+        return example
+    if rule.kind == "relaxation":
+        if not isinstance(example, dict) or "kind" not in example:
+            raise doc.error(where, "a relaxation example is a mapping with 'kind' (and 'detail')")
+        return Relaxation(str(example["kind"]), str(example.get("detail", "")))
+    changes = example if isinstance(example, list) else [example]
+    try:
+        return [FileChange(**change) for change in changes]
+    except TypeError as error:
+        raise doc.error(where, f"an effects example is a change (path, kind, size, mode...): {error}") from None

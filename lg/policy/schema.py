@@ -1,0 +1,108 @@
+"""The JSON Schema of risk policy files (profiles/risk/*.yaml)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lg.policy.levels import LEVEL_NAMES
+
+RULE_ID_PATTERN = r"^[a-z0-9_]+(\.[a-z0-9_]+)+$"
+
+
+def _strings(description: str = "", *, min_items: int = 1) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": min_items}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _examples() -> dict[str, Any]:
+    sample = {"description": "a command line, or (effects rules) a list of changes, or (relaxations) one"}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"match": {"type": "array", "items": sample}, "no_match": {"type": "array", "items": sample}},
+    }
+
+
+def _command() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["program"],
+        "properties": {
+            "program": {"oneOf": [{"type": "string", "minLength": 1}, _strings("program names (globs)")]},
+            "flags": {"type": "array", "minItems": 1, "items": _strings(),
+                      "description": "groups of spellings; every group must be present, e.g. [[-r, --recursive]]"},
+            "subcommand": {"oneOf": [{"type": "string", "minLength": 1}, _strings()]},
+            "args": _strings("globs: some positional argument matches one"),
+            "args_regex": {"type": "string", "minLength": 1, "description": "some argument matches (search)"},
+            "dynamic_args": {"type": "boolean", "description": "some argument is a variable or substitution"},
+            "piped_from": _strings("the command reads a pipe fed by one of these programs"),
+            "via": _strings("the command runs through one of these wrappers or shells (sudo, sh, eval)"),
+        },
+    }
+
+
+def _effects() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            "paths": _strings("workspace-relative globs; ** crosses directories; no '/' matches at any depth"),
+            "kinds": {"type": "array", "minItems": 1, "uniqueItems": True,
+                      "items": {"enum": ["created", "modified", "deleted"]}},
+            "executable": {"const": True, "description": "a file becomes executable"},
+            "symlink_outside": {"const": True, "description": "a symlink points outside the workspace"},
+            "count_over": {"type": "integer", "minimum": 0},
+            "bytes_over": {"type": "integer", "minimum": 0},
+        },
+    }
+
+
+def rule_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "level", "reason"],
+        "properties": {
+            "id": {"type": "string", "pattern": RULE_ID_PATTERN, "description": "stable, dotted: exec.destruct.rm_rf"},
+            "level": {"enum": list(LEVEL_NAMES)},
+            "reason": {"type": "string", "minLength": 1},
+            "deny": {"type": "boolean", "description": "refuse outright instead of asking for approval"},
+            "command": _command(),
+            "redirect": {"type": "object", "additionalProperties": False, "required": ["targets"],
+                         "properties": {"targets": _strings("path globs written by > or >>")}},
+            "allow": _strings("programs known to be safe: green unless a risk rule matches them"),
+            "effects": _effects(),
+            "relaxation": {
+                "type": "object", "additionalProperties": False, "required": ["kinds"],
+                "properties": {"kinds": _strings("network, capability, seccomp_off, apparmor_off, memory, ..."),
+                               "details": _strings("globs on the detail, e.g. CAP_SYS_*")},
+            },
+            "examples": _examples(),
+        },
+    }
+
+
+def policy_schema() -> dict[str, Any]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://luminaguard.dev/schemas/risk-policy.schema.json",
+        "title": "LuminaGuard risk policy",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "$schema": {"type": "string"},
+            "description": {"type": "string"},
+            "extends": {"type": "string", "minLength": 1, "description": "a policy name or path to build on"},
+            "disable": _strings("rule ids of the extended policy to drop"),
+            "default_level": {"enum": list(LEVEL_NAMES), "description": "for programs no rule mentions"},
+            "thresholds": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"before": {"enum": list(LEVEL_NAMES)}, "effects": {"enum": list(LEVEL_NAMES)}},
+            },
+            "rules": {"type": "array", "items": rule_schema()},
+        },
+    }
