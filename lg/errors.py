@@ -105,5 +105,9 @@ class EnvironmentUnfit(LgError):
         return f"{self.message}\n  fix: {self.fix}" if self.fix else self.message
 
 
+class GateUnavailable(EnvironmentUnfit):
+    """A step reached an approval gate, and this version of lg cannot hold gates yet: stop, apply nothing."""
+
+
 class Interrupted(LgError):
     exit_code = ExitCode.INTERRUPTED

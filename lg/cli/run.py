@@ -45,16 +45,18 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, as_json: boo
 
 def _execute(pipeline: Pipeline, config: ProjectConfig, root: Path, as_json: bool) -> int:
     from lg.config.secrets import resolve_secrets  # noqa: PLC0415
+    from lg.policy.load import load_policy  # noqa: PLC0415
     from lg.runner.console import echo_stdout  # noqa: PLC0415
     from lg.runner.engine import RunRequest, run_pipeline  # noqa: PLC0415
     from lg.runs.store import RunStore  # noqa: PLC0415
 
+    policy = load_policy(pipeline.policy, config, pipeline.path.parent)
     secrets = resolve_secrets(pipeline, os.environ)
     for name in secrets.too_short_to_mask():
         click.echo(f"lg: warning: secret {name} is too short to be masked in output", err=True)
     store = RunStore(config.state_dir)
     echo = (lambda text: click.echo(text, err=True)) if as_json else echo_stdout
-    outcome = run_pipeline(RunRequest(pipeline, config, root, secrets, echo), store)
+    outcome = run_pipeline(RunRequest(pipeline, config, root, secrets, echo, policy), store)
     if as_json:
         emit_json({"run": asdict(outcome.run), "steps": [asdict(s) for s in store.steps(outcome.run.id)]})
     return int(outcome.exit_code)

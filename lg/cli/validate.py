@@ -53,12 +53,15 @@ def render(file: Path, as_json: bool) -> int:
     Templates that read step outputs (steps.ID.outputs.NAME) are resolved at run time and shown as written.
     """
     from lg.config.pipeline import load_pipeline  # noqa: PLC0415
+    from lg.config.project import load_project_config  # noqa: PLC0415
     from lg.config.references import check_pipeline_references  # noqa: PLC0415
-    from lg.render.plan import pipeline_view  # noqa: PLC0415
+    from lg.policy.load import load_policy  # noqa: PLC0415
+    from lg.render.plan import pipeline_view, step_grades  # noqa: PLC0415
 
     pipeline = load_pipeline(file)
     check_pipeline_references(pipeline)
-    view = pipeline_view(pipeline)
+    policy = load_policy(pipeline.policy, load_project_config(pipeline.path.parent), pipeline.path.parent)
+    view = pipeline_view(pipeline, step_grades(pipeline, policy))
     if as_json:
         emit_json(view)
     else:

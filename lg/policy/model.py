@@ -15,7 +15,7 @@ from lg.policy.levels import RiskLevel
 from lg.policy.shell import Invocation
 
 RuleKind = Literal["command", "redirect", "allow", "effects", "relaxation"]
-WRITE_OPERATORS = frozenset({">", ">>", ">|", "&>", "&>>", "<>"})
+WRITE_OPERATORS = frozenset({">", ">>", ">|", "&>", "&>>", ">&", "<>"})
 
 
 @functools.lru_cache(maxsize=1024)

@@ -234,6 +234,9 @@ class _Walker:
         program = self.static(name_node)
         args = list(node.children_by_field_name("argument"))
         words = [self.static(arg) for arg in args]
+        if program is not None and _basename(program) in INTERPRETERS and any(
+                arg.type in ("process_substitution", "command_substitution") for arg in args):
+            self.problems.append((f"{_basename(program)} runs code produced by a substitution", self.text(node)))
         dynamic = any(word is None for word in words)
         values = tuple(word if word is not None else "$DYNAMIC" for word in words)
         for arg in node.children_by_field_name("redirect"):
@@ -254,8 +257,13 @@ class _Walker:
     def _emit(self, program: str, words: tuple[str, ...], span: str, piped_from: tuple[str, ...],
               redirects: tuple[tuple[str, str], ...], via: tuple[str, ...], dynamic: bool) -> None:
         self.out.append(Invocation(program, words, span, piped_from, redirects, via, dynamic))
+        if program in INTERPRETERS and piped_from and _reads_stdin(program, words):
+            self.problems.append((f"{program} reads its script from a pipe (from {', '.join(piped_from)})", span))
         if program in WRAPPERS:
             inner = _unwrap(program, words)
+            if program == "xargs":  # xargs appends what it reads: arguments no one can see statically
+                inner = (*inner, "$DYNAMIC") if inner else inner
+                dynamic = True
             if inner:
                 if inner[0] == "$DYNAMIC":
                     self.problems.append((f"{program} runs a command that is not static", span))
@@ -264,6 +272,10 @@ class _Walker:
             return
         if program in SHELLS or program == "eval":
             self._nested_script(program, words, span, via)
+        elif program in INTERPRETERS and Invocation(program, words, span).flags & {"-c", "-e"}:
+            code = tuple(w for w in words if not w.startswith("-"))[:1]
+            if code and "$DYNAMIC" in code[0]:
+                self.problems.append((f"{program} runs inline code that is not static", span))
 
     def _nested_script(self, program: str, words: tuple[str, ...], span: str, via: tuple[str, ...]) -> None:
         script_words: tuple[str, ...]
@@ -303,6 +315,15 @@ def _unwrap(program: str, words: tuple[str, ...]) -> tuple[str, ...]:
             continue
         break
     return words[index:]
+
+
+def _reads_stdin(program: str, words: tuple[str, ...]) -> bool:
+    """An interpreter with no script argument (or `-`) runs whatever arrives on standard input."""
+    invocation = Invocation(program, words, "")
+    if invocation.flags & {"-c", "-e", "-m"}:
+        return False
+    positionals = invocation.positionals
+    return not positionals or positionals[0] == "-" or (program in SHELLS and "-s" in invocation.flags)
 
 
 def _same(first: Any, second: Any) -> bool:

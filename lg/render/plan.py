@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from lg.model import ApprovalSpec, Pipeline, Step
+from lg.policy.grade import grade_step
+from lg.policy.model import RiskPolicy
 
 
-def pipeline_view(pipeline: Pipeline) -> dict[str, Any]:
+def step_grades(pipeline: Pipeline, policy: RiskPolicy) -> dict[str, dict[str, Any]]:
+    """Each step's pre-run grade, as a reviewer sees it in a pull request (output templates unrendered)."""
+    return {step.id: grade_step(policy, step).to_json() for step in pipeline.steps}
+
+
+def pipeline_view(pipeline: Pipeline, grades: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The fully expanded pipeline. Secret *names* only: values are never read here."""
     return {
         "name": pipeline.name,
@@ -21,7 +28,7 @@ def pipeline_view(pipeline: Pipeline) -> dict[str, Any]:
         "env": dict(pipeline.env),
         "secrets": [secret.name for secret in pipeline.secrets],
         "timeout": pipeline.timeout,
-        "steps": [step_view(step) for step in pipeline.steps],
+        "steps": [{**step_view(step), **({"risk": grades[step.id]} if grades else {})} for step in pipeline.steps],
     }
 
 

@@ -19,11 +19,14 @@ from lg.config.templates import Scope, TemplateProblem, evaluate, is_template, r
 from lg.errors import (
     EnvironmentUnfit,
     ExitCode,
+    GateUnavailable,
     Interrupted,
     LgError,
     StepFailed,
 )
 from lg.model import Pipeline, ProjectConfig, Step
+from lg.policy.grade import grade_command
+from lg.policy.model import RiskPolicy
 from lg.runner.console import StepOutput, open_log
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt
 from lg.runs.store import RunRecord, RunStore
@@ -39,6 +42,7 @@ class RunRequest:
     workspace: Path
     secrets: SecretValues
     echo: Callable[[str], None]
+    policy: RiskPolicy
 
 
 @dataclass
@@ -70,7 +74,8 @@ def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
         _finish(store, record, "interrupted", ExitCode.INTERRUPTED, "interrupted by the user")
         raise Interrupted(f"run {record.id} interrupted; nothing from the running step was applied") from None
     except LgError as error:
-        _finish(store, record, "failed", error.exit_code, str(error))
+        _finish(store, record, "blocked" if isinstance(error, GateUnavailable) else "failed", error.exit_code,
+                str(error))
         raise
     failed = [sid for sid, state in states.items() if state.status in ("failed", "timed_out")]
     hard = [sid for sid in failed if not states[sid].continued]
@@ -157,9 +162,31 @@ def _run_step(request: RunRequest, store: RunStore, record: RunRecord, step: Ste
     return _execute(request, store, record, step, context, deadline)
 
 
+def _check_before(request: RunRequest, store: RunStore, record: RunRecord, step: Step, script: str) -> bool:
+    """Grade the step as it will run (templates rendered). False: denied. Raises at a gate it cannot hold."""
+    assessment = grade_command(request.policy, script)
+    store.update_step(record.id, step.id, grade=assessment.to_json())
+    store.audit("step.graded", record.id, step=step.id, **assessment.to_json())
+    rules = ", ".join(m.rule_id for m in assessment.matches if m.level >= request.policy.thresholds.before)
+    if assessment.denied:
+        detail = f"denied by policy {request.policy.name}: {rules}"
+        store.update_step(record.id, step.id, status="failed", detail=detail, finished=time.time())
+        request.echo(f"[{step.id}] {detail}")
+        return False
+    if assessment.gate:
+        store.update_step(record.id, step.id, status="blocked", detail=f"needs approval: {rules}")
+        raise GateUnavailable(
+            f"step {step.id!r} is graded {assessment.level.label} by policy {request.policy.name} ({rules}) and "
+            "needs approval before it runs; this version of lg cannot hold approval gates, so it stops here "
+            "with nothing run", fix=f"lg policy explain -- <the step's script> shows why; run {record.id} stopped")
+    return True
+
+
 def _execute(request: RunRequest, store: RunStore, record: RunRecord, step: Step,
              context: Mapping[str, object], deadline: float | None) -> StepState:
     script = _runtime_text(step.run or "", context, f"step {step.id} run")
+    if not _check_before(request, store, record, step, script):
+        return StepState("failed", continued=step.continue_on_error)
     env = {name: _runtime_text(value, context, f"step {step.id} env.{name}") for name, value in step.env.items()}
     log_path = store.run_dir(record.id) / f"{step.id}.log"
     store.update_step(record.id, step.id, status="running", started=time.time(), log_path=str(log_path))
@@ -177,7 +204,7 @@ def _execute(request: RunRequest, store: RunStore, record: RunRecord, step: Step
             context_for_vm = StepContext(
                 request.pipeline, request.config, step, request.workspace, script,
                 {**request.pipeline.env, **env, **request.secrets.values}, timeout, record.id,
-                store.run_dir(record.id), output,
+                store.run_dir(record.id), output, request.policy,
             )
             try:
                 result = run_attempt(context_for_vm)
@@ -188,12 +215,17 @@ def _execute(request: RunRequest, store: RunStore, record: RunRecord, step: Step
                 raise
             output.flush()
             _record_attempt(store, record.id, step.id, result)
-            if result.status == "succeeded":
+            if result.status in ("succeeded", "held"):
                 break
             output.note(result.detail or result.status)
     if result is None:  # unreachable: the loop runs at least once
         raise StepFailed(f"step {step.id} made no attempt")
     store.update_step(record.id, step.id, status=result.status, finished=time.time())
+    if result.status == "held":
+        store.audit("effects.discarded", record.id, step=step.id, reason=result.detail)
+        request.echo(f"[{step.id}] {mask(result.detail or '')}")
+        raise GateUnavailable(f"step {step.id!r}: {result.detail}; this version of lg cannot hold effects for "
+                              "approval, so the run stops here", fix=f"lg status {record.id} shows the changes")
     store.audit("step.finished", record.id, step=step.id, status=result.status, exit_code=result.exit_code,
                 applied=[{"path": c.path, "kind": c.kind, "sha256": c.sha256} for c in result.changes])
     verdict = "succeeded" if result.status == "succeeded" else f"{result.status}: {result.detail}"
@@ -212,6 +244,7 @@ def _record_attempt(store: RunStore, run_id: str, step_id: str, result: AttemptR
         outputs=dict(result.outputs),
         changes=[change.__dict__ for change in result.changes],
         detail=result.detail,
+        effects_grade=dict(result.effects_grade) if result.effects_grade is not None else None,
     )
 
 

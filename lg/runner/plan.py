@@ -11,10 +11,13 @@ from lg.config.pipeline import topological_order
 from lg.errors import EnvironmentUnfit
 from lg.images.store import require_image
 from lg.model import Pipeline, ProjectConfig
-from lg.render.plan import approval_view
+from lg.policy.load import load_policy
+from lg.render.plan import approval_view, step_grades
 
 
 def build_plan(pipeline: Pipeline, config: ProjectConfig, workspace: Path) -> dict[str, Any]:
+    policy = load_policy(pipeline.policy, config, pipeline.path.parent)
+    grades = step_grades(pipeline, policy)
     steps = []
     for position, step in enumerate(topological_order(pipeline), start=1):
         steps.append({
@@ -30,6 +33,7 @@ def build_plan(pipeline: Pipeline, config: ProjectConfig, workspace: Path) -> di
             "retries": step.retries,
             "continue_on_error": step.continue_on_error,
             "approve": approval_view(step.approve),
+            "risk": grades[step.id],
             "run": step.run,
         })
     return {
@@ -55,7 +59,11 @@ def render_plan(plan: dict[str, Any]) -> str:
             extras.append(f"retries {step['retries']}")
         if step["if"]:
             extras.append(f"if {step['if']}")
-        if step["approve"]:
+        risk = step["risk"]
+        extras.append(f"risk {risk['level']}")
+        if risk["denied"]:
+            extras.append("DENIED by policy")
+        elif step["approve"] or risk["gate"]:
             extras.append("GATE: needs approval")
         lines.append(f"{step['position']:>3}. {step['id']}: {step['name'] or ''}".rstrip(": "))
         lines.append(f"     {'; '.join(extras)}")

@@ -9,10 +9,13 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from lg.errors import LgError
 from lg.images.store import require_image
 from lg.model import FileChange, Pipeline, ProjectConfig, Step
+from lg.policy.grade import grade_effects
+from lg.policy.model import RiskPolicy
 from lg.runner.console import StepOutput
 from lg.runner.workspace import (
     UnsafeChange,
@@ -43,6 +46,7 @@ class StepContext:
     run_id: str
     run_dir: Path
     output: StepOutput
+    policy: RiskPolicy
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class AttemptResult:
     boot_seconds: float | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     changes: tuple[FileChange, ...] = ()
+    effects_grade: Mapping[str, Any] | None = None
 
 
 def run_attempt(context: StepContext) -> AttemptResult:
@@ -110,9 +115,16 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str) -> AttemptResult:
         return replace(base, detail=_failure(result))
     outputs = _collect_outputs(vm, step)
     changes = tuple(vm.changes(GUEST_WORKSPACE))
+    effects = grade_effects(context.policy, changes)
+    base = replace(base, outputs=outputs, changes=changes, effects_grade=effects.to_json())
+    if effects.denied or effects.gate:
+        # What the step did needs a human's review before it reaches the host: apply none of it.
+        rules = ", ".join(m.rule_id for m in effects.matches if m.level >= context.policy.thresholds.effects)
+        verdict = "denied by" if effects.denied else f"{effects.level.label}, held for review by"
+        return replace(base, status="held", detail=f"effects {verdict} {rules}; nothing was applied")
     _collect_artifacts(vm, step, context.run_dir / "artifacts" / step.id)
     _apply(vm, context, changes)
-    return replace(base, status="succeeded", outputs=outputs, changes=changes)
+    return replace(base, status="succeeded")
 
 
 def _failure(result: ExecResult) -> str:

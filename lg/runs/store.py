@@ -19,7 +19,10 @@ from typing import Any
 from lg.errors import EnvironmentUnfit, InvalidInput
 from lg.runs.audit import AuditLog, AuditRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_MIGRATIONS = {  # from version N to N+1
+    1: ("ALTER TABLE steps ADD COLUMN grade TEXT", "ALTER TABLE steps ADD COLUMN effects_grade TEXT"),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -52,13 +55,17 @@ CREATE TABLE IF NOT EXISTS steps (
     outputs TEXT NOT NULL DEFAULT '{}',
     changes TEXT NOT NULL DEFAULT '[]',
     detail TEXT,
+    grade TEXT,
+    effects_grade TEXT,
     PRIMARY KEY (run_id, step_id)
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
 """
 
-RUN_STATUSES = ("pending", "running", "succeeded", "failed", "interrupted", "cancelled")
-STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "timed_out", "interrupted")
+RUN_STATUSES = ("pending", "running", "succeeded", "failed", "blocked", "interrupted", "cancelled")
+# blocked: a gate the step reached before running; held: its effects need review (nothing was applied)
+STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "timed_out", "interrupted", "blocked",
+                 "held")
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,8 @@ class StepRecord:
     outputs: dict[str, str]
     changes: list[dict[str, Any]]
     detail: str | None
+    grade: dict[str, Any] | None = None
+    effects_grade: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float | None:
@@ -133,6 +142,11 @@ class RunStore:
                     for statement in filter(str.strip, _SCHEMA.split(";")):
                         db.execute(statement)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            for step in range(max(version, 1), SCHEMA_VERSION) if version else ():
+                with self.transaction() as db:
+                    for statement in _MIGRATIONS[step]:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version={step + 1}")
         except sqlite3.DatabaseError as error:
             raise EnvironmentUnfit(
                 f"the state database {self.path} is unreadable ({error}); it was left as it is",
@@ -206,7 +220,7 @@ class RunStore:
     # --- steps -------------------------------------------------------------------------------------------
 
     def update_step(self, run_id: str, step_id: str, **fields: Any) -> None:
-        for key in ("outputs", "changes"):
+        for key in ("outputs", "changes", "grade", "effects_grade"):
             if key in fields:
                 fields[key] = json.dumps(fields[key])
         self._update("steps", "run_id = ? AND step_id = ?", (run_id, step_id), fields)
@@ -216,8 +230,8 @@ class RunStore:
         records = []
         for row in rows:
             data = dict(row)
-            data["outputs"] = json.loads(data["outputs"])
-            data["changes"] = json.loads(data["changes"])
+            for key in ("outputs", "changes", "grade", "effects_grade"):
+                data[key] = json.loads(data[key]) if data[key] is not None else None
             records.append(StepRecord(**data))
         return records
 

@@ -1,0 +1,114 @@
+"""`lg policy test` and `lg policy explain`: policies are code, so they are tested and their decisions explained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from lg.cli.output import color_enabled, emit_json, json_option
+from lg.errors import ExitCode, InvalidInput
+from lg.model import FileChange
+from lg.policy.levels import RiskLevel
+from lg.policy.model import Assessment
+
+LEVEL_COLOURS = {RiskLevel.GREEN: "green", RiskLevel.YELLOW: "yellow", RiskLevel.ORANGE: "bright_red",
+                 RiskLevel.RED: "red"}
+
+
+@click.group()
+def policy() -> None:
+    """Test risk policies and explain their decisions."""
+
+
+@policy.command()
+@click.argument("policies", nargs=-1)
+@click.option("--golden", "golden_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Directory of golden files (default: tests/policy/corpus of the project, if present).")
+@json_option
+def test(policies: tuple[str, ...], golden_dirs: tuple[Path, ...], as_json: bool) -> int:
+    """Load POLICIES (default: every policy in the search path), checking every rule's own examples, then
+    grade every golden file's command lines and change sets. Exit 1 if any grade differs from the golden one."""
+    from lg.config.project import load_project_config  # noqa: PLC0415
+    from lg.policy.golden import run_golden  # noqa: PLC0415
+    from lg.policy.load import load_policy  # noqa: PLC0415
+
+    config = load_project_config()
+    names = policies or tuple(sorted({p.stem for d in config.paths.risk_policies for p in d.glob("*.yaml")}))
+    loaded = [load_policy(name, config, Path.cwd()) for name in names]
+    directories = golden_dirs or tuple(d for d in (config.root / "tests/policy/corpus",) if d.is_dir())
+    cases = [case for d in directories for path in sorted(d.glob("*.yaml")) for case in run_golden(path, config)]
+    failed = [case for case in cases if not case.ok]
+    if as_json:
+        emit_json({"policies": [{"name": p.name, "rules": len(p.rules)} for p in loaded],
+                   "golden": {"cases": len(cases), "failed": [
+                       {"where": str(c.location), "subject": c.subject, "expected": c.expected.label,
+                        "actual": c.actual.label} for c in failed]}})
+    else:
+        for loaded_policy in loaded:
+            click.echo(f"ok: {loaded_policy.name} ({len(loaded_policy.rules)} rules, every example agrees)")
+        for case in failed:
+            click.echo(f"{case.location}: expected {case.expected.label}, got {case.actual.label}: {case.subject}",
+                       err=True)
+        click.echo(f"golden: {len(cases) - len(failed)} of {len(cases)} cases agree")
+    return ExitCode.FAILED if failed else ExitCode.OK
+
+
+@policy.command()
+@click.option("--policy", "policy_name", default=None, help="Policy name or path (default: the project's).")
+@click.option("--effects", "effects_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="A JSON file of changes ([{path, kind, size, mode, ...}]) to grade instead of a command.")
+@click.argument("command", nargs=-1)
+@json_option
+def explain(policy_name: str | None, effects_file: Path | None, command: tuple[str, ...], as_json: bool) -> int:
+    """Explain the grade of COMMAND (after `--`), or of a change set: level, every rule that matched, and
+    whether it gates."""
+    from lg.config.project import load_project_config  # noqa: PLC0415
+    from lg.policy.grade import grade_command, grade_effects  # noqa: PLC0415
+    from lg.policy.load import load_policy  # noqa: PLC0415
+
+    config = load_project_config()
+    loaded = load_policy(policy_name or config.policy, config, Path.cwd())
+    if effects_file is not None and command:
+        raise InvalidInput("explain takes a command or --effects, not both")
+    if effects_file is not None:
+        assessment = grade_effects(loaded, _read_changes(effects_file))
+    elif command:
+        assessment = grade_command(loaded, " ".join(command))
+    else:
+        raise InvalidInput("nothing to explain: give a command after `--`, or --effects FILE")
+    if as_json:
+        emit_json(assessment.to_json())
+    else:
+        click.echo(render_assessment(assessment, loaded.name))
+    return ExitCode.OK
+
+
+def _read_changes(path: Path) -> list[FileChange]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise InvalidInput(f"--effects {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise InvalidInput(f"--effects {path}: not JSON: {error}") from None
+    items = data.get("changes", data) if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise InvalidInput(f"--effects {path}: expected a list of changes")
+    try:
+        return [FileChange(**item) for item in items]
+    except TypeError as error:
+        raise InvalidInput(f"--effects {path}: not a change: {error}") from None
+
+
+def render_assessment(assessment: Assessment, policy_name: str) -> str:
+    level = assessment.level.label.upper()
+    if color_enabled():
+        level = click.style(level, fg=LEVEL_COLOURS[assessment.level], bold=True)
+    decision = "DENIED" if assessment.denied else "gate: approval required" if assessment.gate else "no gate"
+    lines = [f"{level}  ({decision}; policy {policy_name})"]
+    for match in assessment.matches:
+        lines.append(f"  {match.level.label:<7} {match.rule_id}: {match.reason}")
+        if match.span:
+            lines.append(f"          at: {match.span}")
+    return "\n".join(lines)
