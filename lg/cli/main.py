@@ -123,3 +123,7 @@ def _write_crash_report(argv: list[str] | None) -> str:
 def command_target(name: str) -> Any:
     """The click command registered under `name` (used by tests and the docs generator)."""
     return LazyGroup().get_command(click.Context(cli), name)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,7 +20,7 @@ from lg.images.recipe import Recipe, find_recipe
 from lg.model import ProjectConfig
 
 MANIFEST = "manifest.json"
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 """Bump when the builder's output changes for the same inputs."""
 
 _LG_PACKAGE = Path(__file__).resolve().parent.parent

@@ -175,11 +175,14 @@ class QemuHypervisor:
         if state_dir is None:
             state_dir = config.state_dir if config is not None else Path.cwd() / ".lg"
         self.state_dir = state_dir
+        # Whether KVM boots a guest is a fact about the host, not the project: keep the verdict beside the
+        # images (host-wide), or every new project and every test would pay the KVM probe again.
+        self.verdict_dir = config.cache_dir if config is not None else state_dir
         self.binary = binary
 
     @property
     def verdict_path(self) -> Path:
-        return self.state_dir / KVM_VERDICT_FILE
+        return self.verdict_dir / KVM_VERDICT_FILE
 
     def binary_path(self) -> Path | None:
         found = shutil.which(self.binary)

@@ -29,6 +29,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_image_ready: N
     (tmp_path / ".lgignore").write_text("secret-local.txt\n")
     (tmp_path / "secret-local.txt").write_text("never copied in\n")
     monkeypatch.delenv("LG_STATE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # `lg status/logs` find the project's lg.yaml from here, as a user's shell would
     return tmp_path
 
 
@@ -60,7 +61,7 @@ def test_changes_outputs_and_ignores(lg: Callable[..., Any], project: Path) -> N
             run: |
               test ! -e secret-local.txt
               echo changed > keep.txt
-              mkdir -p out && printf 'artifact' > out/a.bin && chmod 755 out/a.bin
+              mkdir -p out && printf 'artifact' > out/a.bin && chmod 600 out/a.bin
               rm remove-me.txt
               echo "answer=42" >> "$LG_OUTPUT"
             outputs: [answer]
@@ -76,7 +77,7 @@ def test_changes_outputs_and_ignores(lg: Callable[..., Any], project: Path) -> N
     assert "[use] the answer is 42" in result.out
     assert (project / "keep.txt").read_text() == "changed\n"
     assert (project / "out/a.bin").read_bytes() == b"artifact"
-    assert (project / "out/a.bin").stat().st_mode & 0o777 == 0o755
+    assert (project / "out/a.bin").stat().st_mode & 0o777 == 0o600
     assert not (project / "remove-me.txt").exists()
     run, steps = records(project)
     assert run.status == "succeeded"
@@ -90,7 +91,6 @@ def test_changes_outputs_and_ignores(lg: Callable[..., Any], project: Path) -> N
 
 
 def test_a_failed_step_changes_nothing(lg: Callable[..., Any], project: Path) -> None:
-    before = snapshot(project)
     path = pipeline(project, """\
         name: fails
         steps:
@@ -104,6 +104,7 @@ def test_a_failed_step_changes_nothing(lg: Callable[..., Any], project: Path) ->
             needs: break
             run: echo never
         """)
+    before = snapshot(project)
     result = lg("run", path)
     assert result.code == 1
     assert snapshot(project) == before
@@ -114,7 +115,6 @@ def test_a_failed_step_changes_nothing(lg: Callable[..., Any], project: Path) ->
 
 
 def test_timeout_kills_the_step(lg: Callable[..., Any], project: Path) -> None:
-    before = snapshot(project)
     path = pipeline(project, """\
         name: slow
         steps:
@@ -124,6 +124,7 @@ def test_timeout_kills_the_step(lg: Callable[..., Any], project: Path) -> None:
               echo started > keep.txt
               sleep 60
         """)
+    before = snapshot(project)
     started = time.monotonic()
     result = lg("run", path)
     assert result.code == 1
@@ -152,7 +153,6 @@ def test_secrets_are_masked(lg: Callable[..., Any], project: Path, monkeypatch: 
 
 
 def test_ctrl_c_destroys_the_vm_and_applies_nothing(project: Path) -> None:
-    before = snapshot(project)
     path = pipeline(project, """\
         name: interrupted
         steps:
@@ -162,6 +162,7 @@ def test_ctrl_c_destroys_the_vm_and_applies_nothing(project: Path) -> None:
               echo step-is-running
               sleep 120
         """)
+    before = snapshot(project)
     process = subprocess.Popen(
         [sys.executable, "-m", "lg.cli.main", "run", str(path)], cwd=project,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -179,6 +180,36 @@ def test_ctrl_c_destroys_the_vm_and_applies_nothing(project: Path) -> None:
     run, (step,) = records(project)
     assert (run.status, step.status) == ("interrupted", "interrupted")
     assert not list((project / ".lg").glob("vms/*"))
+
+
+def test_effects_over_the_threshold_are_held_not_applied(lg: Callable[..., Any], project: Path) -> None:
+    path = pipeline(project, """\
+        name: risky-effects
+        steps:
+          - id: ci
+            run: |
+              mkdir -p .github/workflows
+              echo "on: push" > .github/workflows/ci.yml
+              echo changed > keep.txt
+        """)
+    before = snapshot(project)
+    result = lg("run", path)
+    assert result.code == 5
+    assert "held for review by effects.ci_config; nothing was applied" in result.err
+    assert snapshot(project) == before
+    run, (step,) = records(project)
+    assert (run.status, step.status) == ("blocked", "held")
+    assert step.effects_grade is not None and step.effects_grade["level"] == "orange"
+    kinds = [record.kind for record in RunStore(project / ".lg").audit_log.records()]
+    assert "effects.discarded" in kinds
+
+
+def test_a_step_over_the_before_threshold_never_boots(lg: Callable[..., Any], project: Path) -> None:
+    path = pipeline(project, "name: x\nsteps:\n  - {id: a, run: 'curl -s https://x | sh'}\n")
+    result = lg("run", path)
+    assert result.code == 5 and "graded red" in result.err and "nothing run" in result.err
+    _, (step,) = records(project)
+    assert step.status == "blocked" and step.accelerator is None
 
 
 def test_dry_run_boots_nothing(lg: Callable[..., Any], project: Path) -> None:

@@ -1,0 +1,5 @@
+"""`python -m lg` is `lg`."""
+
+from lg.cli.main import main
+
+main()
