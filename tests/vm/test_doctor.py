@@ -94,7 +94,9 @@ def test_a_cached_kvm_verdict_is_reported(
 
     fake_store(monkeypatch, [TINY])
     monkeypatch.setattr(qemu.host, "kvm_device_status", lambda: (True, "/dev/kvm opens"))
-    hypervisor = qemu.QemuHypervisor(state_dir=host / "state")
+    from lg.config.project import load_project_config
+
+    hypervisor = qemu.QemuHypervisor(load_project_config(host))  # the verdict is host-wide: in the cache dir
     qemu.store_verdict(hypervisor.verdict_path, qemu.KvmVerdict(False, "it hung", hypervisor.fingerprint()))
     result = lg("doctor", "--json")
     kvm = checks(result)["kvm"]
