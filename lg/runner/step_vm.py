@@ -82,6 +82,11 @@ def run_attempt(context: StepContext) -> AttemptResult:
             return _in_vm(context, vm, image.digest)
     except UnsafeChange as error:
         return AttemptResult("failed", None, str(error), image_digest=image.digest)
+    except OSError as error:
+        # The host side failed (typically a full disk while staging the step's changes): staging is removed,
+        # so nothing reached the workspace.
+        return AttemptResult("failed", None, f"cannot copy the step's changes to the host: "
+                             f"{error.strerror or error}; nothing was applied", image_digest=image.digest)
     except LgError as error:
         # A guest that crashed, an agent that went silent, a boot that failed: the step failed, and says why.
         return AttemptResult("failed", None, str(error), image_digest=image.digest)

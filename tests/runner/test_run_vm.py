@@ -212,6 +212,63 @@ def test_a_step_over_the_before_threshold_never_boots(lg: Callable[..., Any], pr
     assert step.status == "blocked" and step.accelerator is None
 
 
+def test_if_and_continue_on_error(lg: Callable[..., Any], project: Path) -> None:
+    path = pipeline(project, """\
+        name: control-flow
+        vars: {enabled: "no"}
+        steps:
+          - id: flaky
+            continue_on_error: true
+            run: exit 4
+          - id: after
+            needs: flaky
+            run: echo after-ran > after.txt
+          - id: optional
+            if: vars.enabled == 'yes'
+            run: echo ran > optional.txt
+        """)
+    result = lg("run", path)
+    assert result.code == 0, result.out + result.err
+    assert (project / "after.txt").read_text() == "after-ran\n" and not (project / "optional.txt").exists()
+    _, steps = records(project)
+    by_id = {s.step_id: s for s in steps}
+    assert [(by_id[i].status, by_id[i].exit_code) for i in ("flaky", "after", "optional")] == [
+        ("failed", 4), ("succeeded", 0), ("skipped", None)]
+    assert by_id["optional"].detail == "skipped: if: vars.enabled == 'yes'"
+
+
+def test_a_full_disk_while_copying_out_applies_nothing(lg: Callable[..., Any], project: Path) -> None:
+    small = project / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        (small / "lg.yaml").write_text(f"image: tiny\nstate_dir: {project / '.lg'}\n")
+        (small / "keep.txt").write_text("original\n")
+        path = pipeline(small, """\
+            name: big-output
+            steps:
+              - id: fill
+                run: |
+                  echo changed > keep.txt
+                  head -c 3000000 /dev/zero > big.bin
+            """)
+        before = snapshot(small)
+        result = lg("run", path)
+        assert result.code == 1, result.out + result.err
+        assert "No space left on device; nothing was applied" in result.out
+        assert snapshot(small) == before and not [p for p in small.iterdir() if p.name.startswith(".lg-apply-")]
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_missing_qemu_says_how_to_install_it(lg: Callable[..., Any], project: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(project))  # a PATH with no qemu on it
+    path = pipeline(project, "name: x\nsteps:\n  - {id: a, run: echo}\n")
+    result = lg("run", path)
+    assert result.code == 5 and "apt-get install qemu-system-x86" in result.err
+
+
 def test_dry_run_boots_nothing(lg: Callable[..., Any], project: Path) -> None:
     path = pipeline(project, "name: plan\nsteps:\n  - {id: a, run: echo}\n  - {id: b, needs: a, run: echo}\n")
     result = lg("run", "--dry-run", "--json", path)
