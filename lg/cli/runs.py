@@ -40,12 +40,12 @@ def runs(limit: int, as_json: bool) -> int:
     """List recent runs, newest first."""
     records = _store().runs(limit)
     if as_json:
-        emit_json([asdict(record) for record in records])
+        emit_json([{**asdict(record), "abandoned": record.abandoned} for record in records])
         return ExitCode.OK
     if not records:
         click.echo("no runs yet")
     for record in records:
-        click.echo(f"{record.id}  {record.status:<11}  {record.pipeline:<24}  {_age(record.created)}")
+        click.echo(f"{record.id}  {record.shown_status:<11}  {record.pipeline:<24}  {_age(record.created)}")
     return ExitCode.OK
 
 
@@ -58,10 +58,11 @@ def status(run_id: str, as_json: bool) -> int:
     record = store.run(run_id)
     steps = store.steps(record.id)
     if as_json:
-        emit_json({"run": asdict(record), "steps": [asdict(step) for step in steps]})
+        emit_json({"run": {**asdict(record), "abandoned": record.abandoned},
+                   "steps": [asdict(step) for step in steps]})
         return ExitCode.OK
     duration = (record.finished or time.time()) - record.started if record.started else None
-    click.echo(f"run {record.id}  {record.status}  pipeline {record.pipeline}  {_seconds(duration)}")
+    click.echo(f"run {record.id}  {record.shown_status}  pipeline {record.pipeline}  {_seconds(duration)}")
     if record.error:
         click.echo(f"  error: {record.error}")
     for step in steps:

@@ -7,6 +7,7 @@ for free. A database that cannot be read is reported, never silently replaced.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -16,12 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from lg.errors import EnvironmentUnfit, InvalidInput
 from lg.runs.audit import AuditLog, AuditRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS = {  # from version N to N+1
     1: ("ALTER TABLE steps ADD COLUMN grade TEXT", "ALTER TABLE steps ADD COLUMN effects_grade TEXT"),
+    2: ("ALTER TABLE runs ADD COLUMN pid INTEGER", "ALTER TABLE runs ADD COLUMN pid_started REAL"),
 }
 
 _SCHEMA = """
@@ -36,7 +40,9 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL,
     exit_code INTEGER,
     error TEXT,
-    initiator TEXT NOT NULL
+    initiator TEXT NOT NULL,
+    pid INTEGER,
+    pid_started REAL
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -81,6 +87,22 @@ class RunRecord:
     exit_code: int | None
     error: str | None
     initiator: str
+    pid: int | None = None  # the lg process running it
+    pid_started: float | None = None  # that process's start time, so a reused pid is not mistaken for it
+
+    @property
+    def abandoned(self) -> bool:
+        """Marked running, but the lg process running it is gone (killed with -9, or the machine restarted)."""
+        if self.status != "running" or self.pid is None:
+            return False
+        try:
+            return abs(psutil.Process(self.pid).create_time() - (self.pid_started or 0)) > 1.0
+        except psutil.Error:
+            return True
+
+    @property
+    def shown_status(self) -> str:
+        return f"abandoned (lg process {self.pid} is gone)" if self.abandoned else self.status
 
 
 @dataclass(frozen=True)
@@ -181,9 +203,10 @@ class RunStore:
         now = time.time()
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO runs (id, pipeline, pipeline_path, workspace, status, created, initiator)"
-                " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                (run_id, pipeline, str(pipeline_path), str(workspace), now, initiator),
+                "INSERT INTO runs (id, pipeline, pipeline_path, workspace, status, created, initiator, pid,"
+                " pid_started) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (run_id, pipeline, str(pipeline_path), str(workspace), now, initiator, os.getpid(),
+                 psutil.Process().create_time()),
             )
             db.executemany(
                 "INSERT INTO steps (run_id, step_id, position, name, status) VALUES (?, ?, ?, ?, 'pending')",

@@ -49,3 +49,35 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(EnvironmentUnfit, match="newer lg"):
         RunStore(tmp_path)
+
+
+def test_a_run_whose_lg_process_is_gone_is_abandoned(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run = store.create_run("demo", tmp_path, tmp_path, "alice", [])
+    store.update_run(run.id, status="running")
+    assert not store.run(run.id).abandoned  # this very process runs it
+    store.update_run(run.id, pid=2**22 + 17)  # no such process
+    assert store.run(run.id).abandoned
+    assert store.run(run.id).shown_status.startswith("abandoned")
+    store.update_run(run.id, status="failed")
+    assert not store.run(run.id).abandoned
+
+
+def test_an_older_database_is_migrated(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "lg.db")
+    db.executescript("""
+        CREATE TABLE runs (id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, pipeline_path TEXT NOT NULL,
+            workspace TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
+            exit_code INTEGER, error TEXT, initiator TEXT NOT NULL);
+        CREATE TABLE steps (run_id TEXT NOT NULL, step_id TEXT NOT NULL, position INTEGER NOT NULL,
+            name TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, started REAL,
+            finished REAL, exit_code INTEGER, accelerator TEXT, image_digest TEXT, boot_seconds REAL,
+            log_path TEXT, outputs TEXT NOT NULL DEFAULT '{}', changes TEXT NOT NULL DEFAULT '[]', detail TEXT,
+            PRIMARY KEY (run_id, step_id));
+        INSERT INTO runs VALUES ('old-run', 'p', 'p.yaml', '/w', 'succeeded', 1.0, 1.0, 2.0, 0, NULL, 'bob');
+        PRAGMA user_version=1;
+    """)
+    db.close()
+    store = RunStore(tmp_path)
+    assert store.run("old-run").status == "succeeded" and store.run("old-run").pid is None
+    store.update_step("old-run", "x", grade={"level": "green"})  # the new columns exist
