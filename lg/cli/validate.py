@@ -60,8 +60,9 @@ def render(file: Path, as_json: bool) -> int:
 
     pipeline = load_pipeline(file)
     check_pipeline_references(pipeline)
-    policy = load_policy(pipeline.policy, load_project_config(pipeline.path.parent), pipeline.path.parent)
-    view = pipeline_view(pipeline, step_grades(pipeline, policy))
+    config = load_project_config(pipeline.path.parent)
+    policy = load_policy(pipeline.policy, config, pipeline.path.parent)
+    view = pipeline_view(pipeline, step_grades(pipeline, policy, config))
     if as_json:
         emit_json(view)
     else:

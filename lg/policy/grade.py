@@ -40,7 +40,11 @@ def grade_relaxations(policy: RiskPolicy, relaxations: Sequence[Relaxation]) -> 
 
 def grade_step(policy: RiskPolicy, step: Step, relaxations: Sequence[Relaxation] = ()) -> Assessment:
     """The pre-run grade of a step: its script and the ways it weakens the default VM profile."""
-    matches = _command_matches(policy, step.run or "") + _relaxation_matches(policy, relaxations)
+    return grade_script(policy, step.run or "", relaxations)
+
+
+def grade_script(policy: RiskPolicy, script: str, relaxations: Sequence[Relaxation] = ()) -> Assessment:
+    matches = _command_matches(policy, script) + _relaxation_matches(policy, relaxations)
     return _assess(policy, matches, policy.thresholds.before)
 
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from lg.model import ApprovalSpec, Pipeline, Step
+from lg.model import ApprovalSpec, Pipeline, ProjectConfig, Step
 from lg.policy.grade import grade_step
 from lg.policy.model import RiskPolicy
 
 
-def step_grades(pipeline: Pipeline, policy: RiskPolicy) -> dict[str, dict[str, Any]]:
-    """Each step's pre-run grade, as a reviewer sees it in a pull request (output templates unrendered)."""
-    return {step.id: grade_step(policy, step).to_json() for step in pipeline.steps}
+def step_grades(pipeline: Pipeline, policy: RiskPolicy, config: ProjectConfig) -> dict[str, dict[str, Any]]:
+    """Each step's pre-run grade, as a reviewer sees it in a pull request (output templates unrendered):
+    its script, and how its VM profile relaxes the default one."""
+    from lg.security.profile import load_vm_profile  # noqa: PLC0415 - profiles import the policy model
+
+    grades = {}
+    for step in pipeline.steps:
+        profile = load_vm_profile(step.profile or pipeline.profile, config, pipeline.path.parent)
+        grades[step.id] = grade_step(policy, step, profile.relaxations()).to_json()
+    return grades
 
 
 def pipeline_view(pipeline: Pipeline, grades: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:

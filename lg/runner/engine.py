@@ -25,11 +25,12 @@ from lg.errors import (
     StepFailed,
 )
 from lg.model import Pipeline, ProjectConfig, Step
-from lg.policy.grade import grade_command
+from lg.policy.grade import grade_script
 from lg.policy.model import RiskPolicy
 from lg.runner.console import StepOutput, open_log
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt
 from lg.runs.store import RunRecord, RunStore
+from lg.security.profile import load_vm_profile
 
 DEFAULT_STEP_TIMEOUT = 3600.0
 """A step with no `timeout` still ends: an hour is generous for a CI step and bounds a hung guest."""
@@ -164,7 +165,8 @@ def _run_step(request: RunRequest, store: RunStore, record: RunRecord, step: Ste
 
 def _check_before(request: RunRequest, store: RunStore, record: RunRecord, step: Step, script: str) -> bool:
     """Grade the step as it will run (templates rendered). False: denied. Raises at a gate it cannot hold."""
-    assessment = grade_command(request.policy, script)
+    profile = load_vm_profile(step.profile or request.pipeline.profile, request.config, request.pipeline.path.parent)
+    assessment = grade_script(request.policy, script, profile.relaxations())
     store.update_step(record.id, step.id, grade=assessment.to_json())
     store.audit("step.graded", record.id, step=step.id, **assessment.to_json())
     rules = ", ".join(m.rule_id for m in assessment.matches if m.level >= request.policy.thresholds.before)
@@ -205,6 +207,7 @@ def _execute(request: RunRequest, store: RunStore, record: RunRecord, step: Step
                 request.pipeline, request.config, step, request.workspace, script,
                 {**request.pipeline.env, **env, **request.secrets.values}, timeout, record.id,
                 store.run_dir(record.id), output, request.policy,
+                load_vm_profile(step.profile or request.pipeline.profile, request.config, request.pipeline.path.parent),
             )
             try:
                 result = run_attempt(context_for_vm)

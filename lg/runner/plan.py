@@ -17,7 +17,7 @@ from lg.render.plan import approval_view, step_grades
 
 def build_plan(pipeline: Pipeline, config: ProjectConfig, workspace: Path) -> dict[str, Any]:
     policy = load_policy(pipeline.policy, config, pipeline.path.parent)
-    grades = step_grades(pipeline, policy)
+    grades = step_grades(pipeline, policy, config)
     steps = []
     for position, step in enumerate(topological_order(pipeline), start=1):
         steps.append({

@@ -25,7 +25,7 @@ from lg.runner.workspace import (
     load_ignore_rules,
     staging_area,
 )
-from lg.security.profile import load_vm_profile
+from lg.security.profile import VmProfile
 from lg.vm.api import ExecRequest, ExecResult, Vm, VmSpec, hypervisor_for
 
 GUEST_WORKSPACE = "/workspace"
@@ -47,6 +47,7 @@ class StepContext:
     run_dir: Path
     output: StepOutput
     policy: RiskPolicy
+    profile: VmProfile
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class AttemptResult:
 def run_attempt(context: StepContext) -> AttemptResult:
     step, pipeline = context.step, context.pipeline
     image = require_image(context.config, step.image or pipeline.image)
-    profile = load_vm_profile(step.profile or pipeline.profile, context.config, pipeline.path.parent)
+    profile = context.profile
     backend = hypervisor_for(context.config, step.hypervisor or pipeline.hypervisor)
     spec = VmSpec(
         image=image,
@@ -105,11 +106,17 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str) -> AttemptResult:
         "LG_WORKSPACE": GUEST_WORKSPACE,
         "CI": "true",
     }
+    uid, gid = context.profile.uid_gid
     prepare = vm.exec(ExecRequest(argv=("/bin/mkdir", "-p", workdir, GUEST_OUTPUT_DIR), timeout=30))
-    if prepare.exit_code != 0:
-        return AttemptResult("failed", prepare.exit_code, f"cannot create the workdir {workdir}")
+    owner = vm.exec(ExecRequest(argv=("/bin/chown", "-R", f"{uid}:{gid}", GUEST_WORKSPACE, GUEST_OUTPUT_DIR),
+                                timeout=120))
+    if prepare.exit_code != 0 or owner.exit_code != 0:
+        return AttemptResult("failed", prepare.exit_code or owner.exit_code,
+                             f"cannot prepare the workspace for user {context.profile.user}")
+    env = {"HOME": GUEST_WORKSPACE if uid else "/root", "USER": context.profile.user, **env}
     result = vm.exec(
-        ExecRequest(argv=("/bin/sh", "-e", "-c", context.script), env=env, cwd=workdir, timeout=context.timeout),
+        ExecRequest(argv=("/bin/sh", "-e", "-c", context.script), env=env, cwd=workdir, timeout=context.timeout,
+                    uid=uid, gid=gid),
         on_output=context.output,
     )
     base = AttemptResult("failed", result.exit_code, None, accelerator=vm.accelerator,

@@ -269,6 +269,28 @@ def test_missing_qemu_says_how_to_install_it(lg: Callable[..., Any], project: Pa
     assert result.code == 5 and "apt-get install qemu-system-x86" in result.err
 
 
+def test_steps_run_unprivileged_and_root_is_a_relaxation(lg: Callable[..., Any], project: Path) -> None:
+    path = pipeline(project, """\
+        name: who
+        steps:
+          - id: whoami
+            run: |
+              echo "uid=$(id -u) gid=$(id -g) home=$HOME"
+              echo mine > mine.txt
+        """)
+    result = lg("run", path)
+    assert result.code == 0, result.out + result.err
+    assert "[whoami] uid=1000 gid=1000 home=/workspace" in result.out
+    assert (project / "mine.txt").read_text() == "mine\n"
+    (project / "root.yaml").write_text("user: root\n")
+    path = pipeline(project, "name: r\nprofile: ./root.yaml\nsteps:\n  - {id: a, run: id -u}\n")
+    result = lg("run", path)
+    assert result.code == 5 and "relax.privileged_user" in result.err
+    _, (step,) = records(project)
+    assert step.status == "blocked" and step.grade is not None
+    assert step.grade["matches"][0]["rule"] == "relax.privileged_user"
+
+
 def test_dry_run_boots_nothing(lg: Callable[..., Any], project: Path) -> None:
     path = pipeline(project, "name: plan\nsteps:\n  - {id: a, run: echo}\n  - {id: b, needs: a, run: echo}\n")
     result = lg("run", "--dry-run", "--json", path)
