@@ -10,6 +10,7 @@ import click
 from lg.cli.output import emit_json, json_option
 from lg.errors import ExitCode, LgError
 from lg.images.store import BuiltImage  # light: this module loads only when `lg image` runs
+from lg.model import ProjectConfig
 
 
 @click.group()
@@ -41,18 +42,11 @@ def build(names: tuple[str, ...], as_json: bool) -> int:
 def list_images(as_json: bool) -> int:
     """List built images: name, digest, size, age, and whether it matches its recipe as it is now."""
     from lg.config.project import load_project_config  # noqa: PLC0415
-    from lg.images.recipe import find_recipe  # noqa: PLC0415
-    from lg.images.store import ImageStore, recipe_key  # noqa: PLC0415
+    from lg.images.store import ImageStore  # noqa: PLC0415
 
     config = load_project_config()
-    current: dict[str, str | None] = {}
     images = ImageStore(config.cache_dir).list()
-    for img in images:
-        if img.name not in current:
-            try:
-                current[img.name] = recipe_key(find_recipe(config, img.name))
-            except LgError:  # a recipe that no longer loads: the image is stale
-                current[img.name] = None
+    current = {name: _current_key(config, name) for name in {img.name for img in images}}
     rows = [{**_view(img), "current": current[img.name] == img.recipe_key} for img in images]
     if as_json:
         emit_json(rows)
@@ -81,6 +75,34 @@ def rm(name_or_digest: str, as_json: bool) -> int:
         for img in removed:
             click.echo(f"removed {img.name} {img.digest[:12]}")
     return ExitCode.OK
+
+
+@image.command()
+@json_option
+def prune(as_json: bool) -> int:
+    """Remove images that no longer match their recipe (and older builds), keeping the current one of each."""
+    from lg.config.project import load_project_config  # noqa: PLC0415
+    from lg.images.store import ImageStore  # noqa: PLC0415
+
+    config = load_project_config()
+    store = ImageStore(config.cache_dir)
+    removed = store.prune({name: key for name in {i.name for i in store.list()}
+                           if (key := _current_key(config, name)) is not None})
+    if as_json:
+        emit_json([_view(img) for img in removed])
+    else:
+        click.echo(f"removed {len(removed)} image(s), {sum(i.size_bytes for i in removed) / 1e6:.0f} MB")
+    return ExitCode.OK
+
+
+def _current_key(config: ProjectConfig, name: str) -> str | None:
+    from lg.images.recipe import find_recipe  # noqa: PLC0415
+    from lg.images.store import recipe_key  # noqa: PLC0415
+
+    try:
+        return recipe_key(find_recipe(config, name))
+    except LgError:  # the recipe is gone or broken: its images are stale
+        return None
 
 
 def _view(img: BuiltImage) -> dict[str, Any]:

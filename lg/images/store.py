@@ -90,6 +90,20 @@ class ImageStore:
         self._remove_unused_bases()
         return images
 
+    def prune(self, current_keys: dict[str, str]) -> builtins.list[BuiltImage]:
+        """Remove every image but the newest one built from its recipe as it is now (`current_keys`: recipe name
+        to recipe key), then the base layers no remaining image uses."""
+        kept: set[str] = set()
+        removed = []
+        for image in self.list():  # newest first
+            if image.name not in kept and current_keys.get(image.name) == image.recipe_key:
+                kept.add(image.name)
+            else:
+                shutil.rmtree(image.directory)
+                removed.append(image)
+        self._remove_unused_bases()
+        return removed
+
     def _remove_unused_bases(self) -> None:
         bases = self.cache_dir / "bases"
         if not bases.is_dir():

@@ -109,3 +109,13 @@ def test_kernel_payload_formats() -> None:
     assert build._decompress(gz.compress(elf) + gz.flush(), "k") == elf
     with pytest.raises(EnvironmentUnfit, match="unknown kernel compression"):
         build._decompress(b"nonsense", "k")
+
+
+def test_prune_keeps_the_newest_current_image_of_each_recipe(tmp_path: Path) -> None:
+    fake_image(tmp_path, "a" * 64, key="current")
+    fake_image(tmp_path, "b" * 64, key="stale")
+    fake_image(tmp_path, "c" * 64, name="default", key="gone")
+    store = ImageStore(tmp_path)
+    removed = store.prune({"tiny": "current"})
+    assert sorted(image.digest[0] for image in removed) == ["b", "c"]
+    assert [image.digest for image in store.list()] == ["a" * 64]
