@@ -18,7 +18,7 @@ class ExitCode(IntEnum):
     FAILED = 1  # a step or a check failed
     INVALID_INPUT = 2  # a file, argument or configuration is wrong
     AWAITING_APPROVAL = 3  # the run is paused at a gate
-    REJECTED = 4  # an approval was rejected or expired
+    REJECTED = 4  # an approval was rejected or expired, or the run was cancelled
     ENVIRONMENT = 5  # this host cannot do it: no hypervisor, image missing, permission
     INTERNAL = 70  # a bug in lg
     INTERRUPTED = 130  # Ctrl-C
@@ -89,6 +89,14 @@ class AwaitingApproval(LgError):
 
 
 class ApprovalRejected(LgError):
+    """A gate was rejected, or expired without a decision: what it guarded did not happen."""
+
+    exit_code = ExitCode.REJECTED
+
+
+class RunCancelled(LgError):
+    """`lg cancel` stopped the run."""
+
     exit_code = ExitCode.REJECTED
 
 

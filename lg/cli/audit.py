@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import click
 
-from lg.cli.output import emit_json, json_option
+from lg.cli.output import emit_json, json_option, state_store
 from lg.errors import ExitCode
-from lg.runs.store import RunStore
-
-
-def _store() -> RunStore:
-    from lg.config.project import load_project_config  # noqa: PLC0415
-
-    return RunStore(load_project_config().state_dir)
 
 
 @click.group()
@@ -24,7 +17,7 @@ def audit() -> None:
 @json_option
 def verify(as_json: bool) -> int:
     """Check the whole chain; report every edited, deleted, inserted or reordered record. Exit 1 if any."""
-    store = _store()
+    store = state_store()
     problems = store.audit_log.verify()
     count = sum(1 for _ in store.audit_log.records())
     if as_json:
@@ -44,7 +37,7 @@ def export(as_json: bool) -> int:
     """Print every record (JSON lines; --json for one JSON array), for a SIEM."""
     import json  # noqa: PLC0415
 
-    records = [record.to_json() for record in _store().audit_log.records()]
+    records = [record.to_json() for record in state_store().audit_log.records()]
     if as_json:
         emit_json(records)
     else:

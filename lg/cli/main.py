@@ -28,6 +28,12 @@ COMMANDS: dict[str, str] = {
     "status": "lg.cli.runs:status",
     "logs": "lg.cli.runs:logs",
     "audit": "lg.cli.audit:audit",
+    "resume": "lg.cli.run:resume",
+    "cancel": "lg.cli.run:cancel",
+    "pending": "lg.cli.approvals:pending",
+    "show": "lg.cli.approvals:show",
+    "approve": "lg.cli.approvals:approve",
+    "reject": "lg.cli.approvals:reject",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -42,6 +48,12 @@ SHORT_HELP: dict[str, str] = {
     "status": "Show a run and its steps.",
     "logs": "Print the output of a run's steps.",
     "audit": "Verify or export the tamper-evident audit log.",
+    "resume": "Continue a run paused at a gate, interrupted, or left by a killed lg.",
+    "cancel": "Stop a run for good; discard its held effects.",
+    "pending": "List open approval gates.",
+    "show": "Print a gate's diff card: what approving it would let through.",
+    "approve": "Approve a gate (optionally SSH-signed).",
+    "reject": "Reject a gate: its step does not run or its effects are discarded.",
 }
 
 
@@ -106,7 +118,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _error_label(error: LgError) -> str:
-    return "" if error.exit_code == ExitCode.INVALID_INPUT else "error: "
+    return "" if error.exit_code in (ExitCode.INVALID_INPUT, ExitCode.AWAITING_APPROVAL) else "error: "
 
 
 def _write_crash_report(argv: list[str] | None) -> str:

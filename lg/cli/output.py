@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from lg.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from lg.runs.store import RunStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,3 +42,11 @@ def color_enabled() -> bool:
     import os  # noqa: PLC0415
 
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def state_store() -> RunStore:
+    """The run records of the project around the working directory (lg.yaml), or of the user."""
+    from lg.config.project import load_project_config  # noqa: PLC0415
+    from lg.runs.store import RunStore  # noqa: PLC0415
+
+    return RunStore(load_project_config().state_dir)

@@ -1,16 +1,32 @@
-"""`lg run PIPELINE`: every step in a fresh microVM; `--dry-run` prints the plan instead."""
+"""`lg run PIPELINE`, `lg resume RUN`, `lg cancel RUN`: start, continue and stop runs."""
 
 from __future__ import annotations
 
 import os
+import signal
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+import psutil
 
-from lg.cli.output import emit_json, json_option
-from lg.errors import ExitCode, InvalidInput
+from lg.cli.output import color_enabled, emit_json, json_option, state_store
+from lg.errors import ExitCode, InvalidInput, LgError
 from lg.model import Pipeline, ProjectConfig
+from lg.runs.store import RunRecord, RunStore
+
+if TYPE_CHECKING:
+    from lg.runner.engine import RunOutcome, RunRequest
+
+CANCEL_GRACE_SECONDS = 30.0
+"""How long `lg cancel` gives a live run to destroy its VM and record the interruption."""
+
+wait_option = click.option(
+    "--wait", is_flag=True,
+    help="At an approval gate, wait for the decision instead of exiting with code 3.")
 
 
 @click.command()
@@ -18,9 +34,16 @@ from lg.model import Pipeline, ProjectConfig
 @click.option("--workspace", type=click.Path(path_type=Path, file_okay=False),
               help="Directory copied into each step's VM (default: the pipeline's directory).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (order, images, gates); boot nothing.")
+@wait_option
 @json_option
-def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, as_json: bool) -> int:
-    """Run PIPELINE: each step in its own fresh microVM; changes come back only from steps that succeed."""
+def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, as_json: bool) -> int:
+    """Run PIPELINE: each step in its own fresh microVM; changes come back only from steps that succeed.
+
+    \b
+    At an approval gate the run is paused durably: it exits with code 3 and prints how to
+    decide (lg show / lg approve / lg reject) and to continue (lg resume); with --wait it
+    waits for the decision and goes on.
+    """
     from lg.config.pipeline import load_pipeline  # noqa: PLC0415
     from lg.config.project import load_project_config  # noqa: PLC0415
     from lg.config.references import check_pipeline_references  # noqa: PLC0415
@@ -40,23 +63,123 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, as_json: boo
             click.echo(render_plan(plan))
         return ExitCode.OK
     preflight(pipeline, config)
-    return _execute(pipeline, config, root, as_json)
+    from lg.runner.engine import run_pipeline  # noqa: PLC0415
+
+    store = RunStore(config.state_dir)
+    request = _request(pipeline, config, root, as_json, wait)
+    return _reported(store, as_json, lambda: run_pipeline(request, store))
 
 
-def _execute(pipeline: Pipeline, config: ProjectConfig, root: Path, as_json: bool) -> int:
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@wait_option
+@json_option
+def resume(run_id: str, wait: bool, as_json: bool) -> int:
+    """Continue RUN, paused at a gate, interrupted, or left behind by a killed lg.
+
+    Steps that ended stay as they ended; a step that was running runs again in a fresh VM
+    (nothing of it was applied); approved held effects are applied, rejected ones discarded.
+    """
+    from lg.config.pipeline import load_pipeline  # noqa: PLC0415
+    from lg.config.project import load_project_config  # noqa: PLC0415
+    from lg.runner.effects import file_sha256  # noqa: PLC0415
+    from lg.runner.engine import claim_run, resume_run  # noqa: PLC0415
+
+    store = state_store()
+    record = store.run(run_id)
+    path = Path(record.pipeline_path)
+    if not path.is_file():
+        raise InvalidInput(f"run {record.id}: its pipeline file {path} is gone; it cannot be resumed")
+    if record.pipeline_sha256 is not None and file_sha256(path) != record.pipeline_sha256:
+        raise InvalidInput(f"run {record.id}: {path} changed since the run started; resuming would run "
+                           "something else than was started (start a new run instead)")
+    config = load_project_config(path.parent)
+    pipeline = load_pipeline(path, config)
+    request = _request(pipeline, config, Path(record.workspace), as_json, wait)
+    record = claim_run(store, record.id)
+    return _reported(store, as_json, lambda: resume_run(request, store, record))
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--reason", default="cancelled with lg cancel", show_default=True)
+def cancel(run_id: str, reason: str) -> int:
+    """Stop RUN for good: a live run is interrupted (its VM destroyed), open gates are closed as cancelled,
+    held effects are discarded. Nothing more of it is applied."""
+    from lg.approvals.gates import GateStore  # noqa: PLC0415
+    from lg.runner.effects import discard  # noqa: PLC0415
+
+    store = state_store()
+    record = store.run(run_id)
+    if record.finished_for_good:
+        raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to cancel")
+    gates = GateStore(store)
+    if record.process_alive and record.pid is not None and record.pid != os.getpid():
+        _interrupt(record.pid, record)
+    with store.transaction():
+        store.update_run(record.id, status="cancelled", finished=time.time(), exit_code=int(ExitCode.REJECTED),
+                         error=reason)
+        for step in store.steps(record.id):
+            if step.status not in ("succeeded", "failed", "skipped", "timed_out", "rejected", "expired"):
+                store.update_step(record.id, step.step_id, status="cancelled", detail=reason)
+        store.audit("run.cancelled", record.id, reason=reason)
+    gates.cancel(record.id, reason)
+    held = store.run_dir(record.id) / "effects"
+    for step_dir in sorted(held.iterdir()) if held.is_dir() else []:
+        discard(step_dir)
+        store.audit("effects.discarded", record.id, step=step_dir.name, reason="run cancelled")
+    click.echo(f"run {record.id}: cancelled")
+    return ExitCode.OK
+
+
+def _interrupt(pid: int, record: RunRecord) -> None:
+    """Ask the lg process running the run to stop as Ctrl-C would (it destroys its VM), then wait for it."""
+    try:
+        process = psutil.Process(pid)
+        process.send_signal(signal.SIGINT)
+        process.wait(CANCEL_GRACE_SECONDS)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        raise InvalidInput(f"lg process {pid} running {record.id} did not stop within {CANCEL_GRACE_SECONDS:.0f}s; "
+                           "try again, or kill it (its VM dies with it)") from None
+
+
+def _request(pipeline: Pipeline, config: ProjectConfig, root: Path, as_json: bool, wait: bool) -> RunRequest:
     from lg.config.secrets import resolve_secrets  # noqa: PLC0415
     from lg.policy.load import load_policy  # noqa: PLC0415
     from lg.runner.console import echo_stdout  # noqa: PLC0415
-    from lg.runner.engine import RunRequest, run_pipeline  # noqa: PLC0415
-    from lg.runs.store import RunStore  # noqa: PLC0415
+    from lg.runner.engine import RunRequest  # noqa: PLC0415
 
     policy = load_policy(pipeline.policy, config, pipeline.path.parent)
     secrets = resolve_secrets(pipeline, os.environ)
     for name in secrets.too_short_to_mask():
         click.echo(f"lg: warning: secret {name} is too short to be masked in output", err=True)
-    store = RunStore(config.state_dir)
     echo = (lambda text: click.echo(text, err=True)) if as_json else echo_stdout
-    outcome = run_pipeline(RunRequest(pipeline, config, root, secrets, echo, policy), store)
+    return RunRequest(pipeline, config, root, secrets, echo, policy, wait=wait,
+                      colour=color_enabled() and not as_json)
+
+
+def _reported(store: RunStore, as_json: bool, go: Callable[[], RunOutcome]) -> int:
+    """Run `go`; with --json print the run's record whatever the outcome (paused, failed, rejected), so a CI
+    job always gets something to parse; the error itself still goes to stderr with its exit code."""
+    try:
+        outcome = go()
+    except LgError:
+        if as_json:
+            latest = store.runs(1)
+            if latest:
+                _emit_run(store, latest[0])
+        raise
     if as_json:
-        emit_json({"run": asdict(outcome.run), "steps": [asdict(s) for s in store.steps(outcome.run.id)]})
+        _emit_run(store, outcome.run)
     return int(outcome.exit_code)
+
+
+def _emit_run(store: RunStore, record: RunRecord) -> None:
+    from lg.approvals.gates import GateStore  # noqa: PLC0415
+
+    gates = [{"gate": g.gate_id, "kind": g.kind, "status": g.status, "digest": g.digest, "outcome": g.outcome}
+             for g in GateStore(store).gates(record.id)]
+    emit_json({"run": asdict(store.run(record.id)), "steps": [asdict(s) for s in store.steps(record.id)],
+               "gates": gates})

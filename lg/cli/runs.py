@@ -8,15 +8,8 @@ from pathlib import Path
 
 import click
 
-from lg.cli.output import emit_json, json_option
+from lg.cli.output import emit_json, json_option, state_store
 from lg.errors import ExitCode, InvalidInput
-from lg.runs.store import RunStore
-
-
-def _store() -> RunStore:
-    from lg.config.project import load_project_config  # noqa: PLC0415
-
-    return RunStore(load_project_config().state_dir)
 
 
 def _age(timestamp: float | None) -> str:
@@ -38,7 +31,7 @@ def _seconds(value: float | None) -> str:
 @json_option
 def runs(limit: int, as_json: bool) -> int:
     """List recent runs, newest first."""
-    records = _store().runs(limit)
+    records = state_store().runs(limit)
     if as_json:
         emit_json([{**asdict(record), "abandoned": record.abandoned} for record in records])
         return ExitCode.OK
@@ -54,7 +47,7 @@ def runs(limit: int, as_json: bool) -> int:
 @json_option
 def status(run_id: str, as_json: bool) -> int:
     """Show a run and each of its steps: status, timings, accelerator, image, exit code."""
-    store = _store()
+    store = state_store()
     record = store.run(run_id)
     steps = store.steps(record.id)
     if as_json:
@@ -83,7 +76,7 @@ def status(run_id: str, as_json: bool) -> int:
 @json_option
 def logs(run_id: str, step_id: str | None, as_json: bool) -> int:
     """Print the (secret-masked) output of a run's steps, or of one step."""
-    store = _store()
+    store = state_store()
     record = store.run(run_id)
     steps = store.steps(record.id)
     if step_id is not None:

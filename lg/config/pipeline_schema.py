@@ -18,7 +18,7 @@ DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$"
 MAX_RETRIES = 10
 
 
-def _duration(description: str) -> dict[str, Any]:
+def duration_schema(description: str) -> dict[str, Any]:
     return {
         "description": f"{description}: seconds, or text like '90s', '10m', '1h30m'",
         "oneOf": [
@@ -56,7 +56,7 @@ def _approve() -> dict[str, Any]:
                         "description": "user names, or group:NAME; empty means any allowed signer",
                     },
                     "count": {"type": "integer", "minimum": 1, "maximum": 100},
-                    "timeout": _duration("how long the gate waits"),
+                    "timeout": duration_schema("how long the gate waits"),
                     "on_timeout": {"enum": ["reject", "fail", "continue"]},
                     "reason": {"type": "string"},
                 },
@@ -115,7 +115,7 @@ def step_schema() -> dict[str, Any]:
             "if": {"type": ["string", "boolean"], "description": "a jinja2 expression"},
             "env": _env_map("environment variables for this step"),
             "workdir": {"type": "string", "minLength": 1, "description": "relative to the workspace"},
-            "timeout": _duration("the step's time limit; the VM is killed past it"),
+            "timeout": duration_schema("the step's time limit; the VM is killed past it"),
             "retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
             "continue_on_error": {"type": "boolean"},
             "outputs": _outputs(),
@@ -176,7 +176,7 @@ def pipeline_schema() -> dict[str, Any]:
             },
             "env": _env_map("environment variables for every step"),
             "secrets": _secrets(),
-            "timeout": _duration("the whole run's time limit"),
+            "timeout": duration_schema("the whole run's time limit"),
             "steps": {"type": "array", "minItems": 1, "items": step_schema()},
         },
     }

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lg.config.durations import parse_duration
 from lg.config.project import load_project_config, resolve_named_file
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import KeyPath, SourceDoc, load_yaml
@@ -17,11 +18,13 @@ from lg.errors import InvalidInput, InvalidInputs
 from lg.model import FileChange, ProjectConfig
 from lg.policy.levels import RiskLevel
 from lg.policy.model import (
+    ApprovalRules,
     CommandMatch,
     EffectsMatch,
     RedirectMatch,
     Relaxation,
     RelaxationMatch,
+    RequiredGate,
     RiskPolicy,
     Rule,
     RuleKind,
@@ -75,6 +78,7 @@ def _build(doc: SourceDoc, chain: tuple[Path, ...]) -> RiskPolicy:
     if problems:
         raise InvalidInputs(problems)
     thresholds_raw = data.get("thresholds", {})
+    approvals = _approvals(doc, parent.approvals if parent else ApprovalRules())
     base = parent.thresholds if parent else Thresholds()
     policy = RiskPolicy(
         name=doc.path.stem,
@@ -87,9 +91,50 @@ def _build(doc: SourceDoc, chain: tuple[Path, ...]) -> RiskPolicy:
         default_level=RiskLevel.parse(data["default_level"]) if "default_level" in data
         else parent.default_level if parent else RiskLevel.YELLOW,
         extends=(parent.path, *parent.extends) if parent else (),
+        approvals=approvals,
+        required_gates=_required_gates(doc, parent.required_gates if parent else (), approvals),
     )
     _check_examples(doc, policy, own)
     return policy
+
+
+def _approvals(doc: SourceDoc, base: ApprovalRules) -> ApprovalRules:
+    """This policy's `approvals:`, each key overriding the extended policy's value."""
+    raw = doc.data.get("approvals")
+    if raw is None:
+        return base
+    signers = base.allowed_signers
+    if "allowed_signers" in raw:
+        signers = (doc.path.parent / raw["allowed_signers"]).resolve()
+    groups = {**base.groups, **{name: tuple(members) for name, members in raw.get("groups", {}).items()}}
+    return ApprovalRules(
+        allowed_signers=signers,
+        # Naming the people who may sign means signatures are wanted, unless the policy says otherwise.
+        require_signature=raw.get("require_signature", base.require_signature or "allowed_signers" in raw),
+        allow_self_approval=raw.get("allow_self_approval", base.allow_self_approval),
+        groups=groups,
+        timeout=parse_duration(raw["timeout"]) if "timeout" in raw else base.timeout,
+        on_timeout=raw.get("on_timeout", base.on_timeout),
+    )
+
+
+def _required_gates(doc: SourceDoc, inherited: tuple[RequiredGate, ...],
+                    approvals: ApprovalRules) -> tuple[RequiredGate, ...]:
+    """Inherited gates stay: an extending policy may add gates, never drop one (a same id is an error)."""
+    gates = list(inherited)
+    for index, raw in enumerate(doc.data.get("required_gates", [])):
+        if any(gate.id == raw["id"] for gate in gates):
+            raise doc.error(("required_gates", index, "id"),
+                            f"required gate {raw['id']!r} already exists (an inherited gate cannot be replaced)")
+        for position, approver in enumerate(raw.get("approvers", [])):
+            name = approver.removeprefix("group:")
+            if approver.startswith("group:") and name not in approvals.groups:
+                raise doc.error(("required_gates", index, "approvers", position),
+                                f"unknown group {name!r} (define it under approvals.groups)")
+        gates.append(RequiredGate(id=raw["id"], reason=raw["reason"], steps=tuple(raw.get("steps", ())),
+                                  paths=tuple(raw.get("paths", ())), approvers=tuple(raw.get("approvers", ())),
+                                  count=raw.get("count", 1)))
+    return tuple(gates)
 
 
 def _parent(doc: SourceDoc, chain: tuple[Path, ...]) -> RiskPolicy:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -151,6 +151,54 @@ class Thresholds:
     effects: RiskLevel = RiskLevel.ORANGE  # an effects grade at or above this holds the effects for review
 
 
+OnTimeout = Literal["reject", "fail", "continue"]
+
+
+@dataclass(frozen=True)
+class ApprovalRules:
+    """Who may decide gates under this policy, and how a decision must be made."""
+
+    allowed_signers: Path | None = None  # OpenSSH allowed_signers file: principal -> public key
+    require_signature: bool = False  # refuse decisions not signed by a key in allowed_signers
+    allow_self_approval: bool = False  # may the run's initiator approve their own run's gates?
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # for approvers: [group:NAME]
+    timeout: float | None = None  # default gate timeout (seconds); None waits for ever
+    on_timeout: OnTimeout = "reject"
+
+    def members(self, approvers: Sequence[str]) -> frozenset[str] | None:
+        """Everyone named by `approvers` (names and group:NAME); None when anyone may approve."""
+        if not approvers:
+            return None
+        names: set[str] = set()
+        for entry in approvers:
+            if entry.startswith("group:"):
+                names.update(self.groups.get(entry.removeprefix("group:"), ()))
+            else:
+                names.add(entry)
+        return frozenset(names)
+
+
+@dataclass(frozen=True)
+class RequiredGate:
+    """A gate the policy imposes whatever the pipeline says: before steps whose id matches `steps`, or on the
+    effects of any step that changes a path matching `paths`."""
+
+    id: str
+    reason: str
+    steps: tuple[str, ...] = ()  # step id globs: an explicit gate before the step runs
+    paths: tuple[str, ...] = ()  # workspace path globs: the effects are held when any change matches
+    approvers: tuple[str, ...] = ()
+    count: int = 1
+
+    def applies_to_step(self, step_id: str) -> bool:
+        return _any_glob(step_id, self.steps)
+
+    def touched(self, changes: Sequence[FileChange]) -> list[FileChange]:
+        if not self.paths:
+            return []
+        return EffectsMatch(paths=self.paths).selected(changes)
+
+
 @dataclass(frozen=True)
 class RiskPolicy:
     name: str
@@ -159,6 +207,8 @@ class RiskPolicy:
     thresholds: Thresholds = field(default_factory=Thresholds)
     default_level: RiskLevel = RiskLevel.YELLOW  # programs no rule mentions
     extends: tuple[Path, ...] = ()  # the chain of policies this one builds on, nearest first
+    approvals: ApprovalRules = field(default_factory=ApprovalRules)
+    required_gates: tuple[RequiredGate, ...] = ()  # inherited ones can never be dropped
 
     def rules_of(self, *kinds: RuleKind) -> tuple[Rule, ...]:
         return tuple(rule for rule in self.rules if rule.kind in kinds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lg.config.pipeline_schema import duration_schema
 from lg.policy.levels import LEVEL_NAMES
 
 RULE_ID_PATTERN = r"^[a-z0-9_]+(\.[a-z0-9_]+)+$"
@@ -104,5 +105,50 @@ def policy_schema() -> dict[str, Any]:
                 "properties": {"before": {"enum": list(LEVEL_NAMES)}, "effects": {"enum": list(LEVEL_NAMES)}},
             },
             "rules": {"type": "array", "items": rule_schema()},
+            "approvals": _approvals(),
+            "required_gates": {"type": "array", "items": _required_gate(),
+                               "description": "gates every pipeline under this policy gets; none can remove them"},
+        },
+    }
+
+
+def _approvers() -> dict[str, Any]:
+    return _strings("approver names (SSH principals in allowed_signers) or group:NAME")
+
+
+def _approvals() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "who may decide gates, and how decisions must be signed",
+        "properties": {
+            "allowed_signers": {"type": "string", "minLength": 1,
+                                "description": "OpenSSH allowed_signers file, relative to this policy"},
+            "require_signature": {"type": "boolean",
+                                  "description": "refuse unsigned decisions (default: true when allowed_signers "
+                                                 "is set)"},
+            "allow_self_approval": {"type": "boolean",
+                                    "description": "may the run's initiator decide its gates (default false)"},
+            "groups": {"type": "object", "propertyNames": {"pattern": "^[a-z0-9_-]+$"},
+                       "additionalProperties": _approvers()},
+            "timeout": duration_schema("how long a gate waits by default"),
+            "on_timeout": {"enum": ["reject", "fail", "continue"]},
+        },
+    }
+
+
+def _required_gate() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "reason"],
+        "anyOf": [{"required": ["steps"]}, {"required": ["paths"]}],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[a-z0-9_.-]+$"},
+            "reason": {"type": "string", "minLength": 1},
+            "steps": _strings("step id globs: these steps wait for approval before they run"),
+            "paths": _strings("workspace path globs: a step changing any of them has its effects held"),
+            "approvers": _approvers(),
+            "count": {"type": "integer", "minimum": 1, "maximum": 100},
         },
     }

@@ -1,39 +1,54 @@
-"""Execute a run: order steps, give each a fresh VM, stream output, collect outputs and changes, record it all.
+"""Execute a run: order steps, give each a fresh VM, stop at gates, apply effects, record it all.
 
 No step ever runs on the host. Each attempt of each step boots its own VM, which is destroyed when the attempt
-ends, whatever happens: a VM that ran one step is never reused for another.
+ends, whatever happens: a VM that ran one step is never reused for another, and no VM is ever kept alive while
+a run waits for a human.
+
+Every transition is in the state database before it takes effect, so a run can stop at a gate (or be killed)
+and be finished by `lg resume` from another process: steps that ended are not run again, a step that was
+running is run again from scratch in a fresh VM (nothing of it was applied), held effects wait in the state
+directory, and effects that were being applied are finished idempotently.
 """
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lg.approvals.card import CardInput, build
+from lg.approvals.decide import current_user
+from lg.approvals.gates import Clock, Gate, GateStore, gate_id_for
 from lg.config.pipeline import topological_order
 from lg.config.secrets import SecretValues
 from lg.config.templates import Scope, TemplateProblem, evaluate, is_template, render
 from lg.errors import (
-    EnvironmentUnfit,
+    ApprovalRejected,
+    AwaitingApproval,
     ExitCode,
-    GateUnavailable,
     Interrupted,
+    InvalidInput,
     LgError,
+    RunCancelled,
     StepFailed,
 )
-from lg.model import Pipeline, ProjectConfig, Step
-from lg.policy.grade import grade_script
-from lg.policy.model import RiskPolicy
+from lg.model import FileChange, Pipeline, ProjectConfig, Step
+from lg.policy.grade import grade_effects, grade_script
+from lg.policy.model import Assessment, RiskPolicy
 from lg.runner.console import StepOutput, open_log
+from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
+from lg.runner.gating import GateNeed, Waiter, before_gate, effects_gate
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt
-from lg.runs.store import RunRecord, RunStore
-from lg.security.profile import load_vm_profile
+from lg.runner.workspace import UnsafeChange
+from lg.runs.store import RunRecord, RunStore, StepRecord
+from lg.security.profile import VmProfile, load_vm_profile
 
 DEFAULT_STEP_TIMEOUT = 3600.0
 """A step with no `timeout` still ends: an hour is generous for a CI step and bounds a hung guest."""
+
+ENDED = frozenset({"succeeded", "failed", "skipped", "timed_out", "rejected", "expired"})
 
 
 @dataclass(frozen=True)
@@ -44,13 +59,16 @@ class RunRequest:
     secrets: SecretValues
     echo: Callable[[str], None]
     policy: RiskPolicy
+    wait: bool = False  # at a gate: wait for the decision (True) or record the pause and exit 3
+    colour: bool = False
+    clock: Clock = time.time
 
 
 @dataclass
 class StepState:
-    status: str  # succeeded | failed | skipped | timed_out
+    status: str  # one of ENDED
     outputs: dict[str, str] = field(default_factory=dict)
-    continued: bool = False  # failed, but continue_on_error let the run go on
+    continued: bool = False  # did not succeed, but the run goes on (continue_on_error, on_timeout: continue)
 
 
 @dataclass(frozen=True)
@@ -59,33 +77,76 @@ class RunOutcome:
     exit_code: ExitCode
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one run needs."""
+
+    request: RunRequest
+    store: RunStore
+    gates: GateStore
+    waiter: Waiter
+    record: RunRecord
+    deadline: float | None
+
+
 def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
     pipeline = request.pipeline
     order = topological_order(pipeline)
-    record = store.create_run(pipeline.name, pipeline.path, request.workspace, _initiator(),
-                              [(step.id, step.display_name) for step in order])
+    record = store.create_run(pipeline.name, pipeline.path, request.workspace, current_user(),
+                              [(step.id, step.display_name) for step in order], file_sha256(pipeline.path))
     store.update_run(record.id, status="running", started=time.time())
     request.echo(f"run {record.id}: {pipeline.name} ({len(order)} steps) in {request.workspace}")
-    deadline = time.monotonic() + pipeline.timeout if pipeline.timeout else None
-    states: dict[str, StepState] = {}
+    return _drive(request, store, record)
+
+
+def resume_run(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcome:
+    """Go on with a run claimed by `claim_run`: ended steps stay ended, the rest run (or wait) as they would."""
+    request.echo(f"run {record.id}: resuming {record.pipeline}")
+    store.audit("run.resumed", record.id, by=current_user())
+    return _drive(request, store, record)
+
+
+def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcome:
+    pipeline = request.pipeline
+    gates = GateStore(store, request.clock)
+    waiter = Waiter(store, gates, request.echo, request.colour, request.wait, clock=request.clock)
+    run = _Run(request, store, gates, waiter, record,
+               time.monotonic() + pipeline.timeout if pipeline.timeout else None)
+    states = _restore_states(run)
     try:
-        for step in order:
-            states[step.id] = _run_step(request, store, record, step, states, deadline)
+        for step in topological_order(pipeline):
+            if step.id not in states:
+                states[step.id] = _run_step(run, step, states)
     except KeyboardInterrupt:
         _finish(store, record, "interrupted", ExitCode.INTERRUPTED, "interrupted by the user")
-        raise Interrupted(f"run {record.id} interrupted; nothing from the running step was applied") from None
+        raise Interrupted(f"run {record.id} interrupted; nothing from the running step was applied "
+                          f"(lg resume {record.id} goes on)") from None
+    except (AwaitingApproval, RunCancelled):
+        raise  # the pause (or the cancellation) is already recorded
     except LgError as error:
-        _finish(store, record, "blocked" if isinstance(error, GateUnavailable) else "failed", error.exit_code,
-                str(error))
+        _finish(store, record, "failed", error.exit_code, str(error))
         raise
-    failed = [sid for sid, state in states.items() if state.status in ("failed", "timed_out")]
-    hard = [sid for sid in failed if not states[sid].continued]
-    if hard:
-        _finish(store, record, "failed", ExitCode.FAILED, f"step(s) failed: {', '.join(hard)}")
-        raise StepFailed(f"run {record.id} failed: step(s) {', '.join(hard)} failed (lg logs {record.id})")
-    _finish(store, record, "succeeded", ExitCode.OK, None)
-    request.echo(f"run {record.id}: succeeded")
-    return RunOutcome(store.run(record.id), ExitCode.OK)
+    return _conclude(run, states)
+
+
+def _conclude(run: _Run, states: Mapping[str, StepState]) -> RunOutcome:
+    record, store = run.record, run.store
+    stopped = [sid for sid, state in states.items()
+               if state.status not in {"succeeded", "skipped"} and not state.continued]
+    gated = [sid for sid in stopped if states[sid].status in ("rejected", "expired")]
+    if gated:
+        status = "rejected" if any(states[sid].status == "rejected" for sid in gated) else "expired"
+        _finish(store, record, status, ExitCode.REJECTED, f"gate {status}: step(s) {', '.join(gated)}")
+        raise ApprovalRejected(f"run {record.id} stopped: the gate of step(s) {', '.join(gated)} was {status}; "
+                               "nothing it guarded was applied")
+    if stopped:
+        _finish(store, record, "failed", ExitCode.FAILED, f"step(s) failed: {', '.join(stopped)}")
+        raise StepFailed(f"run {record.id} failed: step(s) {', '.join(stopped)} failed (lg logs {record.id})")
+    expired = [sid for sid, state in states.items() if state.status == "expired"]
+    code = ExitCode.REJECTED if expired else ExitCode.OK
+    _finish(store, record, "succeeded", code, f"gate expired, run went on: {', '.join(expired)}" if expired else None)
+    run.request.echo(f"run {record.id}: succeeded")
+    return RunOutcome(store.run(record.id), code)
 
 
 def _finish(store: RunStore, record: RunRecord, status: str, code: int, error: str | None) -> None:
@@ -93,11 +154,26 @@ def _finish(store: RunStore, record: RunRecord, status: str, code: int, error: s
     store.audit("run.finished", record.id, status=status, exit_code=int(code), error=error)
 
 
-def _initiator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry for this uid (containers)
-        return "unknown"
+def _restore_states(run: _Run) -> dict[str, StepState]:
+    """The steps a resumed run already finished, as they ended (a new run has none)."""
+    states = {}
+    for step_record in run.store.steps(run.record.id):
+        if step_record.status in ENDED:
+            step = run.request.pipeline.step(step_record.step_id)
+            states[step.id] = StepState(step_record.status, dict(step_record.outputs),
+                                        _continues(run, step, step_record.status))
+    return states
+
+
+def _continues(run: _Run, step: Step, status: str) -> bool:
+    if status in ("failed", "timed_out"):
+        return step.continue_on_error
+    if status == "expired":
+        gate = next((g for g in run.gates.gates(run.record.id) if g.step_id == step.id and g.status == "expired"),
+                    None)
+        on_timeout = gate.rules.on_timeout if gate else "reject"
+        return on_timeout == "continue" or (on_timeout == "fail" and step.continue_on_error)
+    return False
 
 
 def _skip_reason(step: Step, states: Mapping[str, StepState]) -> str | None:
@@ -105,14 +181,14 @@ def _skip_reason(step: Step, states: Mapping[str, StepState]) -> str | None:
         state = states.get(need)
         if state is None or (state.status != "succeeded" and not state.continued):
             return f"skipped: needed step {need!r} did not succeed"
-    hard_failures = [sid for sid, s in states.items() if s.status in ("failed", "timed_out") and not s.continued]
-    if hard_failures:
-        return f"skipped: the run stops after {hard_failures[0]!r} failed"
+    stopped = [sid for sid, s in states.items() if s.status not in ("succeeded", "skipped") and not s.continued]
+    if stopped:
+        return f"skipped: the run stops after {stopped[0]!r} did not succeed"
     return None
 
 
-def _template_context(request: RunRequest, step: Step, states: Mapping[str, StepState]) -> dict[str, object]:
-    pipeline = request.pipeline
+def _template_context(run: _Run, step: Step, states: Mapping[str, StepState]) -> dict[str, object]:
+    pipeline = run.request.pipeline
     steps = {
         sid: Scope(f"steps.{sid}", {"outputs": Scope(f"steps.{sid}.outputs", s.outputs), "status": s.status})
         for sid, s in states.items()
@@ -135,106 +211,189 @@ def _runtime_text(text: str, context: Mapping[str, object], what: str) -> str:
         raise StepFailed(f"{what}: {problem.message}") from problem
 
 
-def _run_step(request: RunRequest, store: RunStore, record: RunRecord, step: Step,
-              states: Mapping[str, StepState], deadline: float | None) -> StepState:
+def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepState:
+    record = run.store.step(run.record.id, step.id)
+    context = _template_context(run, step, states)
+    if record.status in ("held", "applying"):  # a resumed run: the step ran; its effects wait or were landing
+        return _settle_effects(run, step, record, _runtime_text(step.run or "", context, f"step {step.id} run"))
     skip = _skip_reason(step, states)
-    context = _template_context(request, step, states)
     if skip is None and step.condition is not None:
         try:
             if not evaluate(step.condition, context):
                 skip = f"skipped: if: {step.condition}"
         except TemplateProblem as problem:
-            skip = None
-            store.update_step(record.id, step.id, status="failed", detail=f"if: {problem.message}")
-            request.echo(f"[{step.id}] failed: if: {problem.message}")
+            _end_step(run, step, "failed", f"if: {problem.message}")
             return StepState("failed", continued=step.continue_on_error)
     if skip is not None:
-        store.update_step(record.id, step.id, status="skipped", detail=skip)
-        store.audit("step.skipped", record.id, step=step.id, reason=skip)
-        request.echo(f"[{step.id}] {skip}")
+        run.store.update_step(run.record.id, step.id, status="skipped", detail=skip)
+        run.store.audit("step.skipped", run.record.id, step=step.id, reason=skip)
+        run.request.echo(f"[{step.id}] {skip}")
         return StepState("skipped")
-    if step.approve is not None:
-        # Fail closed: until approval gates exist, a step that demands one must not run unapproved.
-        raise EnvironmentUnfit(
-            f"step {step.id!r} requires an approval gate, and this version of lg cannot hold gates yet; "
-            "refusing to run it unapproved",
-            fix="remove `approve:` to run it without review, or wait for approval gates",
-        )
-    return _execute(request, store, record, step, context, deadline)
-
-
-def _check_before(request: RunRequest, store: RunStore, record: RunRecord, step: Step, script: str) -> bool:
-    """Grade the step as it will run (templates rendered). False: denied. Raises at a gate it cannot hold."""
-    profile = load_vm_profile(step.profile or request.pipeline.profile, request.config, request.pipeline.path.parent)
-    assessment = grade_script(request.policy, script, profile.relaxations())
-    store.update_step(record.id, step.id, grade=assessment.to_json())
-    store.audit("step.graded", record.id, step=step.id, **assessment.to_json())
-    rules = ", ".join(m.rule_id for m in assessment.matches if m.level >= request.policy.thresholds.before)
-    if assessment.denied:
-        detail = f"denied by policy {request.policy.name}: {rules}"
-        store.update_step(record.id, step.id, status="failed", detail=detail, finished=time.time())
-        request.echo(f"[{step.id}] {detail}")
-        return False
-    if assessment.gate:
-        store.update_step(record.id, step.id, status="blocked", detail=f"needs approval: {rules}")
-        raise GateUnavailable(
-            f"step {step.id!r} is graded {assessment.level.label} by policy {request.policy.name} ({rules}) and "
-            "needs approval before it runs; this version of lg cannot hold approval gates, so it stops here "
-            "with nothing run", fix=f"lg policy explain -- <the step's script> shows why; run {record.id} stopped")
-    return True
-
-
-def _execute(request: RunRequest, store: RunStore, record: RunRecord, step: Step,
-             context: Mapping[str, object], deadline: float | None) -> StepState:
     script = _runtime_text(step.run or "", context, f"step {step.id} run")
-    if not _check_before(request, store, record, step, script):
-        return StepState("failed", continued=step.continue_on_error)
     env = {name: _runtime_text(value, context, f"step {step.id} env.{name}") for name, value in step.env.items()}
+    profile = _profile(run, step)
+    assessment = _grade_before(run, step, script, profile)
+    if assessment.denied:
+        rules = ", ".join(m.rule_id for m in assessment.matches if m.level >= run.request.policy.thresholds.before)
+        _end_step(run, step, "failed", f"denied by policy {run.request.policy.name}: {rules}")
+        return StepState("failed", continued=step.continue_on_error)
+    need = before_gate(run.request.policy, step, assessment)
+    if need is not None:
+        gate = _open_gate(run, step, need, CardInput(
+            run.record.id, step.id, step.display_name, need.kind, gate_id_for(step.id, need.kind), script, profile,
+            assessment, need.reasons))
+        closed = _pass(run, step, gate, "awaiting_approval")
+        if closed is not None:
+            return closed
+    return _execute(run, step, script, env, profile)
+
+
+def _profile(run: _Run, step: Step) -> VmProfile:
+    request = run.request
+    return load_vm_profile(step.profile or request.pipeline.profile, request.config, request.pipeline.path.parent)
+
+
+def _grade_before(run: _Run, step: Step, script: str, profile: VmProfile) -> Assessment:
+    assessment = grade_script(run.request.policy, script, profile.relaxations())
+    run.store.update_step(run.record.id, step.id, grade=assessment.to_json())
+    run.store.audit("step.graded", run.record.id, step=step.id, **assessment.to_json())
+    return assessment
+
+
+def _end_step(run: _Run, step: Step, status: str, detail: str) -> None:
+    run.store.update_step(run.record.id, step.id, status=status, detail=detail, finished=time.time())
+    run.store.audit(f"step.{status}", run.record.id, step=step.id, detail=detail)
+    run.request.echo(f"[{step.id}] {run.request.secrets.masker()(detail)}")
+
+
+def _open_gate(run: _Run, step: Step, need: GateNeed, card_input: CardInput) -> Gate:
+    subject, card = build(card_input, run.request.secrets.masker())
+    return run.gates.open(run.record.id, step.id, need.kind, subject, card, need.rules)
+
+
+def _pass(run: _Run, step: Step, gate: Gate, waiting_status: str) -> StepState | None:
+    """Wait at `gate`. None: approved, go on. A StepState: the gate closed otherwise, and this is how the step
+    ended."""
+    if gate.is_open:
+        run.store.update_step(run.record.id, step.id, status=waiting_status,
+                              detail=f"waiting for approval at gate {gate.gate_id}")
+    decided = run.waiter.until_decided(run.record, gate)
+    if decided.status == "approved":
+        run.store.update_step(run.record.id, step.id, detail=f"gate {gate.gate_id} {decided.outcome}")
+        run.request.echo(f"[{step.id}] gate {gate.gate_id} {decided.outcome}")
+        return None
+    status = "rejected" if decided.status == "rejected" else "expired"
+    _end_step(run, step, status, f"gate {gate.gate_id} {decided.outcome or decided.status}; nothing it guarded "
+                                 "was applied")
+    return StepState(status, continued=status == "expired" and _continues(run, step, "expired"))
+
+
+def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile: VmProfile) -> StepState:
+    request, store, record = run.request, run.store, run.record
     log_path = store.run_dir(record.id) / f"{step.id}.log"
     store.update_step(record.id, step.id, status="running", started=time.time(), log_path=str(log_path))
-    store.audit("step.started", record.id, step=step.id, script_sha256=_sha256(script))
-    store.audit("step.started", record.id, step=step.id, script_sha256=_sha256(script))
+    store.audit("step.started", record.id, step=step.id, script_sha256=hashlib.sha256(script.encode()).hexdigest())
     mask = request.secrets.masker()
+    held = effects_dir(store.run_dir(record.id), step.id)
     result: AttemptResult | None = None
     with open_log(log_path) as log:
         output = StepOutput(step.id, mask, log, request.echo)
         for attempt in range(1, step.retries + 2):
-            timeout = _step_timeout(step, deadline)
             if attempt > 1:
                 output.note(f"retry {attempt - 1} of {step.retries} in a fresh VM")
             store.update_step(record.id, step.id, attempts=attempt)
-            context_for_vm = StepContext(
-                request.pipeline, request.config, step, request.workspace, script,
-                {**request.pipeline.env, **env, **request.secrets.values}, timeout, record.id,
-                store.run_dir(record.id), output, request.policy,
-                load_vm_profile(step.profile or request.pipeline.profile, request.config, request.pipeline.path.parent),
-            )
+            context = StepContext(request.pipeline, request.config, step, request.workspace, script,
+                                  {**request.pipeline.env, **env, **request.secrets.values},
+                                  _step_timeout(step, run.deadline), record.id, store.run_dir(record.id), output,
+                                  profile, held)
             try:
-                result = run_attempt(context_for_vm)
+                result = run_attempt(context)
             except KeyboardInterrupt:
                 output.flush()
+                discard(held)
                 store.update_step(record.id, step.id, status="interrupted", finished=time.time(),
                                   detail="interrupted; VM destroyed, nothing applied")
                 raise
             output.flush()
             _record_attempt(store, record.id, step.id, result)
-            if result.status in ("succeeded", "held"):
+            if result.status == "succeeded":
                 break
             output.note(result.detail or result.status)
-    if result is None:  # unreachable: the loop runs at least once
-        raise StepFailed(f"step {step.id} made no attempt")
-    store.update_step(record.id, step.id, status=result.status, finished=time.time())
-    if result.status == "held":
-        store.audit("effects.discarded", record.id, step=step.id, reason=result.detail)
-        request.echo(f"[{step.id}] {mask(result.detail or '')}")
-        raise GateUnavailable(f"step {step.id!r}: {result.detail}; this version of lg cannot hold effects for "
-                              "approval, so the run stops here", fix=f"lg status {record.id} shows the changes")
-    store.audit("step.finished", record.id, step=step.id, status=result.status, exit_code=result.exit_code,
-                applied=[{"path": c.path, "kind": c.kind, "sha256": c.sha256} for c in result.changes])
-    verdict = "succeeded" if result.status == "succeeded" else f"{result.status}: {result.detail}"
-    request.echo(f"[{step.id}] {mask(verdict)}")
-    continued = result.status != "succeeded" and step.continue_on_error
-    return StepState(result.status, dict(result.outputs), continued)
+    assert result is not None  # noqa: S101 - the loop runs at least once
+    if result.status != "succeeded":
+        store.update_step(record.id, step.id, status=result.status, finished=time.time())
+        store.audit("step.finished", record.id, step=step.id, status=result.status, exit_code=result.exit_code)
+        request.echo(f"[{step.id}] {mask(f'{result.status}: {result.detail}')}")
+        return StepState(result.status, continued=step.continue_on_error)
+    return _settle_effects(run, step, store.step(record.id, step.id), script)
+
+
+def _settle_effects(run: _Run, step: Step, record: StepRecord, script: str) -> StepState:
+    """The step ran and succeeded: grade what it did, hold it for approval if it must, then apply or discard."""
+    changes = tuple(FileChange(**change) for change in record.changes)
+    held = effects_dir(run.store.run_dir(run.record.id), step.id)
+    base: dict[str, str | None] | None = None
+    if record.status != "applying":
+        effects = grade_effects(run.request.policy, changes)
+        run.store.update_step(run.record.id, step.id, effects_grade=effects.to_json())
+        if effects.denied:
+            rules = ", ".join(m.rule_id for m in effects.matches if m.level >= run.request.policy.thresholds.effects)
+            discard(held)
+            _end_step(run, step, "failed", f"effects denied by {rules}; nothing was applied")
+            run.store.audit("effects.discarded", run.record.id, step=step.id, reason="denied by policy")
+            return StepState("failed", continued=step.continue_on_error)
+        need = effects_gate(run.request.policy, step, effects, changes)
+        if need is not None:
+            gate = _effects_gate(run, step, record, need, effects, changes, held, script)
+            base = {c["path"]: c["base_sha256"] for c in gate.subject.get("changes", [])}
+            closed = _pass(run, step, gate, "held")
+            if closed is not None:
+                discard(held)
+                run.store.audit("effects.discarded", run.record.id, step=step.id, gate=gate.gate_id,
+                                reason=gate.status if closed.status != "rejected" else "rejected")
+                return closed
+    else:
+        gate_record = run.gates.gate(run.record.id, gate_id_for(step.id, "effects"))
+        if gate_record is not None:
+            base = {c["path"]: c["base_sha256"] for c in gate_record.subject.get("changes", [])}
+    return _apply(run, step, changes, held, base, dict(record.outputs))
+
+
+def _effects_gate(run: _Run, step: Step, record: StepRecord, need: GateNeed, effects: Assessment,
+                  changes: tuple[FileChange, ...], held: Path, script: str) -> Gate:
+    existing = run.gates.gate(run.record.id, gate_id_for(step.id, "effects"))
+    if existing is not None and record.status == "held":
+        return existing  # a resumed run: the gate (and the host content it was shown against) stays as opened
+    return _open_gate(run, step, need, CardInput(
+        run.record.id, step.id, step.display_name, "effects", gate_id_for(step.id, "effects"), script,
+        _profile(run, step),
+        effects, need.reasons, changes, record.outputs, run.request.workspace, held,
+        base_digests(run.request.workspace, changes)))
+
+
+def _apply(run: _Run, step: Step, changes: tuple[FileChange, ...], held: Path,
+           base: Mapping[str, str | None] | None, outputs: dict[str, str]) -> StepState:
+    store, record = run.store, run.record
+    store.update_step(record.id, step.id, status="applying")
+    try:
+        if not already_applied(run.request.workspace, changes):
+            apply_held(run.request.workspace, changes, held, base)
+    except (UnsafeChange, OSError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        discard(held)
+        store.audit("effects.discarded", record.id, step=step.id, reason=reason)
+        _end_step(run, step, "failed", f"cannot apply the step's changes to the workspace: {reason}"
+                  + ("" if "nothing was applied" in reason else "; nothing was applied"))
+        return StepState("failed", continued=step.continue_on_error)
+    with store.transaction():
+        store.update_step(record.id, step.id, status="succeeded", finished=time.time())
+        store.audit("effects.applied", record.id, step=step.id,
+                    changes=[{"path": c.path, "kind": c.kind, "sha256": c.sha256} for c in changes])
+    discard(held)
+    counts = {kind: sum(1 for c in changes if c.kind == kind) for kind in ("created", "modified", "deleted")}
+    applied = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    run.request.echo(f"[{step.id}] succeeded" + (f"; applied to the workspace: {applied}" if applied else ""))
+    return StepState("succeeded", outputs)
 
 
 def _record_attempt(store: RunStore, run_id: str, step_id: str, result: AttemptResult) -> None:
@@ -247,12 +406,7 @@ def _record_attempt(store: RunStore, run_id: str, step_id: str, result: AttemptR
         outputs=dict(result.outputs),
         changes=[change.__dict__ for change in result.changes],
         detail=result.detail,
-        effects_grade=dict(result.effects_grade) if result.effects_grade is not None else None,
     )
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _step_timeout(step: Step, deadline: float | None) -> float:
@@ -263,3 +417,25 @@ def _step_timeout(step: Step, deadline: float | None) -> float:
             raise StepFailed("the pipeline's timeout ran out before this step could start")
         timeout = min(timeout, remaining)
     return timeout
+
+
+def claim_run(store: RunStore, run_id: str) -> RunRecord:
+    """Take over a paused, interrupted or abandoned run for this process; refuse a finished or live one."""
+    import os  # noqa: PLC0415
+
+    import psutil  # noqa: PLC0415
+
+    record = store.run(run_id)
+    if record.finished_for_good:
+        raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to resume")
+    if record.process_alive and record.pid != os.getpid():
+        raise InvalidInput(f"run {record.id} is still being run by lg process {record.pid}; wait for it, or "
+                           f"`lg cancel {record.id}`")
+    with store.transaction() as db:
+        claimed = db.execute(
+            "UPDATE runs SET status = 'running', pid = ?, pid_started = ?, finished = NULL, exit_code = NULL,"
+            " error = NULL WHERE id = ? AND status = ? AND pid IS ?",
+            (os.getpid(), psutil.Process().create_time(), record.id, record.status, record.pid)).rowcount
+    if not claimed:
+        raise InvalidInput(f"run {record.id} was taken over by another lg process just now")
+    return store.run(record.id)

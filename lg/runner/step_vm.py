@@ -1,5 +1,8 @@
-"""One attempt of one step, in a VM booted for it alone: copy in, run, collect, and (on success) apply.
+"""One attempt of one step, in a VM booted for it alone: copy in, run, and (on success) collect its outputs,
+artifacts and workspace changes out of the VM before it is destroyed.
 
+Nothing here touches the host workspace: the changed files are fetched into the run's effects directory, and
+the engine decides whether they are applied now or held for approval (lg.runner.effects).
 This is the only module of the runner that talks to a VM, through the backend-neutral `lg.vm.api`.
 """
 
@@ -9,22 +12,13 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from lg.errors import LgError
 from lg.images.store import require_image
 from lg.model import FileChange, Pipeline, ProjectConfig, Step
-from lg.policy.grade import grade_effects
-from lg.policy.model import RiskPolicy
 from lg.runner.console import StepOutput
-from lg.runner.workspace import (
-    UnsafeChange,
-    apply_changes,
-    check_change_path,
-    exclude_function,
-    load_ignore_rules,
-    staging_area,
-)
+from lg.runner.effects import discard, files_to_fetch
+from lg.runner.workspace import UnsafeChange, check_change_path, exclude_function, load_ignore_rules
 from lg.security.profile import VmProfile
 from lg.vm.api import ExecRequest, ExecResult, Vm, VmSpec, hypervisor_for
 
@@ -46,8 +40,8 @@ class StepContext:
     run_id: str
     run_dir: Path
     output: StepOutput
-    policy: RiskPolicy
     profile: VmProfile
+    effects_dir: Path  # where the changed files are fetched to (emptied first)
 
 
 @dataclass(frozen=True)
@@ -60,7 +54,6 @@ class AttemptResult:
     boot_seconds: float | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     changes: tuple[FileChange, ...] = ()
-    effects_grade: Mapping[str, Any] | None = None
 
 
 def run_attempt(context: StepContext) -> AttemptResult:
@@ -84,8 +77,9 @@ def run_attempt(context: StepContext) -> AttemptResult:
     except UnsafeChange as error:
         return AttemptResult("failed", None, str(error), image_digest=image.digest)
     except OSError as error:
-        # The host side failed (typically a full disk while staging the step's changes): staging is removed,
-        # so nothing reached the workspace.
+        # The host side failed (typically a full disk while fetching the step's changes): nothing reached the
+        # workspace, and the partial fetch is removed.
+        discard(context.effects_dir)
         return AttemptResult("failed", None, f"cannot copy the step's changes to the host: "
                              f"{error.strerror or error}; nothing was applied", image_digest=image.digest)
     except LgError as error:
@@ -127,16 +121,11 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str) -> AttemptResult:
         return replace(base, detail=_failure(result))
     outputs = _collect_outputs(vm, step)
     changes = tuple(vm.changes(GUEST_WORKSPACE))
-    effects = grade_effects(context.policy, changes)
-    base = replace(base, outputs=outputs, changes=changes, effects_grade=effects.to_json())
-    if effects.denied or effects.gate:
-        # What the step did needs a human's review before it reaches the host: apply none of it.
-        rules = ", ".join(m.rule_id for m in effects.matches if m.level >= context.policy.thresholds.effects)
-        verdict = "denied by" if effects.denied else f"{effects.level.label}, held for review by"
-        return replace(base, status="held", detail=f"effects {verdict} {rules}; nothing was applied")
+    for change in changes:
+        check_change_path(context.workspace, change)  # refuse before fetching anything
+    _fetch_effects(vm, changes, context.effects_dir)
     _collect_artifacts(vm, step, context.run_dir / "artifacts" / step.id)
-    _apply(vm, context, changes)
-    return replace(base, status="succeeded")
+    return replace(base, status="succeeded", outputs=outputs, changes=changes)
 
 
 def _failure(result: ExecResult) -> str:
@@ -180,15 +169,9 @@ def _collect_artifacts(vm: Vm, step: Step, destination: Path) -> None:
     vm.get_paths(GUEST_WORKSPACE, list(step.artifacts), destination)
 
 
-def _apply(vm: Vm, context: StepContext, changes: tuple[FileChange, ...]) -> None:
-    if not changes:
-        return
-    for change in changes:
-        check_change_path(context.workspace, change)  # refuse before fetching anything
-    wanted = [c.path for c in changes if c.kind != "deleted" and c.symlink_target is None]
-    with staging_area(context.workspace) as staged:
-        if wanted:
-            vm.get_paths(GUEST_WORKSPACE, wanted, staged)
-        apply_changes(context.workspace, changes, staged)
-    counts = {kind: sum(1 for c in changes if c.kind == kind) for kind in ("created", "modified", "deleted")}
-    context.output.note("applied to the workspace: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+def _fetch_effects(vm: Vm, changes: tuple[FileChange, ...], destination: Path) -> None:
+    discard(destination)  # a previous attempt's files must not mix with this one's
+    destination.mkdir(parents=True)
+    wanted = files_to_fetch(changes)
+    if wanted:
+        vm.get_paths(GUEST_WORKSPACE, wanted, destination)

@@ -9,6 +9,7 @@ a log shorter than its head, or whose last hash differs, is reported as truncate
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -66,11 +67,12 @@ class AuditLog:
     def __init__(self, db: sqlite3.Connection, state_dir: Path) -> None:
         self._db = db
         self.head_path = state_dir / "audit.head"
+        self.unwritten_head: AuditRecord | None = None  # appended in the open transaction, head not yet moved
         db.execute(_SCHEMA)
 
     def append(self, kind: str, run_id: str | None, data: Mapping[str, Any]) -> AuditRecord:
-        """Append one record. Call inside a transaction (BEGIN IMMEDIATE) so seq is exclusive, and call
-        `write_head` after it commits (before, a rollback would leave a head naming a record that never was)."""
+        """Append one record. Call inside a transaction (BEGIN IMMEDIATE) so seq is exclusive; the store moves
+        the head after it commits (before, a rollback would leave a head naming a record that never was)."""
         last = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
         ts = time.time()
@@ -80,7 +82,9 @@ class AuditLog:
             "INSERT INTO audit (seq, ts, kind, run_id, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (seq, ts, kind, run_id, data_text, prev, digest),
         )
-        return AuditRecord(seq, ts, kind, run_id, dict(data), prev, digest)
+        record = AuditRecord(seq, ts, kind, run_id, dict(data), prev, digest)
+        self.unwritten_head = record
+        return record
 
     def records(self) -> Iterator[AuditRecord]:
         for row in self._db.execute("SELECT seq, ts, kind, run_id, data, prev, hash FROM audit ORDER BY rowid"):
@@ -119,12 +123,19 @@ class AuditLog:
         return []
 
     def write_head(self, record: AuditRecord) -> None:
-        temporary = self.head_path.with_suffix(".tmp")
-        with temporary.open("w") as handle:
-            handle.write(f"{record.seq} {record.hash}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(self.head_path)
+        """Move the head to `record`, unless another process already moved it further (commits and head
+        writes of concurrent processes may interleave; the head only ever moves forward)."""
+        with self.head_path.with_suffix(".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self._read_head()
+            if current is not None and current[0] >= record.seq:
+                return
+            temporary = self.head_path.with_suffix(f".tmp.{os.getpid()}")
+            with temporary.open("w") as handle:
+                handle.write(f"{record.seq} {record.hash}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(self.head_path)
 
     def _read_head(self) -> tuple[int, str] | None:
         try:

@@ -22,10 +22,47 @@ import psutil
 from lg.errors import EnvironmentUnfit, InvalidInput
 from lg.runs.audit import AuditLog, AuditRecord
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+_GATES = """
+CREATE TABLE IF NOT EXISTS gates (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    gate_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    card TEXT NOT NULL,
+    rules TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    decided REAL,
+    outcome TEXT,
+    PRIMARY KEY (run_id, gate_id)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    run_id TEXT NOT NULL,
+    gate_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    comment TEXT,
+    payload TEXT NOT NULL,
+    signature TEXT,
+    signed_by TEXT,
+    ts REAL NOT NULL,
+    PRIMARY KEY (run_id, gate_id, digest, approver),
+    FOREIGN KEY (run_id, gate_id) REFERENCES gates(run_id, gate_id) ON DELETE CASCADE
+);
+CREATE UNIQUE INDEX IF NOT EXISTS decisions_signature ON decisions(signature) WHERE signature IS NOT NULL;
+CREATE INDEX IF NOT EXISTS gates_open ON gates(status)
+"""
+
 _MIGRATIONS = {  # from version N to N+1
     1: ("ALTER TABLE steps ADD COLUMN grade TEXT", "ALTER TABLE steps ADD COLUMN effects_grade TEXT"),
     2: ("ALTER TABLE runs ADD COLUMN pid INTEGER", "ALTER TABLE runs ADD COLUMN pid_started REAL"),
+    3: ("ALTER TABLE runs ADD COLUMN pipeline_sha256 TEXT", *_GATES.split(";")),
 }
 
 _SCHEMA = """
@@ -42,7 +79,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     initiator TEXT NOT NULL,
     pid INTEGER,
-    pid_started REAL
+    pid_started REAL,
+    pipeline_sha256 TEXT
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -66,12 +104,15 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (run_id, step_id)
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
-"""
+""" + _GATES
 
-RUN_STATUSES = ("pending", "running", "succeeded", "failed", "blocked", "interrupted", "cancelled")
-# blocked: a gate the step reached before running; held: its effects need review (nothing was applied)
-STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "timed_out", "interrupted", "blocked",
-                 "held")
+RUN_STATUSES = ("pending", "running", "awaiting_approval", "succeeded", "failed", "rejected", "expired",
+                "interrupted", "cancelled")
+FINISHED_RUN_STATUSES = frozenset({"succeeded", "failed", "rejected", "expired", "cancelled"})
+# awaiting_approval: a gate before the step runs is open; held: the step ran, its effects wait for review
+# (stored, not applied); applying: approved effects are being written to the workspace
+STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "timed_out", "interrupted",
+                 "awaiting_approval", "held", "applying", "rejected", "expired", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -89,16 +130,25 @@ class RunRecord:
     initiator: str
     pid: int | None = None  # the lg process running it
     pid_started: float | None = None  # that process's start time, so a reused pid is not mistaken for it
+    pipeline_sha256: str | None = None  # of the pipeline file as it was run; a resume refuses a changed file
+
+    @property
+    def finished_for_good(self) -> bool:
+        return self.status in FINISHED_RUN_STATUSES
 
     @property
     def abandoned(self) -> bool:
         """Marked running, but the lg process running it is gone (killed with -9, or the machine restarted)."""
-        if self.status != "running" or self.pid is None:
+        return self.status in ("running", "pending") and not self.process_alive
+
+    @property
+    def process_alive(self) -> bool:
+        if self.pid is None:
             return False
         try:
-            return abs(psutil.Process(self.pid).create_time() - (self.pid_started or 0)) > 1.0
+            return abs(psutil.Process(self.pid).create_time() - (self.pid_started or 0)) <= 1.0
         except psutil.Error:
-            return True
+            return False
 
     @property
     def shown_status(self) -> str:
@@ -148,11 +198,11 @@ class RunStore:
                                    fix="check the state_dir in lg.yaml (or LG_STATE_DIR) is writable") from error
         self._db.row_factory = sqlite3.Row
         self._init_schema()
-        self.audit_log = AuditLog(self._db, state_dir)
 
     def _init_schema(self) -> None:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
+            self.audit_log = AuditLog(self._db, self.state_dir)
             self._db.execute("PRAGMA foreign_keys=ON")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -166,7 +216,7 @@ class RunStore:
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             for step in range(max(version, 1), SCHEMA_VERSION) if version else ():
                 with self.transaction() as db:
-                    for statement in _MIGRATIONS[step]:
+                    for statement in filter(str.strip, _MIGRATIONS[step]):
                         db.execute(statement)
                     db.execute(f"PRAGMA user_version={step + 1}")
         except sqlite3.DatabaseError as error:
@@ -176,47 +226,62 @@ class RunStore:
             ) from error
 
     def audit(self, kind: str, run_id: str | None, **data: Any) -> AuditRecord:
-        """Append an audit record in its own transaction."""
+        """Append an audit record in its own transaction (inside an open one, as part of it)."""
+        if self._db.in_transaction:
+            return self.audit_log.append(kind, run_id, data)
         with self.transaction():
-            record = self.audit_log.append(kind, run_id, data)
-        self.audit_log.write_head(record)
-        return record
+            return self.audit_log.append(kind, run_id, data)
 
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For modules that keep their own tables in this database (gates): one connection, one transaction."""
+        return self._db
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: writers queue up instead of failing half-way). Audit records
+        appended inside it commit with it, and the head moves only once they are durable. Nested use joins
+        the outer transaction."""
+        if self._db.in_transaction:
+            yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
+        self.audit_log.unwritten_head = None
         try:
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK")
+            self.audit_log.unwritten_head = None
             raise
         self._db.execute("COMMIT")
+        head, self.audit_log.unwritten_head = self.audit_log.unwritten_head, None
+        if head is not None:
+            self.audit_log.write_head(head)
 
     # --- runs --------------------------------------------------------------------------------------------
 
     def create_run(self, pipeline: str, pipeline_path: Path, workspace: Path, initiator: str,
-                   steps: list[tuple[str, str]]) -> RunRecord:
+                   steps: list[tuple[str, str]], pipeline_sha256: str | None = None) -> RunRecord:
         run_id = new_run_id()
         now = time.time()
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs (id, pipeline, pipeline_path, workspace, status, created, initiator, pid,"
-                " pid_started) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                " pid_started, pipeline_sha256) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
                 (run_id, pipeline, str(pipeline_path), str(workspace), now, initiator, os.getpid(),
-                 psutil.Process().create_time()),
+                 psutil.Process().create_time(), pipeline_sha256),
             )
             db.executemany(
                 "INSERT INTO steps (run_id, step_id, position, name, status) VALUES (?, ?, ?, ?, 'pending')",
                 [(run_id, step_id, position, name) for position, (step_id, name) in enumerate(steps)],
             )
-            record = self.audit_log.append("run.created", run_id, {
+            self.audit_log.append("run.created", run_id, {
                 "pipeline": pipeline, "file": str(pipeline_path), "workspace": str(workspace),
-                "initiator": initiator, "steps": [step_id for step_id, _ in steps],
+                "initiator": initiator, "steps": [step_id for step_id, _ in steps], "pipeline_sha256": pipeline_sha256,
             })
-        self.audit_log.write_head(record)
         return self.run(run_id)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -247,6 +312,12 @@ class RunStore:
             if key in fields:
                 fields[key] = json.dumps(fields[key])
         self._update("steps", "run_id = ? AND step_id = ?", (run_id, step_id), fields)
+
+    def step(self, run_id: str, step_id: str) -> StepRecord:
+        for record in self.steps(run_id):
+            if record.step_id == step_id:
+                return record
+        raise InvalidInput(f"run {run_id} has no step {step_id!r}")
 
     def steps(self, run_id: str) -> list[StepRecord]:
         rows = self._db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()

@@ -1,0 +1,281 @@
+"""Diff cards: what an approver sees, and the subject (what the approval is bound to) behind it.
+
+The *subject* is everything that decides what would happen if the gate were approved: the command, the VM
+profile, and for an effects gate every held change (with its SHA-256 and the host content it replaces) and
+every output. Its digest is what a decision names. The *card* presents the subject to a human: risk level,
+matched rules, relaxations, and a unified diff per text file (truncated sensibly, binary files noted, secrets
+masked). Cards are built once, when the gate opens, by the process that has the secrets to mask; `lg show`
+prints the stored card.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from lg.model import FileChange
+from lg.policy.model import Assessment
+from lg.security.profile import VmProfile
+
+MAX_DIFF_BYTES = 1024 * 1024  # larger files are noted, not diffed
+MAX_DIFF_LINES = 120  # per file
+MAX_CARD_DIFF_LINES = 1500  # over the whole card; later files say their diff was left out
+COLOURS = {"green": "32", "yellow": "33", "orange": "38;5;208", "red": "31"}
+KIND_TEXT = {
+    "explicit": "explicit gate: the pipeline asks for approval before this step runs",
+    "before": "before gate: the step's command is graded at or over the policy's threshold; nothing has run",
+    "effects": "effects gate: the step ran in a throwaway VM; what it did is held, not applied",
+}
+
+
+@dataclass(frozen=True)
+class CardInput:
+    run_id: str
+    step_id: str
+    step_name: str
+    kind: str
+    gate_id: str
+    script: str
+    profile: VmProfile
+    assessment: Assessment | None
+    reasons: tuple[str, ...] = ()  # why the gate exists beyond the grade (approve:, a policy's required gate)
+    changes: tuple[FileChange, ...] = ()
+    outputs: Mapping[str, str] | None = None
+    workspace: Path | None = None
+    held: Path | None = None
+    base: Mapping[str, str | None] | None = None
+
+
+def build(card_input: CardInput, mask: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(subject, card) for a gate."""
+    profile = _profile_view(card_input.profile)
+    subject: dict[str, Any] = {
+        "run": card_input.run_id,
+        "gate": card_input.gate_id,
+        "step": card_input.step_id,
+        "kind": card_input.kind,
+        "script_sha256": hashlib.sha256(card_input.script.encode()).hexdigest(),
+        "profile": profile,
+    }
+    if card_input.kind == "effects":
+        subject["changes"] = [_change_subject(change, card_input.base or {}) for change in card_input.changes]
+        subject["outputs"] = {name: hashlib.sha256(value.encode()).hexdigest()
+                              for name, value in sorted((card_input.outputs or {}).items())}
+    assessment = card_input.assessment
+    card: dict[str, Any] = {
+        "run": card_input.run_id,
+        "gate": card_input.gate_id,
+        "step": card_input.step_id,
+        "step_name": card_input.step_name,
+        "kind": card_input.kind,
+        "level": assessment.level.label if assessment else "green",
+        "rules": [match.to_json() for match in assessment.matches] if assessment else [],
+        "reasons": list(card_input.reasons),
+        "command": mask(card_input.script),
+        "profile": profile,
+    }
+    if card_input.kind == "effects":
+        budget = _Budget(MAX_CARD_DIFF_LINES)
+        card["changes"] = [_change_card(change, card_input, mask, budget) for change in card_input.changes]
+        card["outputs"] = {name: mask(value) for name, value in sorted((card_input.outputs or {}).items())}
+    return subject, card
+
+
+def _profile_view(profile: VmProfile) -> dict[str, Any]:
+    return {
+        "name": profile.name,
+        "user": profile.user,
+        "vcpus": profile.machine.vcpus,
+        "memory_mib": profile.machine.memory_mib,
+        "relaxations": [f"{r.kind}: {r.detail}" if r.detail else r.kind for r in profile.relaxations()],
+    }
+
+
+def _change_subject(change: FileChange, base: Mapping[str, str | None]) -> dict[str, Any]:
+    return {"path": change.path, "kind": change.kind, "sha256": change.sha256, "size": change.size,
+            "mode": change.mode, "symlink_target": change.symlink_target, "base_sha256": base.get(change.path)}
+
+
+class _Budget:
+    def __init__(self, lines: int) -> None:
+        self.left = lines
+
+
+def display_kind(change: FileChange, base_sha256: str | None) -> str:
+    if change.symlink_target is not None:
+        return "symlink"
+    if change.kind == "created":
+        return "create"
+    if change.kind == "deleted":
+        return "delete"
+    if base_sha256 == change.sha256 and change.mode != change.old_mode:
+        return "chmod"
+    return "modify"
+
+
+def _change_card(change: FileChange, card_input: CardInput, mask: Callable[[str], str],
+                 budget: _Budget) -> dict[str, Any]:
+    base = (card_input.base or {}).get(change.path)
+    view: dict[str, Any] = {
+        "path": change.path,
+        "change": display_kind(change, base),
+        "size": change.size,
+        "mode": _octal(change.mode),
+        "old_mode": _octal(change.old_mode),
+        "symlink_target": change.symlink_target,
+        "sha256": change.sha256,
+        "diff": None,
+        "note": None,
+    }
+    if view["change"] in ("create", "modify") and card_input.held is not None:
+        view["diff"], view["note"] = _diff(change, card_input, mask, budget)
+    return view
+
+
+def _octal(mode: int | None) -> str | None:
+    return f"{mode & 0o7777:04o}" if mode is not None else None
+
+
+def _diff(change: FileChange, card_input: CardInput, mask: Callable[[str], str],
+          budget: _Budget) -> tuple[str | None, str | None]:
+    assert card_input.held is not None  # noqa: S101 - checked by the caller
+    parts = PurePosixPath(change.path).parts
+    new_path = card_input.held.joinpath(*parts)
+    old_path = card_input.workspace.joinpath(*parts) if card_input.workspace and change.kind == "modified" else None
+    sizes = [p.stat().st_size for p in (new_path, old_path) if p is not None and p.is_file()]
+    if any(size > MAX_DIFF_BYTES for size in sizes):
+        return None, f"large file ({max(sizes)} bytes): diff not shown, compare by digest"
+    new_text = _text(new_path)
+    old_text = _text(old_path) if old_path is not None and old_path.is_file() and not old_path.is_symlink() else ""
+    if new_text is None or old_text is None:
+        return None, "binary file: diff not shown, compare by digest"
+    if budget.left <= 0:
+        return None, "diff left out: the card's diff budget is used up (see the file itself)"
+    lines = list(difflib.unified_diff(old_text.splitlines(keepends=True), new_text.splitlines(keepends=True),
+                                      fromfile=f"a/{change.path}" if old_path else "/dev/null",
+                                      tofile=f"b/{change.path}", n=3))
+    limit = min(MAX_DIFF_LINES, budget.left)
+    note = None
+    if len(lines) > limit:
+        note = f"diff truncated: {limit} of {len(lines)} lines shown"
+        lines = lines[:limit]
+    budget.left -= len(lines)
+    text = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+    return mask(text), note
+
+
+def _text(path: Path) -> str | None:
+    data = path.read_bytes()
+    if b"\0" in data[:8192]:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+# --- terminal rendering -------------------------------------------------------------------------------------
+
+
+def render(card: Mapping[str, Any], *, digest: str, status: str, outcome: str | None, colour: bool,
+           width: int | None = None) -> str:
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    paint = _painter(colour)
+    level = str(card.get("level", "green"))
+    out: list[str] = []
+    title = f"gate {card['gate']}  run {card['run']}  step {card['step']}"
+    if card.get("step_name") and card["step_name"] != card["step"]:
+        title += f" ({card['step_name']})"
+    out.append(paint("1", title))
+    out.append(f"  {KIND_TEXT.get(str(card['kind']), card['kind'])}")
+    out.append(f"  risk: {paint(COLOURS.get(level, '0'), level.upper())}   status: {status}"
+               + (f" ({outcome})" if outcome else ""))
+    out.append(f"  digest: {digest}")
+    for reason in card.get("reasons", []):
+        out.append(f"  gate: {reason}")
+    if card.get("rules"):
+        out.append("  rules:")
+        for rule in card["rules"]:
+            span = f"  [{rule['span']}]" if rule.get("span") else ""
+            out.append(f"    {paint(COLOURS.get(rule['level'], '0'), rule['level']):<8} {rule['rule']}: "
+                       f"{rule['reason']}{span}")
+    out.append("  command:")
+    out.extend(f"    | {line}" for line in str(card.get("command", "")).splitlines() or [""])
+    profile = card.get("profile", {})
+    out.append(f"  profile: {profile.get('name')} (user {profile.get('user')}, {profile.get('vcpus')} vCPU, "
+               f"{profile.get('memory_mib')} MiB)")
+    relaxations = profile.get("relaxations") or []
+    out.append("  relaxations: " + (", ".join(relaxations) if relaxations else "none"))
+    if card.get("kind") == "effects":
+        out.extend(_render_changes(card.get("changes", []), paint))
+        outputs = card.get("outputs") or {}
+        if outputs:
+            out.append("  outputs:")
+            out.extend(f"    {name} = {value}" for name, value in outputs.items())
+    return "\n".join(_fit(line, width) for line in out)
+
+
+def _render_changes(changes: Sequence[Mapping[str, Any]], paint: Callable[[str, str], str]) -> list[str]:
+    out = [f"  changes ({len(changes)}):" if changes else "  changes: none"]
+    for change in changes:
+        detail = []
+        if change.get("size") is not None and change["change"] != "delete":
+            detail.append(f"{change['size']} B")
+        if change.get("mode") and change.get("old_mode") and change["mode"] != change["old_mode"]:
+            detail.append(f"mode {change['old_mode']} -> {change['mode']}")
+        elif change.get("mode") and change["change"] == "create":
+            detail.append(f"mode {change['mode']}")
+        if change.get("symlink_target") is not None:
+            detail.append(f"-> {change['symlink_target']}")
+        suffix = f"  ({', '.join(detail)})" if detail else ""
+        out.append(f"    {paint('1', change['change']):<8} {change['path']}{suffix}")
+        if change.get("note"):
+            out.append(f"      {change['note']}")
+        for line in (change.get("diff") or "").splitlines():
+            out.append("      " + _diff_line(line, paint))
+    return out
+
+
+def _diff_line(line: str, paint: Callable[[str, str], str]) -> str:
+    if line.startswith(("+++", "---")):
+        return paint("1", line)
+    if line.startswith("+"):
+        return paint("32", line)
+    if line.startswith("-"):
+        return paint("31", line)
+    if line.startswith("@@"):
+        return paint("36", line)
+    return line
+
+
+def _painter(colour: bool) -> Callable[[str, str], str]:
+    def paint(code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+    return paint
+
+
+def _fit(line: str, width: int) -> str:
+    """Cut a line to the terminal's width, counting only visible characters (colour codes take no room)."""
+    if len(_ANSI.sub("", line)) <= width:
+        return line
+    visible, out, index = 0, [], 0
+    while index < len(line) and visible < width - 1:
+        code = _ANSI.match(line, index)
+        if code:
+            out.append(code.group())
+            index = code.end()
+            continue
+        out.append(line[index])
+        visible += 1
+        index += 1
+    return "".join(out) + ("…\x1b[0m" if "\x1b[" in line else "…")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -1,0 +1,180 @@
+"""`lg pending`, `lg show`, `lg approve`, `lg reject`: decide gates headlessly, from a terminal or a CI job."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from lg.cli.output import color_enabled, emit_json, json_option, state_store
+from lg.errors import ExitCode, InvalidInput
+
+if TYPE_CHECKING:
+    from lg.approvals.gates import Gate, GateStore, Verdict
+    from lg.runs.store import RunRecord
+
+key_option = click.option(
+    "--key", type=click.Path(path_type=Path, dir_okay=False), envvar="LG_SIGNING_KEY",
+    help="Sign the decision with this SSH key (private key, or public key held by ssh-agent). [env: LG_SIGNING_KEY]")
+digest_option = click.option(
+    "--digest", metavar="SHA256",
+    help="Refuse unless the gate's digest starts with this (bind the decision to what you reviewed).")
+signed_option = click.option(
+    "--signed", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Submit a decision signed elsewhere (written by --sign-only).")
+sign_only_option = click.option(
+    "--sign-only", type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the signed decision to this file instead of recording it (to submit with --signed elsewhere).")
+
+
+def _gates() -> GateStore:
+    from lg.approvals.gates import GateStore  # noqa: PLC0415
+
+    return GateStore(state_store())
+
+
+def gate_view(gate: Gate, record: RunRecord | None = None) -> dict[str, Any]:
+    return {
+        "run": gate.run_id, "gate": gate.gate_id, "step": gate.step_id, "kind": gate.kind,
+        "status": gate.status, "level": gate.card.get("level"), "digest": gate.digest,
+        "created": gate.created, "expires": gate.expires, "decided": gate.decided, "outcome": gate.outcome,
+        "approvers": list(gate.rules.approvers), "count": gate.rules.count,
+        "require_signature": gate.rules.require_signature,
+        "pipeline": record.pipeline if record else None, "initiator": record.initiator if record else None,
+    }
+
+
+@click.command()
+@json_option
+def pending(as_json: bool) -> int:
+    """List open gates, oldest first, with the digest a decision must name."""
+    gates = _gates()
+    store = gates.store
+    rows = [gate_view(gate, store.run(gate.run_id)) for gate in gates.open_gates()]
+    if as_json:
+        emit_json(rows)
+        return ExitCode.OK
+    if not rows:
+        click.echo("no open gates")
+    for row in rows:
+        expires = f"  expires in {max(0, row['expires'] - time.time()):.0f}s" if row["expires"] else ""
+        need = f"{row['count']} of {', '.join(row['approvers'])}" if row["approvers"] else f"{row['count']} approval(s)"
+        click.echo(f"{row['run']}  {row['gate']:<24} {row['level']:<7} {row['kind']:<8} {row['pipeline']}  "
+                   f"needs {need}  digest {row['digest'][:16]}{expires}")
+    return ExitCode.OK
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@click.argument("gate_id", metavar="[GATE]", required=False)
+@json_option
+def show(run_id: str, gate_id: str | None, as_json: bool) -> int:
+    """Print the diff card of a gate: risk, rules, command, relaxations, and each held change as a diff."""
+    from lg.approvals.card import render  # noqa: PLC0415
+
+    gates = _gates()
+    record = gates.store.run(run_id)
+    gate = _pick(gates, record, gate_id)
+    decisions = [{"approver": d.approver, "verdict": d.verdict, "comment": d.comment, "signed": d.signature is not None,
+                  "ts": d.ts} for d in gates.decisions(gate)]
+    if as_json:
+        emit_json({**gate_view(gate, record), "card": gate.card, "decisions": decisions})
+        return ExitCode.OK
+    click.echo(render(gate.card, digest=gate.digest, status=gate.status, outcome=gate.outcome,
+                      colour=color_enabled()))
+    for decision in decisions:
+        signed = "signed" if decision["signed"] else "unsigned"
+        click.echo(f"  decision: {decision['verdict']} by {decision['approver']} ({signed})"
+                   + (f": {decision['comment']}" if decision["comment"] else ""))
+    if gate.is_open:
+        click.echo(f"  decide: lg approve {gate.run_id} {gate.gate_id} --digest {gate.digest[:16]}\n"
+                   f"          lg reject {gate.run_id} {gate.gate_id} --reason TEXT")
+    return ExitCode.OK
+
+
+def _pick(gates: GateStore, record: RunRecord, gate_id: str | None) -> Gate:
+    """For show: any gate of the run by name, or its only open one (or its only gate)."""
+    every = gates.gates(record.id)
+    if gate_id is None and len(every) == 1:
+        return every[0]
+    if gate_id is not None:
+        for gate in every:
+            if gate.gate_id == gate_id:
+                return gate
+    from lg.approvals.decide import resolve_gate  # noqa: PLC0415
+
+    if record.finished_for_good:
+        raise InvalidInput(f"run {record.id} has gates {', '.join(g.gate_id for g in every) or 'none'}; name one")
+    return resolve_gate(gates, record, gate_id)
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@click.argument("gate_id", metavar="[GATE]", required=False)
+@click.option("--comment", help="Why you approve (kept in the audit log).")
+@key_option
+@digest_option
+@signed_option
+@sign_only_option
+@json_option
+def approve(run_id: str, gate_id: str | None, comment: str | None, key: Path | None, digest: str | None,
+            signed: Path | None, sign_only: Path | None, as_json: bool) -> int:
+    """Approve a gate of RUN (GATE may be left out when the run has one open gate).
+
+    The decision is bound to the gate's digest: if what it guards changed, it does not apply.
+    """
+    return _decide(run_id, gate_id, "approve", comment, key, digest, signed, sign_only, as_json)
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@click.argument("gate_id", metavar="[GATE]", required=False)
+@click.option("--reason", required=True, help="Why you reject (kept in the audit log, shown to the run).")
+@key_option
+@digest_option
+@signed_option
+@sign_only_option
+@json_option
+def reject(run_id: str, gate_id: str | None, reason: str, key: Path | None, digest: str | None,
+           signed: Path | None, sign_only: Path | None, as_json: bool) -> int:
+    """Reject a gate of RUN: the step does not run, or its held effects are discarded; the run stops (exit 4)."""
+    return _decide(run_id, gate_id, "reject", reason, key, digest, signed, sign_only, as_json)
+
+
+def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | None, key: Path | None,
+            digest: str | None, signed_file: Path | None, sign_only: Path | None, as_json: bool) -> int:
+    import json  # noqa: PLC0415
+
+    from lg.approvals.decide import SignedDecision, decide, resolve_gate, sign_decision  # noqa: PLC0415
+
+    if signed_file is not None and (key is not None or sign_only is not None):
+        raise InvalidInput("--signed submits a decision signed elsewhere; it goes without --key and --sign-only")
+    if sign_only is not None and key is None:
+        raise InvalidInput("--sign-only needs --key (the key to sign with)")
+    gates = _gates()
+    record = gates.store.run(run_id)
+    gate = resolve_gate(gates, record, gate_id)
+    if digest is not None and not gate.digest.startswith(digest.lower()):
+        raise InvalidInput(f"--digest {digest}: gate {gate.gate_id} has digest {gate.digest[:16]}; what you "
+                           "reviewed is not what would be approved")
+    signed = SignedDecision.read(signed_file) if signed_file else None
+    if key is not None:
+        signed = sign_decision(gate, verdict, comment, key)
+        if sign_only is not None:
+            sign_only.write_text(json.dumps(signed.to_json(), indent=2) + "\n")
+            click.echo(f"signed decision for gate {gate.gate_id} written to {sign_only}")
+            return ExitCode.OK
+    settled = decide(gates, record, gate, verdict, comment, signed=signed, expected_digest=digest)
+    if as_json:
+        emit_json(gate_view(settled, record))
+        return ExitCode.OK
+    click.echo(f"gate {settled.gate_id} of run {record.id}: {verdict} recorded; gate is {settled.status}"
+               + (f" ({settled.outcome})" if settled.outcome else ""))
+    if settled.status == "open":
+        have = len({d.approver for d in gates.decisions(settled) if d.verdict == "approve"})
+        click.echo(f"  {have} of {settled.rules.count} approvals so far")
+    elif not gates.store.run(record.id).process_alive:
+        click.echo(f"  no lg process is waiting on this run; continue it with: lg resume {record.id}")
+    return ExitCode.OK

@@ -1,0 +1,127 @@
+"""Which gates a step meets, under which rules, and how a run waits at one.
+
+Three kinds of gate: *explicit* (`approve:` on the step, or a policy's required gate naming the step), *before*
+(the step's pre-run grade reaches the policy's threshold) and *effects* (what the step did reaches the effects
+threshold, or touches a path a policy's required gate names). A pipeline can add gates; it can never remove
+or weaken one its policy requires: the policy's approvers, count, timeout and on_timeout win.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from lg.approvals.card import render
+from lg.approvals.gates import Clock, Gate, GateKind, GateRules, GateStore
+from lg.errors import AwaitingApproval, RunCancelled
+from lg.model import ApprovalSpec, FileChange, Step
+from lg.policy.model import Assessment, RequiredGate, RiskPolicy
+from lg.runs.store import RunRecord, RunStore
+
+POLL_SECONDS = 0.1
+"""How often a waiting run looks for a decision: well inside the half second users are promised."""
+
+
+@dataclass(frozen=True)
+class GateNeed:
+    kind: GateKind
+    reasons: tuple[str, ...]
+    rules: GateRules
+
+
+def before_gate(policy: RiskPolicy, step: Step, assessment: Assessment) -> GateNeed | None:
+    required = [gate for gate in policy.required_gates if gate.applies_to_step(step.id)]
+    reasons = [f"required by policy {policy.name} ({gate.id}): {gate.reason}" for gate in required]
+    if step.approve is not None:
+        reasons.insert(0, f"the pipeline asks for approval: {step.approve.reason or 'approve: on the step'}")
+    if assessment.gate:
+        reasons.append(f"graded {assessment.level.label}, at or over the policy's before threshold "
+                       f"({policy.thresholds.before.label})")
+    if not reasons:
+        return None
+    kind: GateKind = "explicit" if step.approve is not None or required else "before"
+    return GateNeed(kind, tuple(reasons), gate_rules(policy, step.approve, required))
+
+
+def effects_gate(policy: RiskPolicy, step: Step, assessment: Assessment,
+                 changes: Sequence[FileChange]) -> GateNeed | None:
+    required = [gate for gate in policy.required_gates if gate.touched(changes)]
+    reasons = [f"required by policy {policy.name} ({gate.id}): {gate.reason} "
+               f"({', '.join(c.path for c in gate.touched(changes)[:3])})" for gate in required]
+    if assessment.gate:
+        reasons.append(f"effects graded {assessment.level.label}, at or over the policy's effects threshold "
+                       f"({policy.thresholds.effects.label})")
+    if not reasons:
+        return None
+    return GateNeed("effects", tuple(reasons), gate_rules(policy, step.approve, required))
+
+
+def gate_rules(policy: RiskPolicy, explicit: ApprovalSpec | None, required: Sequence[RequiredGate]) -> GateRules:
+    approvals = policy.approvals
+    approvers: tuple[str, ...] = explicit.approvers if explicit else ()
+    count = explicit.count if explicit else 1
+    timeout, on_timeout = approvals.timeout, approvals.on_timeout
+    if explicit is not None and explicit.timeout is not None and not required:
+        timeout, on_timeout = explicit.timeout, explicit.on_timeout
+    for gate in required:  # the policy's demands win over the pipeline's
+        count = max(count, gate.count)
+        if gate.approvers:
+            approvers = gate.approvers
+    eligible = approvals.members(approvers)
+    return GateRules(
+        approvers=approvers,
+        eligible=tuple(sorted(eligible)) if eligible is not None else None,
+        count=count,
+        require_signature=approvals.require_signature,
+        allow_self_approval=approvals.allow_self_approval,
+        allowed_signers=str(approvals.allowed_signers) if approvals.allowed_signers else None,
+        on_timeout=on_timeout,
+        timeout=timeout,
+    )
+
+
+def decide_commands(gate: Gate) -> str:
+    return (f"lg show {gate.run_id} {gate.gate_id}\n"
+            f"  lg approve {gate.run_id} {gate.gate_id} [--key ~/.ssh/id_ed25519] [--comment TEXT]\n"
+            f"  lg reject {gate.run_id} {gate.gate_id} --reason TEXT")
+
+
+@dataclass
+class Waiter:
+    """Waits at a gate: returns it once decided, or records the pause and raises AwaitingApproval (exit 3)."""
+
+    store: RunStore
+    gates: GateStore
+    echo: Callable[[str], None]
+    colour: bool
+    wait: bool
+    sleep: Callable[[float], None] = time.sleep
+    clock: Clock = time.time
+
+    def until_decided(self, record: RunRecord, gate: Gate) -> Gate:
+        if not gate.is_open:
+            return gate
+        self.echo(render(gate.card, digest=gate.digest, status=gate.status, outcome=gate.outcome,
+                         colour=self.colour))
+        self.store.update_run(record.id, status="awaiting_approval")
+        self.store.audit("run.paused", record.id, gate=gate.gate_id, waiting=self.wait)
+        if not self.wait:
+            self.store.update_run(record.id, pid=None, pid_started=None)
+            raise AwaitingApproval(
+                f"run {record.id} is waiting for approval at gate {gate.gate_id}; decide with\n  "
+                f"{decide_commands(gate)}\nthen continue it with: lg resume {record.id}")
+        self.echo(f"run {record.id}: waiting for a decision on gate {gate.gate_id}:\n  {decide_commands(gate)}")
+        while True:
+            self.gates.expire_due()
+            current = self.gates.gate(gate.run_id, gate.gate_id)
+            if current is None or not current.is_open:
+                break
+            self.sleep(POLL_SECONDS)
+        assert current is not None  # noqa: S101 - gates are never deleted while their run exists
+        if current.status == "cancelled":
+            raise RunCancelled(f"run {record.id} was cancelled while waiting at gate {gate.gate_id}")
+        self.store.update_run(record.id, status="running")
+        self.store.audit("run.continued", record.id, gate=gate.gate_id, gate_status=current.status,
+                         noticed_after=round(self.clock() - (current.decided or self.clock()), 4))
+        return current
