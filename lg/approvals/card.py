@@ -203,7 +203,8 @@ def render(card: Mapping[str, Any], *, digest: str, status: str, outcome: str | 
         out.append("  rules:")
         for rule in card["rules"]:
             span = f"  [{rule['span']}]" if rule.get("span") else ""
-            out.append(f"    {paint(COLOURS.get(rule['level'], '0'), rule['level']):<8} {rule['rule']}: "
+            level_text = f"{rule['level']:<7}"
+            out.append(f"    {paint(COLOURS.get(rule['level'], '0'), level_text)} {rule['rule']}: "
                        f"{rule['reason']}{span}")
     out.append("  command:")
     out.extend(f"    | {line}" for line in str(card.get("command", "")).splitlines() or [""])
@@ -234,7 +235,8 @@ def _render_changes(changes: Sequence[Mapping[str, Any]], paint: Callable[[str, 
         if change.get("symlink_target") is not None:
             detail.append(f"-> {change['symlink_target']}")
         suffix = f"  ({', '.join(detail)})" if detail else ""
-        out.append(f"    {paint('1', change['change']):<8} {change['path']}{suffix}")
+        kind_text = f"{change['change']:<7}"
+        out.append(f"    {paint('1', kind_text)} {change['path']}{suffix}")
         if change.get("note"):
             out.append(f"      {change['note']}")
         for line in (change.get("diff") or "").splitlines():

@@ -88,8 +88,12 @@ def sign_decision(gate: Gate, verdict: Verdict, comment: str | None, key: Path) 
 
 
 def decide(gates: GateStore, run: RunRecord, gate: Gate, verdict: Verdict, comment: str | None, *,
-           signed: SignedDecision | None = None, expected_digest: str | None = None) -> Gate:
-    """Check and record one decision; returns the gate as it stands afterwards."""
+           signed: SignedDecision | None = None, expected_digest: str | None = None,
+           user: str | None = None) -> Gate:
+    """Check and record one decision; returns the gate as it stands afterwards.
+
+    The approver is the signer of a signed decision; otherwise `user`, defaulting to `current_user()`.
+    """
     if not gate.is_open:
         raise DecisionRefused(f"gate {gate.gate_id} of run {run.id} is already {gate.status}"
                               + (f" ({gate.outcome})" if gate.outcome else ""))
@@ -103,7 +107,7 @@ def decide(gates: GateStore, run: RunRecord, gate: Gate, verdict: Verdict, comme
         if gate.rules.require_signature:
             raise DecisionRefused(f"gate {gate.gate_id} requires a signed decision: pass --key with your SSH key "
                                   "(its public half must be in the policy's allowed_signers)")
-        approver = current_user()
+        approver = user or current_user()
     _check_allowed(gate, run, approver, verdict)
     decision = Decision(
         run_id=run.id, gate_id=gate.gate_id, digest=gate.digest, approver=approver, verdict=verdict,
