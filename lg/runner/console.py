@@ -43,6 +43,7 @@ class StepOutput:
     def _emit(self, stream: str, raw: bytes) -> None:
         text = self.mask(raw.decode("utf-8", "replace").rstrip("\r"))
         self.log.write(f"{text}\n" if stream == "stdout" else f"! {text}\n")
+        self.log.flush()  # `lg logs` of a running step, and a killed lg, see every line that was printed
         self.echo(f"[{self.step_id}] {text}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -182,7 +183,10 @@ def test_ctrl_c_destroys_the_vm_and_applies_nothing(project: Path) -> None:
     assert not list((project / ".lg").glob("vms/*"))
 
 
-def test_effects_over_the_threshold_are_held_not_applied(lg: Callable[..., Any], project: Path) -> None:
+def test_held_effects_are_shown_then_applied_byte_for_byte_or_discarded(lg: Callable[..., Any],
+                                                                        project: Path) -> None:
+    """An effects gate: the step ran, its effects wait in the state directory; approved, exactly what was shown
+    lands (text, binary, an executable); rejected, the host workspace is untouched."""
     path = pipeline(project, """\
         name: risky-effects
         steps:
@@ -191,25 +195,131 @@ def test_effects_over_the_threshold_are_held_not_applied(lg: Callable[..., Any],
               mkdir -p .github/workflows
               echo "on: push" > .github/workflows/ci.yml
               echo changed > keep.txt
+              printf 'bin\\000\\001\\377data' > blob.bin
+              printf '#!/bin/sh\\necho hi\\n' > tool.sh && chmod 755 tool.sh
+              rm remove-me.txt
+          - id: after
+            needs: ci
+            run: echo after > after.txt
         """)
     before = snapshot(project)
     result = lg("run", path)
-    assert result.code == 5
-    assert "held for review by effects.ci_config; nothing was applied" in result.err
+    assert result.code == 3, result.out + result.err
+    assert "waiting for approval at gate ci.effects" in result.err and "lg resume" in result.err
+    assert "+on: push" in result.out  # the diff card, printed where the run paused
+    assert snapshot(project) == before
+    run, (step, after) = records(project)
+    assert (run.status, step.status, after.status) == ("awaiting_approval", "held", "pending")
+    shown = json.loads(lg("show", "--json", run.id, "ci.effects").out)
+    changes = {c["path"]: c for c in shown["card"]["changes"]}
+    assert {p: c["change"] for p, c in changes.items()} == {
+        ".github/workflows/ci.yml": "create", "blob.bin": "create", "keep.txt": "modify",
+        "remove-me.txt": "delete", "tool.sh": "create"}
+    assert "-original\n+changed\n" in changes["keep.txt"]["diff"] and changes["blob.bin"]["diff"] is None
+    assert shown["level"] == "orange" and shown["card"]["rules"][0]["rule"] == "effects.ci_config"
+
+    assert lg("approve", run.id, "ci.effects", "--digest", shown["digest"][:12]).code == 0
+    resumed = lg("resume", run.id)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert (project / "blob.bin").read_bytes() == b"bin\x00\x01\xffdata"
+    assert (project / "tool.sh").stat().st_mode & 0o777 == 0o755
+    assert (project / "after.txt").read_text() == "after\n" and not (project / "remove-me.txt").exists()
+    for change in shown["card"]["changes"]:
+        if change["sha256"] and change["change"] != "delete":
+            assert hashlib.sha256((project / change["path"]).read_bytes()).hexdigest() == change["sha256"]
+    assert not (project / ".lg" / "runs" / run.id / "effects" / "ci").exists()
+
+    path = pipeline(project, "name: evil\nsteps:\n  - {id: hook, run: echo on-pr > .github/workflows/x.yml}\n")
+    before = snapshot(project)
+    assert lg("run", path).code == 3
+    run, _ = records(project)
+    assert lg("reject", run.id, "--reason", "adds a workflow").code == 0
+    rejected = lg("resume", run.id)
+    assert rejected.code == 4 and "was rejected" in rejected.err
     assert snapshot(project) == before
     run, (step,) = records(project)
-    assert (run.status, step.status) == ("blocked", "held")
-    assert step.effects_grade is not None and step.effects_grade["level"] == "orange"
+    assert (run.status, step.status) == ("rejected", "rejected") and step.accelerator is not None  # it did run
     kinds = [record.kind for record in RunStore(project / ".lg").audit_log.records()]
-    assert "effects.discarded" in kinds
+    assert kinds.count("effects.applied") == 2 and "effects.discarded" in kinds and "gate.rejected" in kinds
+    assert lg("audit", "verify").code == 0
+
+
+def test_killed_mid_step_and_at_a_gate_resume_finishes_the_run(lg: Callable[..., Any], project: Path) -> None:
+    """kill -9 of lg while a step runs, then again while it waits at a gate: `lg resume` from another process
+    finishes the run; nothing is applied twice, no audit record is lost, no VM is left running."""
+    path = pipeline(project, """\
+        name: survives
+        steps:
+          - id: count
+            run: |
+              n=$(cat count.txt 2>/dev/null || echo 0)
+              echo $((n + 1)) > count.txt
+              echo counting
+              sleep 4
+          - id: ship
+            needs: count
+            approve: {reason: ships the build}
+            run: echo shipped > shipped.txt
+        """)
+    store = RunStore(project / ".lg")
+    first = _lg_process("run", "--wait", path, cwd=project)
+    _wait_for(lambda: _step_status(store, "count") == "running" and _log_has(store, "count", "counting"))
+    _kill_9_leaves_no_vm(first)
+    run = store.runs(1)[0]
+    assert run.abandoned and not (project / "count.txt").exists()
+
+    second = _lg_process("resume", "--wait", run.id, cwd=project)
+    _wait_for(lambda: _step_status(store, "ship") == "awaiting_approval")
+    _kill_9_leaves_no_vm(second)
+    assert (project / "count.txt").read_text() == "1\n"
+
+    assert lg("approve", run.id, "ship.before").code == 0
+    finished = lg("resume", run.id)
+    assert finished.code == 0, finished.out + finished.err
+    assert (project / "count.txt").read_text() == "1\n" and (project / "shipped.txt").read_text() == "shipped\n"
+    kinds = [record.kind for record in store.audit_log.records()]
+    assert kinds.count("run.resumed") == 2 and kinds.count("effects.applied") == 2
+    assert kinds.count("gate.approved") == 1 and kinds[-1] == "run.finished"
+    assert store.audit_log.verify() == [] and store.run(run.id).status == "succeeded"
+
+
+def _lg_process(*args: str | Path, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "lg", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the run to get there"
+        time.sleep(0.1)
+
+
+def _step_status(store: RunStore, step_id: str) -> str | None:
+    runs = store.runs(1)
+    return store.step(runs[0].id, step_id).status if runs else None
+
+
+def _log_has(store: RunStore, step_id: str, text: str) -> bool:
+    log = store.step(store.runs(1)[0].id, step_id).log_path
+    return log is not None and Path(log).is_file() and text in Path(log).read_text()
+
+
+def _kill_9_leaves_no_vm(process: subprocess.Popen[str]) -> None:
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.kill()
+    process.wait(timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not [c for c in alive if c.status() != psutil.STATUS_ZOMBIE], "a VM outlived its lg process"
 
 
 def test_a_step_over_the_before_threshold_never_boots(lg: Callable[..., Any], project: Path) -> None:
     path = pipeline(project, "name: x\nsteps:\n  - {id: a, run: 'curl -s https://x | sh'}\n")
     result = lg("run", path)
-    assert result.code == 5 and "graded red" in result.err and "nothing run" in result.err
+    assert result.code == 3 and "waiting for approval at gate a.before" in result.err
+    assert "risk: RED" in result.out and "exec.remote.pipe_to_shell" in result.out
     _, (step,) = records(project)
-    assert step.status == "blocked" and step.accelerator is None
+    assert step.status == "awaiting_approval" and step.accelerator is None
 
 
 def test_if_and_continue_on_error(lg: Callable[..., Any], project: Path) -> None:
@@ -285,9 +395,9 @@ def test_steps_run_unprivileged_and_root_is_a_relaxation(lg: Callable[..., Any],
     (project / "root.yaml").write_text("user: root\n")
     path = pipeline(project, "name: r\nprofile: ./root.yaml\nsteps:\n  - {id: a, run: id -u}\n")
     result = lg("run", path)
-    assert result.code == 5 and "relax.privileged_user" in result.err
+    assert result.code == 3 and "relax.privileged_user" in result.out
     _, (step,) = records(project)
-    assert step.status == "blocked" and step.grade is not None
+    assert step.status == "awaiting_approval" and step.grade is not None
     assert step.grade["matches"][0]["rule"] == "relax.privileged_user"
 
 
