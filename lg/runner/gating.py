@@ -100,6 +100,8 @@ class Waiter:
     clock: Clock = time.time
 
     def until_decided(self, record: RunRecord, gate: Gate) -> Gate:
+        self.gates.expire_due()
+        gate = self.gates.gate(gate.run_id, gate.gate_id) or gate
         if not gate.is_open:
             return gate
         self.echo(render(gate.card, digest=gate.digest, status=gate.status, outcome=gate.outcome,
