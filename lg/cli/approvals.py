@@ -154,6 +154,7 @@ def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | N
     if sign_only is not None and key is None:
         raise InvalidInput("--sign-only needs --key (the key to sign with)")
     gates = _gates()
+    gates.store.require_intact_audit()
     record = gates.store.run(run_id)
     gate = resolve_gate(gates, record, gate_id)
     if digest is not None and not gate.digest.startswith(digest.lower()):

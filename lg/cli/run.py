@@ -66,6 +66,7 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, 
     from lg.runner.engine import run_pipeline  # noqa: PLC0415
 
     store = RunStore(config.state_dir)
+    store.require_intact_audit()
     request = _request(pipeline, config, root, as_json, wait)
     return _reported(store, as_json, lambda: run_pipeline(request, store))
 
@@ -86,6 +87,7 @@ def resume(run_id: str, wait: bool, as_json: bool) -> int:
     from lg.runner.engine import claim_run, resume_run  # noqa: PLC0415
 
     store = state_store()
+    store.require_intact_audit()
     record = store.run(run_id)
     path = Path(record.pipeline_path)
     if not path.is_file():
@@ -110,6 +112,7 @@ def cancel(run_id: str, reason: str) -> int:
     from lg.runner.effects import discard  # noqa: PLC0415
 
     store = state_store()
+    store.require_intact_audit()
     record = store.run(run_id)
     if record.finished_for_good:
         raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to cancel")

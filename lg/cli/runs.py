@@ -47,12 +47,17 @@ def runs(limit: int, as_json: bool) -> int:
 @json_option
 def status(run_id: str, as_json: bool) -> int:
     """Show a run and each of its steps: status, timings, accelerator, image, exit code."""
+    from lg.approvals.gates import GateStore  # noqa: PLC0415
+
     store = state_store()
     record = store.run(run_id)
     steps = store.steps(record.id)
+    gates = GateStore(store).gates(record.id)
     if as_json:
         emit_json({"run": {**asdict(record), "abandoned": record.abandoned},
-                   "steps": [asdict(step) for step in steps]})
+                   "steps": [asdict(step) for step in steps],
+                   "gates": [{"gate": g.gate_id, "kind": g.kind, "status": g.status, "digest": g.digest,
+                              "level": g.card.get("level"), "outcome": g.outcome} for g in gates]})
         return ExitCode.OK
     duration = (record.finished or time.time()) - record.started if record.started else None
     click.echo(f"run {record.id}  {record.shown_status}  pipeline {record.pipeline}  {_seconds(duration)}")
@@ -67,6 +72,9 @@ def status(run_id: str, as_json: bool) -> int:
         )
         if step.detail:
             click.echo(f"      {step.detail}")
+    for gate in gates:
+        click.echo(f"  gate {gate.gate_id:<24} {gate.status:<9} {gate.card.get('level', '-'):<7} "
+                   f"digest {gate.digest[:12]}" + (f"  {gate.outcome}" if gate.outcome else ""))
     return ExitCode.OK
 
 

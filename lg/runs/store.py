@@ -232,6 +232,18 @@ class RunStore:
         with self.transaction():
             return self.audit_log.append(kind, run_id, data)
 
+    def require_intact_audit(self) -> None:
+        """Refuse to add to an audit log that was tampered with: appending would bury the evidence under valid
+        records. Commands that change state call this first."""
+        problems = self.audit_log.verify()
+        if problems:
+            first = problems[0]
+            raise EnvironmentUnfit(
+                f"the audit log in {self.path} is damaged ({first.message}; {len(problems)} problem(s)); "
+                "refusing to add to it",
+                fix="`lg audit verify` lists every problem; keep the database as evidence, move the state "
+                    "directory aside, and start a new one")
+
     def close(self) -> None:
         self._db.close()
 

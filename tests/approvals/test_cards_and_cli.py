@@ -174,3 +174,17 @@ def test_a_corrupted_state_database_is_reported_not_reset(tmp_path: Path, lg: Ca
     result = lg("pending")
     assert result.code == 5 and "unreadable" in result.err and "left as it is" in result.err
     assert (tmp_path / "state" / "lg.db").read_bytes().startswith(b"this is not a database")
+
+
+def test_a_tampered_audit_log_stops_every_command_that_would_add_to_it(state: RunStore, tmp_path: Path,
+                                                                       lg: Callable[..., Any]) -> None:
+    import sqlite3
+
+    run_id, _ = make_gate(state, tmp_path)
+    sqlite3.connect(tmp_path / "state" / "lg.db", isolation_level=None).execute(
+        "UPDATE audit SET data = '{}' WHERE seq = 1")
+    for args in (["approve", run_id], ["reject", run_id, "--reason", "x"], ["cancel", run_id], ["resume", run_id]):
+        result = lg(*args)
+        assert result.code == 5 and "audit log" in result.err and "refusing to add to it" in result.err, args
+    assert lg("audit", "verify").code == 1
+    assert lg("status", run_id).code == 0  # reading is still fine
