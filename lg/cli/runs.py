@@ -72,6 +72,10 @@ def status(run_id: str, as_json: bool) -> int:
         )
         if step.detail:
             click.echo(f"      {step.detail}")
+        if step.security:
+            from lg.security.state import summary  # noqa: PLC0415
+
+            click.echo(f"      security: {summary(step.security)}")
     for gate in gates:
         click.echo(f"  gate {gate.gate_id:<24} {gate.status:<9} {gate.card.get('level', '-'):<7} "
                    f"digest {gate.digest[:12]}" + (f"  {gate.outcome}" if gate.outcome else ""))

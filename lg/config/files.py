@@ -27,13 +27,17 @@ def detect_kind(path: Path, doc: SourceDoc) -> str:
     if path.name in ("lg.yaml", "lg.yml"):
         return "lg"
     data = doc.data if isinstance(doc.data, dict) else {}
-    if "rules" in data or "thresholds" in data:
+    if "rules" in data or "thresholds" in data or "required_gates" in data or "approvals" in data:
         return "risk-policy"
     if "kernel" in data and "steps" not in data:
         return "image-recipe"
-    if "machine" in data and "steps" not in data:
+    if "steps" not in data and any(key in data for key in VM_PROFILE_KEYS):
         return "vm-profile"
     return "pipeline"
+
+
+VM_PROFILE_KEYS = ("machine", "user", "capabilities", "no_new_privileges", "cgroups", "network", "seccomp",
+                   "apparmor", "selinux")
 
 
 def validate_file(path: Path) -> FileReport:

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 
+from lg.guest import confine
 from lg.guest.channel import Disconnected
 from lg.guest.protocol import (
     DATA_CHUNK,
@@ -68,14 +69,14 @@ if TYPE_CHECKING:
 
 
 class Command:
-    __slots__ = ("argv", "cwd", "env", "gid", "stdin", "timeout", "uid")
+    __slots__ = ("argv", "confinement", "cwd", "env", "gid", "stdin", "timeout", "uid")
 
     def __init__(
         self, argv: list[str], env: dict[str, str], cwd: str | None, uid: int | None, gid: int | None,
-        timeout: float | None, stdin: bool,
+        timeout: float | None, stdin: bool, confinement: confine.Confinement | None = None,
     ) -> None:
         self.argv, self.env, self.cwd, self.uid, self.gid = argv, env, cwd, uid, gid
-        self.timeout, self.stdin = timeout, stdin
+        self.timeout, self.stdin, self.confinement = timeout, stdin, confinement
 
 
 def parse_command(body: dict[str, Any]) -> Command:
@@ -95,6 +96,7 @@ def parse_command(body: dict[str, Any]) -> Command:
         gid=get_opt_int(body, "gid"),
         timeout=timeout,
         stdin=get_bool(body, "stdin", False),
+        confinement=confine.parse(body),
     )
 
 
@@ -127,14 +129,18 @@ class Reaper:
         return status
 
 
-def spawn(command: Command) -> subprocess.Popen[bytes]:
+def spawn(command: Command, cgroup: str | None = None) -> subprocess.Popen[bytes]:
     identity: dict[str, Any] = {}
-    if command.uid is not None:
-        identity["user"] = command.uid
     gid = command.gid if command.gid is not None else _primary_gid(command.uid)
-    if gid is not None:
-        identity["group"] = gid
-        identity["extra_groups"] = []
+    if command.confinement is not None and cgroup is not None:
+        # The child changes its own identity, after the steps that need root (confine.child_setup).
+        identity["preexec_fn"] = confine.child_setup(command.confinement, cgroup, command.uid, gid)
+    else:
+        if command.uid is not None:
+            identity["user"] = command.uid
+        if gid is not None:
+            identity["group"] = gid
+            identity["extra_groups"] = []
     return subprocess.Popen(
         command.argv,
         stdin=subprocess.PIPE if command.stdin else subprocess.DEVNULL,
@@ -164,13 +170,21 @@ def kill_group(pgid: int) -> None:
 def run(link: Link, request_id: int, command: Command, reaper: Reaper) -> None:
     """Run `command`, streaming its output as data frames, and answer with its exit status."""
     started = time.monotonic()
+    cgroup = confine.create_cgroup(f"cmd-{request_id}", command.confinement) if command.confinement else None
     try:
-        process = spawn(command)
-    except (OSError, subprocess.SubprocessError) as problem:
-        _spawn_failed(link, request_id, command, problem, started)
-        return
-    reaper.watch(process.pid)
-    outcome = _Run(link, request_id, command, process, reaper).wait()
+        try:
+            process = spawn(command, cgroup)
+        except (OSError, subprocess.SubprocessError) as problem:
+            _spawn_failed(link, request_id, command, problem, started)
+            return
+        reaper.watch(process.pid)
+        enforced = confine.observed(process.pid) if cgroup else None
+        outcome = _Run(link, request_id, command, process, reaper).wait()
+        if cgroup is not None:
+            outcome["confinement"] = {**(enforced or {}), "limits_hit": confine.limit_events(cgroup)}
+    finally:
+        if cgroup is not None:
+            confine.remove_cgroup(cgroup)
     link.send(result(request_id, duration=round(time.monotonic() - started, 6), **outcome))
 
 

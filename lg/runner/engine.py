@@ -406,6 +406,7 @@ def _record_attempt(store: RunStore, run_id: str, step_id: str, result: AttemptR
         outputs=dict(result.outputs),
         changes=[change.__dict__ for change in result.changes],
         detail=result.detail,
+        security=dict(result.security) if result.security is not None else None,
     )
 
 

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from lg.errors import LgError
 from lg.images.store import require_image
@@ -20,6 +21,7 @@ from lg.runner.console import StepOutput
 from lg.runner.effects import discard, files_to_fetch
 from lg.runner.workspace import UnsafeChange, check_change_path, exclude_function, load_ignore_rules
 from lg.security.profile import VmProfile
+from lg.security.state import security_state
 from lg.vm.api import ExecRequest, ExecResult, Vm, VmSpec, hypervisor_for
 
 GUEST_WORKSPACE = "/workspace"
@@ -54,6 +56,7 @@ class AttemptResult:
     boot_seconds: float | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     changes: tuple[FileChange, ...] = ()
+    security: Mapping[str, Any] | None = None  # what confined the step, as the guest kernel showed it
 
 
 def run_attempt(context: StepContext) -> AttemptResult:
@@ -110,15 +113,16 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str) -> AttemptResult:
     env = {"HOME": GUEST_WORKSPACE if uid else "/root", "USER": context.profile.user, **env}
     result = vm.exec(
         ExecRequest(argv=("/bin/sh", "-e", "-c", context.script), env=env, cwd=workdir, timeout=context.timeout,
-                    uid=uid, gid=gid),
+                    uid=uid, gid=gid, confine=context.profile.confinement()),
         on_output=context.output,
     )
     base = AttemptResult("failed", result.exit_code, None, accelerator=vm.accelerator,
-                         image_digest=image_digest, boot_seconds=vm.boot_seconds)
+                         image_digest=image_digest, boot_seconds=vm.boot_seconds,
+                         security=security_state(context.profile, result.confinement))
     if result.timed_out:
         return replace(base, status="timed_out", detail=f"timed out after {context.timeout:.0f}s; VM killed")
     if result.exit_code != 0:
-        return replace(base, detail=_failure(result))
+        return replace(base, detail=_failure(result, context.profile))
     outputs = _collect_outputs(vm, step)
     changes = tuple(vm.changes(GUEST_WORKSPACE))
     for change in changes:
@@ -128,10 +132,16 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str) -> AttemptResult:
     return replace(base, status="succeeded", outputs=outputs, changes=changes)
 
 
-def _failure(result: ExecResult) -> str:
-    if result.signal:
-        return f"killed by signal {result.signal}"
-    return f"exited with {result.exit_code}"
+def _failure(result: ExecResult, profile: VmProfile) -> str:
+    hit = (result.confinement or {}).get("limits_hit", {})
+    limits = profile.effective_limits
+    because = []
+    if hit.get("oom_kills"):
+        because.append(f"the memory limit ({limits.memory_mib} MiB) was hit: out-of-memory kill in the guest")
+    if hit.get("forks_refused"):
+        because.append(f"the pids limit ({limits.pids}) refused {hit['forks_refused']} fork(s)")
+    what = f"killed by signal {result.signal}" if result.signal else f"exited with {result.exit_code}"
+    return f"{what}; {'; '.join(because)}" if because else what
 
 
 def _fetch_text(vm: Vm, guest_dir: str, relative: str) -> str | None:

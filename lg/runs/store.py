@@ -22,7 +22,7 @@ import psutil
 from lg.errors import EnvironmentUnfit, InvalidInput
 from lg.runs.audit import AuditLog, AuditRecord
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _GATES = """
 CREATE TABLE IF NOT EXISTS gates (
@@ -63,6 +63,7 @@ _MIGRATIONS = {  # from version N to N+1
     1: ("ALTER TABLE steps ADD COLUMN grade TEXT", "ALTER TABLE steps ADD COLUMN effects_grade TEXT"),
     2: ("ALTER TABLE runs ADD COLUMN pid INTEGER", "ALTER TABLE runs ADD COLUMN pid_started REAL"),
     3: ("ALTER TABLE runs ADD COLUMN pipeline_sha256 TEXT", *_GATES.split(";")),
+    4: ("ALTER TABLE steps ADD COLUMN security TEXT",),
 }
 
 _SCHEMA = """
@@ -101,6 +102,7 @@ CREATE TABLE IF NOT EXISTS steps (
     detail TEXT,
     grade TEXT,
     effects_grade TEXT,
+    security TEXT,
     PRIMARY KEY (run_id, step_id)
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
@@ -175,10 +177,14 @@ class StepRecord:
     detail: str | None
     grade: dict[str, Any] | None = None
     effects_grade: dict[str, Any] | None = None
+    security: dict[str, Any] | None = None  # what confined the step in its VM (lg.security.state)
 
     @property
     def duration(self) -> float | None:
         return self.finished - self.started if self.started and self.finished else None
+
+
+JSON_COLUMNS = ("outputs", "changes", "grade", "effects_grade", "security")
 
 
 def new_run_id() -> str:
@@ -320,7 +326,7 @@ class RunStore:
     # --- steps -------------------------------------------------------------------------------------------
 
     def update_step(self, run_id: str, step_id: str, **fields: Any) -> None:
-        for key in ("outputs", "changes", "grade", "effects_grade"):
+        for key in JSON_COLUMNS:
             if key in fields:
                 fields[key] = json.dumps(fields[key])
         self._update("steps", "run_id = ? AND step_id = ?", (run_id, step_id), fields)
@@ -336,7 +342,7 @@ class RunStore:
         records = []
         for row in rows:
             data = dict(row)
-            for key in ("outputs", "changes", "grade", "effects_grade"):
+            for key in JSON_COLUMNS:
                 data[key] = json.loads(data[key]) if data[key] is not None else None
             records.append(StepRecord(**data))
         return records

@@ -1,8 +1,10 @@
-"""VM profiles (profiles/vm/*.yaml): the machine shape a step runs on, and (issue 7) its confinement.
+"""VM profiles (profiles/vm/*.yaml): the machine shape a step runs on, and its confinement in the guest.
 
-This version enforces the machine shape and the user a step runs as (unprivileged `lg`, uid 1000, by default).
-Other confinement keys (capabilities, seccomp, AppArmor, cgroups, network) are not accepted yet: a profile that
-asks for them is refused by the schema rather than silently not enforced.
+Enforced by this version (lg.guest.confine applies them before the step's command runs, and reports what the
+guest kernel shows): the user (unprivileged `lg`, uid 1000, by default), the capability bounding set (empty by
+default), no_new_privs (on by default), cgroup v2 limits on pids, memory and CPU, and the network (`none`: the
+VM has no network device at all). Seccomp, AppArmor, SELinux and network allow-lists are not built yet: the
+schema refuses a profile that asks for them rather than run without enforcing them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 
 from lg.config.project import resolve_named_file
 from lg.config.schema_check import check_schema
-from lg.config.yamlsource import load_yaml
+from lg.config.yamlsource import SourceDoc, load_yaml
 from lg.errors import InvalidInputs
+from lg.guest.confine import CAPABILITIES as CAPABILITY_NAMES
 from lg.model import ProjectConfig
 from lg.policy.model import Relaxation
 
@@ -27,6 +30,17 @@ class MachineShape:
 
 DEFAULT_SHAPE = MachineShape()
 KNOWN_USERS = {"lg": (1000, 1000), "root": (0, 0)}  # the accounts every shipped image has
+DEFAULT_PIDS = 512
+GUEST_RESERVE_MIB = 64  # what the guest kernel and agent keep when a profile gives no memory limit
+
+
+@dataclass(frozen=True)
+class Limits:
+    """cgroup v2 limits of the step's processes in the guest."""
+
+    pids: int
+    memory_mib: int
+    cpu_percent: int  # of one vCPU: 200 is two full vCPUs
 
 
 @dataclass(frozen=True)
@@ -36,10 +50,23 @@ class VmProfile:
     description: str
     machine: MachineShape
     user: str = "lg"
+    keep_capabilities: tuple[str, ...] = ()
+    no_new_privileges: bool = True
+    limits: Limits | None = None  # None: the defaults for the machine shape (see `effective_limits`)
 
     @property
     def uid_gid(self) -> tuple[int, int]:
         return KNOWN_USERS[self.user]
+
+    @property
+    def effective_limits(self) -> Limits:
+        return self.limits or default_limits(self.machine)
+
+    def confinement(self) -> dict[str, Any]:
+        """What the guest agent applies before the step's command (lg.guest.confine)."""
+        limits = self.effective_limits
+        return {"keep_caps": list(self.keep_capabilities), "no_new_privs": self.no_new_privileges,
+                "pids": limits.pids, "memory_bytes": limits.memory_mib << 20, "cpu_percent": limits.cpu_percent}
 
     def relaxations(self) -> list[Relaxation]:
         """How this profile weakens the default one: graded by the risk policy before a step runs."""
@@ -50,7 +77,15 @@ class VmProfile:
             found.append(Relaxation("memory", f"{self.machine.memory_mib} MiB"))
         if self.machine.vcpus > DEFAULT_SHAPE.vcpus:
             found.append(Relaxation("vcpus", str(self.machine.vcpus)))
+        found.extend(Relaxation("capability", name) for name in self.keep_capabilities)
+        if not self.no_new_privileges:
+            found.append(Relaxation("no_new_privileges_off"))
         return found
+
+
+def default_limits(machine: MachineShape) -> Limits:
+    return Limits(pids=DEFAULT_PIDS, memory_mib=max(64, machine.memory_mib - GUEST_RESERVE_MIB),
+                  cpu_percent=100 * machine.vcpus)
 
 
 def vm_profile_schema() -> dict[str, Any]:
@@ -73,6 +108,27 @@ def vm_profile_schema() -> dict[str, Any]:
                     "memory_mib": {"type": "integer", "minimum": 128, "maximum": 65536},
                 },
             },
+            "capabilities": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"keep": {"type": "array", "uniqueItems": True, "items": {"enum": list(CAPABILITY_NAMES)},
+                                        "description": "capabilities left in the bounding set (default: none)"}},
+            },
+            "no_new_privileges": {"type": "boolean",
+                                  "description": "forbid gaining privileges through exec (default true)"},
+            "cgroups": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "pids": {"type": "integer", "minimum": 8, "maximum": 65536},
+                    "memory_mib": {"type": "integer", "minimum": 16, "maximum": 65536,
+                                   "description": "must leave the guest some memory: below machine.memory_mib"},
+                    "cpu_percent": {"type": "integer", "minimum": 1, "maximum": 1600,
+                                    "description": "of one vCPU (200 = two vCPUs)"},
+                },
+            },
+            "network": {"const": "none",
+                        "description": "none: no network device at all (allow-lists are not built yet)"},
         },
     }
 
@@ -89,11 +145,31 @@ def load_vm_profile_file(path: Path) -> VmProfile:
     errors = check_schema(doc, vm_profile_schema())
     if errors:
         raise InvalidInputs(errors)
-    machine = doc.data.get("machine", {})
+    raw_machine = doc.data.get("machine", {})
+    machine = MachineShape(vcpus=raw_machine.get("vcpus", 1), memory_mib=raw_machine.get("memory_mib", 512))
     return VmProfile(
         name=path.stem,
         path=path,
         description=doc.data.get("description", ""),
-        machine=MachineShape(vcpus=machine.get("vcpus", 1), memory_mib=machine.get("memory_mib", 512)),
+        machine=machine,
         user=doc.data.get("user", "lg"),
+        keep_capabilities=tuple(doc.data.get("capabilities", {}).get("keep", ())),
+        no_new_privileges=doc.data.get("no_new_privileges", True),
+        limits=_limits(doc, machine),
     )
+
+
+def _limits(doc: SourceDoc, machine: MachineShape) -> Limits | None:
+    raw = doc.data.get("cgroups")
+    if raw is None:
+        return None
+    base = default_limits(machine)
+    memory = raw.get("memory_mib", base.memory_mib)
+    if memory >= machine.memory_mib:
+        raise doc.error(("cgroups", "memory_mib"), f"{memory} MiB leaves the guest nothing: it must be below "
+                                                   f"machine.memory_mib ({machine.memory_mib})")
+    cpu = raw.get("cpu_percent", base.cpu_percent)
+    if cpu > 100 * machine.vcpus:
+        raise doc.error(("cgroups", "cpu_percent"), f"{cpu}% is more than the {machine.vcpus} vCPU(s) of the "
+                                                    "machine can give")
+    return Limits(pids=raw.get("pids", base.pids), memory_mib=memory, cpu_percent=cpu)

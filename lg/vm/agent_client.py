@@ -181,6 +181,8 @@ class AgentClient:
             "env": dict(exec_request.env), "cwd": exec_request.cwd, "uid": exec_request.uid,
             "gid": exec_request.gid, "timeout": exec_request.timeout, "stdin": exec_request.stdin is not None,
         }
+        if exec_request.confine is not None:
+            fields["confine"] = dict(exec_request.confine)
         if exec_request.script is not None:
             fields["script"] = exec_request.script
         else:
@@ -292,6 +294,7 @@ def _exec_result(body: dict[str, Any]) -> ExecResult:
             signal=get_opt_int(body, "signal"),
             timed_out=timed_out,
             duration=get_number(body, "duration", 0.0),
+            confinement=body["confinement"] if isinstance(body.get("confinement"), dict) else None,
         )
     except ProtocolError as problem:
         raise AgentUnresponsive(f"the guest agent's exec answer is malformed: {problem}") from problem

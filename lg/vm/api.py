@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 from lg.errors import EnvironmentUnfit, ExitCode, LgError
 from lg.model import FileChange, ProjectConfig
@@ -71,6 +71,9 @@ class ExecRequest:
     gid: int | None = None
     timeout: float | None = None
     stdin: bytes | None = None
+    # Applied by the agent before the command runs (lg.guest.confine): keep_caps, no_new_privs, and cgroup
+    # limits pids, memory_bytes, cpu_percent. None: run unconfined (lg's own housekeeping commands).
+    confine: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if (self.argv is None) == (self.script is None):
@@ -94,6 +97,7 @@ class ExecResult:
     signal: int | None
     timed_out: bool
     duration: float  # seconds, measured by the agent
+    confinement: Mapping[str, Any] | None = None  # what the guest kernel enforced, and limits hit
 
     @property
     def ok(self) -> bool:

@@ -84,6 +84,11 @@ def test_changes_outputs_and_ignores(lg: Callable[..., Any], project: Path) -> N
     assert run.status == "succeeded"
     assert [s.status for s in steps] == ["succeeded", "succeeded"]
     assert steps[0].outputs == {"answer": "42"} and steps[0].accelerator in ("kvm", "tcg")
+    security = steps[0].security or {}
+    assert (security["capabilities"], security["no_new_privs"], security["user"]) == (
+        [], True, "lg (uid 1000, gid 1000)")
+    assert security["cgroup"]["pids_max"] == 512 and security["apparmor"] == "not enforced (not built yet)"
+    assert "security: user lg (uid 1000, gid 1000); caps none; no_new_privs True" in lg("status", run.id).out
     assert {c["path"]: c["kind"] for c in steps[0].changes} == {
         "keep.txt": "modified", "out/a.bin": "created", "remove-me.txt": "deleted"}
     artifact = project / ".lg" / "runs" / run.id / "artifacts" / "make" / "out" / "a.bin"

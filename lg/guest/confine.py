@@ -1,0 +1,210 @@
+"""Confining one command in the guest before it runs: cgroup v2 limits, capability bounding set, no_new_privs,
+and the switch to the step's uid/gid, in that order (each needs the privileges the next one takes away).
+
+Runs inside the guest agent (stdlib only). The child does its own setup between fork and exec, as root, and
+only then becomes the step's user: a command never runs a single instruction with more than its profile allows.
+Afterwards the agent reads the child's /proc status to report what the kernel actually enforces, and the
+cgroup's event counters to say whether a limit was hit. Whatever cannot be enforced refuses the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import time
+
+from lg.guest.protocol import ErrorCode, ProtocolError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+STEP_PARENT = "lg"  # every confined command gets /sys/fs/cgroup/lg/cmd-<request id>
+CONTROLLERS = ("cpu", "memory", "pids")
+CPU_PERIOD_US = 100_000
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)  # index = capability number (linux/capability.h)
+
+
+class Confinement:
+    __slots__ = ("cpu_percent", "keep_caps", "memory_bytes", "no_new_privs", "pids")
+
+    def __init__(self, keep_caps: list[str], no_new_privs: bool, pids: int | None, memory_bytes: int | None,
+                 cpu_percent: int | None) -> None:
+        self.keep_caps, self.no_new_privs = keep_caps, no_new_privs
+        self.pids, self.memory_bytes, self.cpu_percent = pids, memory_bytes, cpu_percent
+
+
+def parse(body: dict[str, Any]) -> Confinement | None:
+    raw = body.get("confine")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "confine must be an object")
+    keep = raw.get("keep_caps", [])
+    if not isinstance(keep, list) or any(name not in CAPABILITIES for name in keep):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"keep_caps: unknown capability in {keep!r}")
+    limits = [raw.get(key) for key in ("pids", "memory_bytes", "cpu_percent")]
+    if any(value is not None and (not isinstance(value, int) or value <= 0) for value in limits):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "cgroup limits must be positive integers")
+    return Confinement(keep, bool(raw.get("no_new_privs", True)), *limits)
+
+
+# --- the cgroup --------------------------------------------------------------------------------------------
+
+
+def create_cgroup(name: str, confinement: Confinement) -> str:
+    """A fresh cgroup for one command with its limits written; refuses (ProtocolError) when cgroup v2 with the
+    needed controllers is not available, since then the limits could not be enforced."""
+    if not os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):
+        raise ProtocolError(ErrorCode.FAILED, "cgroup v2 is not mounted in the guest: limits cannot be enforced")
+    parent = os.path.join(CGROUP_ROOT, STEP_PARENT)
+    _enable_controllers(CGROUP_ROOT)
+    os.makedirs(parent, exist_ok=True)
+    _enable_controllers(parent)
+    path = os.path.join(parent, name)
+    os.mkdir(path)
+    try:
+        if confinement.pids is not None:
+            _write(path, "pids.max", str(confinement.pids))
+        if confinement.memory_bytes is not None:
+            _write(path, "memory.max", str(confinement.memory_bytes))
+            with contextlib.suppress(OSError):  # no swap in our guests; where there is, do not let it hide a hog
+                _write(path, "memory.swap.max", "0")
+        if confinement.cpu_percent is not None:
+            _write(path, "cpu.max", f"{CPU_PERIOD_US * confinement.cpu_percent // 100} {CPU_PERIOD_US}")
+    except OSError as problem:
+        remove_cgroup(path)
+        raise ProtocolError(ErrorCode.FAILED, f"cannot set the command's cgroup limits: {problem}") from problem
+    return path
+
+
+def _enable_controllers(path: str) -> None:
+    available = set(_read(path, "cgroup.controllers").split())
+    missing = [name for name in CONTROLLERS if name not in available]
+    if missing:
+        raise ProtocolError(ErrorCode.FAILED, f"cgroup controllers {missing} are not available in the guest kernel")
+    enabled = set(_read(path, "cgroup.subtree_control").split())
+    wanted = [f"+{name}" for name in CONTROLLERS if name not in enabled]
+    if wanted:
+        _write(path, "cgroup.subtree_control", " ".join(wanted))
+
+
+def limit_events(path: str) -> dict[str, int]:
+    """How often the command hit its limits: OOM kills, and forks refused by pids.max."""
+    events: dict[str, int] = {}
+    for file, key, name in (("memory.events", "oom_kill", "oom_kills"), ("pids.events", "max", "forks_refused")):
+        with contextlib.suppress(OSError, ValueError):
+            for line in _read(path, file).splitlines():
+                field, _, value = line.partition(" ")
+                if field == key:
+                    events[name] = int(value)
+    return events
+
+
+def remove_cgroup(path: str) -> None:
+    """Kill whatever is left in the cgroup (background jobs that escaped the process group) and remove it."""
+    with contextlib.suppress(OSError):
+        _write(path, "cgroup.kill", "1")
+    for _ in range(200):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)  # processes are still exiting
+
+
+# --- in the child, between fork and exec -------------------------------------------------------------------
+
+
+def child_setup(confinement: Confinement, cgroup: str, uid: int | None, gid: int | None) -> Callable[[], None]:
+    """The preexec function. Order matters: join the cgroup and drop capabilities while still root, then take
+    the step's identity, then forbid gaining privileges through exec (setuid binaries, file capabilities)."""
+    keep = {CAPABILITIES.index(name) for name in confinement.keep_caps}
+
+    def setup() -> None:
+        _write(cgroup, "cgroup.procs", "0")
+        libc = ctypes.CDLL(None, use_errno=True)
+        for number in range(_last_cap() + 1):
+            if number not in keep:
+                _prctl(libc, PR_CAPBSET_DROP, number)
+        _prctl(libc, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+        if gid is not None:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+        if uid is not None:
+            os.setresuid(uid, uid, uid)
+        if confinement.no_new_privs:
+            _prctl(libc, PR_SET_NO_NEW_PRIVS, 1)
+
+    return setup
+
+
+def _prctl(libc: ctypes.CDLL, option: int, argument: int) -> None:
+    if libc.prctl(option, ctypes.c_ulong(argument), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl({option}, {argument}): {os.strerror(errno)}")
+
+
+def _last_cap() -> int:
+    try:
+        return int(_read("/proc/sys/kernel", "cap_last_cap"))
+    except (OSError, ValueError):
+        return len(CAPABILITIES) - 1
+
+
+# --- what the kernel enforces ------------------------------------------------------------------------------
+
+
+def observed(pid: int) -> dict[str, Any]:
+    """The confinement of a running (or just exited, not yet reaped) process, as /proc shows it."""
+    seen: dict[str, Any] = {}
+    try:
+        status = _read(f"/proc/{pid}", "status")
+    except OSError:
+        return seen
+    for line in status.splitlines():
+        field, _, value = line.partition(":")
+        value = value.strip()
+        if field == "CapBnd":
+            bits = int(value, 16)
+            seen["bounding_caps"] = [name for index, name in enumerate(CAPABILITIES) if bits >> index & 1]
+        elif field in ("CapEff", "CapPrm", "CapAmb"):
+            seen[field.lower()] = value
+        elif field == "NoNewPrivs":
+            seen["no_new_privs"] = value == "1"
+        elif field == "Seccomp":
+            seen["seccomp_mode"] = int(value)
+        elif field in ("Uid", "Gid"):
+            seen[field.lower()] = int(value.split()[0])
+    with contextlib.suppress(OSError):
+        seen["cgroup"] = _read(f"/proc/{pid}", "cgroup").strip().partition("::")[2]
+    return seen
+
+
+def _read(directory: str, name: str) -> str:
+    with open(os.path.join(directory, name)) as handle:
+        return handle.read()
+
+
+def _write(directory: str, name: str, text: str) -> None:
+    with open(os.path.join(directory, name), "w") as handle:
+        handle.write(text)

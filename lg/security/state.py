@@ -1,0 +1,41 @@
+"""The effective security state of a step: what confined it, as the guest kernel reported it, and what is not
+enforced. Recorded with every step and shown by `lg status`; it never claims a control that was not applied."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lg.security.profile import VmProfile
+
+NOT_BUILT = "not enforced (not built yet)"
+
+
+def security_state(profile: VmProfile, observed: Mapping[str, Any] | None) -> dict[str, Any]:
+    limits = profile.effective_limits
+    seen = dict(observed or {})
+    return {
+        "profile": profile.name,
+        "user": f"{profile.user} (uid {seen.get('uid', '?')}, gid {seen.get('gid', '?')})",
+        "capabilities": seen.get("bounding_caps", "unknown: not reported by the guest"),
+        "effective_capabilities": seen.get("capeff", "unknown"),
+        "no_new_privs": seen.get("no_new_privs", "unknown"),
+        "cgroup": {"path": seen.get("cgroup"), "pids_max": limits.pids, "memory_max_mib": limits.memory_mib,
+                   "cpu_percent": limits.cpu_percent, "limits_hit": seen.get("limits_hit", {})},
+        "seccomp": f"mode {seen['seccomp_mode']}: {NOT_BUILT}" if "seccomp_mode" in seen else NOT_BUILT,
+        "apparmor": NOT_BUILT,
+        "selinux": "not enforced (no policy in image)",
+        "network": "none: the VM has no network device",
+    }
+
+
+def summary(state: Mapping[str, Any]) -> str:
+    """One line for `lg status`."""
+    caps = state.get("capabilities")
+    caps_text = "none" if caps == [] else ",".join(caps) if isinstance(caps, list) else str(caps)
+    cgroup = state.get("cgroup", {})
+    hit = {key: value for key, value in cgroup.get("limits_hit", {}).items() if value}
+    return (f"user {state.get('user')}; caps {caps_text}; no_new_privs {state.get('no_new_privs')}; "
+            f"pids<={cgroup.get('pids_max')} mem<={cgroup.get('memory_max_mib')}MiB cpu<={cgroup.get('cpu_percent')}%"
+            + (f" (hit: {hit})" if hit else "") + f"; network {str(state.get('network')).split(':')[0]}; "
+            f"seccomp/apparmor: not built; selinux: not enforced")

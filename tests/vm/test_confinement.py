@@ -1,0 +1,87 @@
+"""A step confined by the default VM profile tries to break out, in a real guest, and each attempt is denied.
+
+Every denial is paired with the same attempt under a profile that allows it, so a test cannot pass because the
+attempt was broken to begin with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lg.security.profile import Limits, VmProfile, load_vm_profile_file
+from lg.vm.api import ExecRequest, ExecResult, Vm
+
+pytestmark = pytest.mark.vm
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = load_vm_profile_file(REPO / "profiles" / "vm" / "default.yaml")
+
+
+def run(vm: Vm, script: str, profile: VmProfile | None = DEFAULT, uid: int = 1000) -> tuple[ExecResult, str]:
+    output: list[bytes] = []
+    result = vm.exec(
+        ExecRequest(script=script, uid=uid, gid=uid, timeout=120,
+                    confine=profile.confinement() if profile is not None else None),
+        on_output=lambda stream, chunk: output.append(chunk),
+    )
+    return result, b"".join(output).decode(errors="replace")
+
+
+def test_the_kernel_shows_the_default_confinement(shared_vm: Vm) -> None:
+    result, _ = run(shared_vm, "true")
+    seen = result.confinement or {}
+    assert (seen["uid"], seen["gid"], seen["bounding_caps"], seen["capeff"], seen["no_new_privs"]) == (
+        1000, 1000, [], "0000000000000000", True)
+    assert seen["cgroup"].startswith("/lg/cmd-")
+
+
+def test_dropped_capabilities_deny_mount_chown_and_raw_sockets_even_to_root(shared_vm: Vm) -> None:
+    attempts = ("mkdir -p /mnt/x && mount -t tmpfs none /mnt/x && echo MOUNTED; umount /mnt/x 2>/dev/null;"
+                " chown 1000 /run && echo CHOWNED;"
+                " python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1); print(\"RAW\")'"
+                " 2>&1 || true")
+    _, denied = run(shared_vm, attempts, uid=0)
+    assert "MOUNTED" not in denied and "CHOWNED" not in denied and "RAW" not in denied
+    assert "mount: permission denied" in denied and denied.count("Operation not permitted") == 2
+    allowed_profile = replace(DEFAULT, keep_capabilities=("CAP_SYS_ADMIN", "CAP_CHOWN", "CAP_NET_RAW"))
+    _, allowed = run(shared_vm, attempts, allowed_profile, uid=0)
+    assert "MOUNTED" in allowed and "CHOWNED" in allowed and "RAW" in allowed
+
+
+def test_no_new_privs_stops_a_setuid_binary(shared_vm: Vm) -> None:
+    prepared, _ = run(shared_vm, "cp /usr/bin/python3.11 /tmp/suid-python && chmod 4755 /tmp/suid-python",
+                      profile=None, uid=0)
+    assert prepared.ok
+    probe = "/tmp/suid-python -c 'import os; print(\"euid\", os.geteuid())'"
+    _, confined = run(shared_vm, probe)
+    assert "euid 1000" in confined
+    _, unconfined = run(shared_vm, probe, replace(DEFAULT, no_new_privileges=False))
+    assert "euid 0" in unconfined  # the setuid bit works when no_new_privs is off: the probe is real
+
+
+def test_a_fork_bomb_stops_at_the_pids_limit(shared_vm: Vm) -> None:
+    bomb = "i=0; while [ $i -lt 2000 ]; do sleep 60 & i=$((i+1)); done; echo ALL-FORKED"
+    result, output = run(shared_vm, bomb, replace(DEFAULT, limits=Limits(pids=64, memory_mib=448, cpu_percent=100)))
+    assert not result.ok and "ALL-FORKED" not in output and "can't fork" in output
+    assert (result.confinement or {})["limits_hit"]["forks_refused"] >= 1
+    after, _ = run(shared_vm, "ls /proc | grep -c '^[0-9]' ; true")
+    assert after.ok  # the background sleepers were killed with the command's cgroup; the guest goes on
+
+
+def test_a_memory_hog_is_oom_killed_inside_the_guest(shared_vm: Vm) -> None:
+    hog = "python3 -c 'x = bytearray(48 << 20); print(\"ALLOCATED\")'"
+    small = replace(DEFAULT, limits=Limits(pids=512, memory_mib=24, cpu_percent=100))
+    result, output = run(shared_vm, hog, small)
+    assert result.signal == 9 and "ALLOCATED" not in output
+    assert (result.confinement or {})["limits_hit"]["oom_kills"] >= 1
+    fine, output = run(shared_vm, hog)  # the same allocation under the default limit works: the guest is fine
+    assert fine.ok and "ALLOCATED" in output
+
+
+def test_there_is_no_network(shared_vm: Vm) -> None:
+    _, output = run(shared_vm, "ls /sys/class/net; python3 -c 'import socket; socket.create_connection("
+                                "(\"10.0.2.2\", 80), timeout=3)' 2>&1 | tail -1")
+    assert output.split()[0] == "lo" and "Network is unreachable" in output
