@@ -43,12 +43,13 @@ CAPABILITIES = (
 
 
 class Confinement:
-    __slots__ = ("cpu_percent", "keep_caps", "memory_bytes", "no_new_privs", "pids")
+    __slots__ = ("cpu_percent", "keep_caps", "memory_bytes", "no_new_privs", "pids", "seccomp")
 
     def __init__(self, keep_caps: list[str], no_new_privs: bool, pids: int | None, memory_bytes: int | None,
-                 cpu_percent: int | None) -> None:
+                 cpu_percent: int | None, seccomp: dict[str, Any] | None = None) -> None:
         self.keep_caps, self.no_new_privs = keep_caps, no_new_privs
         self.pids, self.memory_bytes, self.cpu_percent = pids, memory_bytes, cpu_percent
+        self.seccomp = seccomp  # {"default": [action, errno], "rules": [{names, action, args}]} (host-validated)
 
 
 def parse(body: dict[str, Any]) -> Confinement | None:
@@ -63,7 +64,11 @@ def parse(body: dict[str, Any]) -> Confinement | None:
     limits = [raw.get(key) for key in ("pids", "memory_bytes", "cpu_percent")]
     if any(value is not None and (not isinstance(value, int) or value <= 0) for value in limits):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "cgroup limits must be positive integers")
-    return Confinement(keep, bool(raw.get("no_new_privs", True)), *limits)
+    seccomp = raw.get("seccomp")
+    if seccomp is not None and not (isinstance(seccomp, dict) and isinstance(seccomp.get("rules"), list)):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "seccomp must be a compiled filter")
+    pids, memory_bytes, cpu_percent = limits
+    return Confinement(keep, bool(raw.get("no_new_privs", True)), pids, memory_bytes, cpu_percent, seccomp)
 
 
 # --- the cgroup --------------------------------------------------------------------------------------------
@@ -139,6 +144,7 @@ def child_setup(confinement: Confinement, cgroup: str, uid: int | None, gid: int
     """The preexec function. Order matters: join the cgroup and drop capabilities while still root, then take
     the step's identity, then forbid gaining privileges through exec (setuid binaries, file capabilities)."""
     keep = {CAPABILITIES.index(name) for name in confinement.keep_caps}
+    filter_ = confinement.seccomp
 
     def setup() -> None:
         _write(cgroup, "cgroup.procs", "0")
@@ -147,6 +153,9 @@ def child_setup(confinement: Confinement, cgroup: str, uid: int | None, gid: int
             if number not in keep:
                 _prctl(libc, PR_CAPBSET_DROP, number)
         _prctl(libc, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+        if filter_ is not None:
+            # While still root: loading needs no no_new_privs then, and the filter covers all that follows.
+            load_seccomp(filter_, confinement.no_new_privs)
         if gid is not None:
             os.setgroups([])
             os.setresgid(gid, gid, gid)
@@ -156,6 +165,64 @@ def child_setup(confinement: Confinement, cgroup: str, uid: int | None, gid: int
             _prctl(libc, PR_SET_NO_NEW_PRIVS, 1)
 
     return setup
+
+
+# --- seccomp, through libseccomp (the library container runtimes use) --------------------------------------
+
+SCMP_ACTIONS = {"SCMP_ACT_KILL_PROCESS": 0x80000000, "SCMP_ACT_KILL_THREAD": 0x00000000, "SCMP_ACT_KILL": 0x00000000,
+                "SCMP_ACT_TRAP": 0x00030000, "SCMP_ACT_LOG": 0x7FFC0000, "SCMP_ACT_ALLOW": 0x7FFF0000}
+SCMP_ACT_ERRNO = 0x00050000
+SCMP_OPERATORS = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4, "SCMP_CMP_GE": 5,
+                  "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
+
+
+class ScmpArgCmp(ctypes.Structure):
+    _fields_ = (("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64))
+
+
+def _scmp_action(action: list[Any]) -> int:
+    name, errno = action
+    return SCMP_ACT_ERRNO | (int(errno) & 0xFFFF) if name == "SCMP_ACT_ERRNO" else SCMP_ACTIONS[name]
+
+
+SCMP_FLTATR_CTL_NNP = 3
+
+
+def load_seccomp(compiled: dict[str, Any], set_no_new_privs: bool) -> None:
+    """Build the filter with libseccomp and load it into this process (and so into what it execs). A syscall
+    the guest's libseccomp does not know on this architecture cannot be called here either: skipped."""
+    library = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    library.seccomp_init.restype = ctypes.c_void_p
+    library.seccomp_init.argtypes = [ctypes.c_uint32]
+    library.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    library.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                               ctypes.POINTER(ScmpArgCmp)]
+    library.seccomp_load.argtypes = [ctypes.c_void_p]
+    default = _scmp_action(compiled["default"])
+    context = library.seccomp_init(default)
+    if not context:
+        raise OSError(0, "seccomp_init failed")
+    # libseccomp sets no_new_privs when it loads a filter, unless told not to: the profile decides (we load it
+    # as root, which needs no no_new_privs).
+    library.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+    library.seccomp_attr_set(context, SCMP_FLTATR_CTL_NNP, 1 if set_no_new_privs else 0)
+    for rule in compiled["rules"]:
+        if _scmp_action(rule["action"]) == default:
+            continue  # libseccomp refuses a rule that only restates the default
+        args = (ScmpArgCmp * max(1, len(rule["args"])))(
+            *[ScmpArgCmp(index, SCMP_OPERATORS[op], a, b) for index, op, a, b in rule["args"]])
+        for name in rule["names"]:
+            number = library.seccomp_syscall_resolve_name(name.encode())
+            if number < 0:
+                continue
+            status = library.seccomp_rule_add_array(context, _scmp_action(rule["action"]), number,
+                                                    len(rule["args"]), args)
+            if status < 0:
+                raise OSError(-status, f"seccomp rule for {name}: {os.strerror(-status)}")
+    status = library.seccomp_load(context)
+    if status < 0:
+        raise OSError(-status, f"seccomp_load: {os.strerror(-status)}")
 
 
 def _prctl(libc: ctypes.CDLL, option: int, argument: int) -> None:

@@ -16,10 +16,11 @@ from typing import Any
 from lg.config.project import resolve_named_file
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import SourceDoc, load_yaml
-from lg.errors import InvalidInputs
+from lg.errors import InvalidInput, InvalidInputs
 from lg.guest.confine import CAPABILITIES as CAPABILITY_NAMES
 from lg.model import ProjectConfig
 from lg.policy.model import Relaxation
+from lg.security.seccomp import SeccompProfile, load_seccomp
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class MachineShape:
 DEFAULT_SHAPE = MachineShape()
 KNOWN_USERS = {"lg": (1000, 1000), "root": (0, 0)}  # the accounts every shipped image has
 DEFAULT_PIDS = 512
+DEFAULT_SECCOMP = "default"
+UNCONFINED = "unconfined"
 GUEST_RESERVE_MIB = 64  # what the guest kernel and agent keep when a profile gives no memory limit
 
 
@@ -53,6 +56,7 @@ class VmProfile:
     keep_capabilities: tuple[str, ...] = ()
     no_new_privileges: bool = True
     limits: Limits | None = None  # None: the defaults for the machine shape (see `effective_limits`)
+    seccomp: SeccompProfile | None = None  # None: unconfined, a relaxation
 
     @property
     def uid_gid(self) -> tuple[int, int]:
@@ -65,8 +69,12 @@ class VmProfile:
     def confinement(self) -> dict[str, Any]:
         """What the guest agent applies before the step's command (lg.guest.confine)."""
         limits = self.effective_limits
-        return {"keep_caps": list(self.keep_capabilities), "no_new_privs": self.no_new_privileges,
-                "pids": limits.pids, "memory_bytes": limits.memory_mib << 20, "cpu_percent": limits.cpu_percent}
+        confinement: dict[str, Any] = {
+            "keep_caps": list(self.keep_capabilities), "no_new_privs": self.no_new_privileges,
+            "pids": limits.pids, "memory_bytes": limits.memory_mib << 20, "cpu_percent": limits.cpu_percent}
+        if self.seccomp is not None:
+            confinement["seccomp"] = self.seccomp.compiled
+        return confinement
 
     def relaxations(self) -> list[Relaxation]:
         """How this profile weakens the default one: graded by the risk policy before a step runs."""
@@ -80,6 +88,10 @@ class VmProfile:
         found.extend(Relaxation("capability", name) for name in self.keep_capabilities)
         if not self.no_new_privileges:
             found.append(Relaxation("no_new_privileges_off"))
+        if self.seccomp is None:
+            found.append(Relaxation("seccomp_off"))
+        elif self.seccomp.name != DEFAULT_SECCOMP or self.seccomp.path.parent.name != "seccomp":
+            found.append(Relaxation("seccomp_custom", self.seccomp.name))
         return found
 
 
@@ -127,6 +139,9 @@ def vm_profile_schema() -> dict[str, Any]:
                                     "description": "of one vCPU (200 = two vCPUs)"},
                 },
             },
+            "seccomp": {"type": "string", "minLength": 1,
+                        "description": "an OCI seccomp profile: a name in profiles/seccomp (default: default), a "
+                                       "path, or unconfined (a relaxation)"},
             "network": {"const": "none",
                         "description": "none: no network device at all (allow-lists are not built yet)"},
         },
@@ -156,7 +171,23 @@ def load_vm_profile_file(path: Path) -> VmProfile:
         keep_capabilities=tuple(doc.data.get("capabilities", {}).get("keep", ())),
         no_new_privileges=doc.data.get("no_new_privileges", True),
         limits=_limits(doc, machine),
+        seccomp=_seccomp(doc, path),
     )
+
+
+def _seccomp(doc: SourceDoc, path: Path) -> SeccompProfile | None:
+    name = doc.data.get("seccomp", DEFAULT_SECCOMP)
+    if name == UNCONFINED:
+        return None
+    from lg.config.project import load_project_config  # noqa: PLC0415
+
+    config = load_project_config(path.parent)
+    try:
+        return load_seccomp(resolve_named_file(name, config.paths.seccomp, path.parent, "seccomp profile"))
+    except InvalidInput as error:
+        if isinstance(error, InvalidInputs) or error.location is not None:
+            raise  # problems inside the seccomp file: they name its own file and line
+        raise doc.error(("seccomp",), error.message) from None
 
 
 def _limits(doc: SourceDoc, machine: MachineShape) -> Limits | None:

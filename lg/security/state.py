@@ -22,7 +22,7 @@ def security_state(profile: VmProfile, observed: Mapping[str, Any] | None) -> di
         "no_new_privs": seen.get("no_new_privs", "unknown"),
         "cgroup": {"path": seen.get("cgroup"), "pids_max": limits.pids, "memory_max_mib": limits.memory_mib,
                    "cpu_percent": limits.cpu_percent, "limits_hit": seen.get("limits_hit", {})},
-        "seccomp": f"mode {seen['seccomp_mode']}: {NOT_BUILT}" if "seccomp_mode" in seen else NOT_BUILT,
+        "seccomp": _seccomp(profile, seen),
         "apparmor": NOT_BUILT,
         "selinux": "not enforced (no policy in image)",
         "network": "none: the VM has no network device",
@@ -38,4 +38,12 @@ def summary(state: Mapping[str, Any]) -> str:
     return (f"user {state.get('user')}; caps {caps_text}; no_new_privs {state.get('no_new_privs')}; "
             f"pids<={cgroup.get('pids_max')} mem<={cgroup.get('memory_max_mib')}MiB cpu<={cgroup.get('cpu_percent')}%"
             + (f" (hit: {hit})" if hit else "") + f"; network {str(state.get('network')).split(':')[0]}; "
-            f"seccomp/apparmor: not built; selinux: not enforced")
+            f"seccomp {str(state.get('seccomp')).split(' (')[0]}; apparmor: not built; selinux: not enforced")
+
+
+def _seccomp(profile: VmProfile, seen: Mapping[str, Any]) -> str:
+    mode = seen.get("seccomp_mode")
+    if profile.seccomp is None:
+        return f"unconfined (kernel mode {mode})"
+    enforced = "filter enforced" if mode == 2 else f"NOT enforced (kernel mode {mode})"
+    return f"{profile.seccomp.name} (sha256 {profile.seccomp.digest[:12]}): {enforced}"

@@ -46,7 +46,8 @@ def test_dropped_capabilities_deny_mount_chown_and_raw_sockets_even_to_root(shar
     _, denied = run(shared_vm, attempts, uid=0)
     assert "MOUNTED" not in denied and "CHOWNED" not in denied and "RAW" not in denied
     assert "mount: permission denied" in denied and denied.count("Operation not permitted") == 2
-    allowed_profile = replace(DEFAULT, keep_capabilities=("CAP_SYS_ADMIN", "CAP_CHOWN", "CAP_NET_RAW"))
+    allowed_profile = replace(DEFAULT, keep_capabilities=("CAP_SYS_ADMIN", "CAP_CHOWN", "CAP_NET_RAW"),
+                              seccomp=None)  # the filter refuses mount(2) on its own
     _, allowed = run(shared_vm, attempts, allowed_profile, uid=0)
     assert "MOUNTED" in allowed and "CHOWNED" in allowed and "RAW" in allowed
 
@@ -79,6 +80,29 @@ def test_a_memory_hog_is_oom_killed_inside_the_guest(shared_vm: Vm) -> None:
     assert (result.confinement or {})["limits_hit"]["oom_kills"] >= 1
     fine, output = run(shared_vm, hog)  # the same allocation under the default limit works: the guest is fine
     assert fine.ok and "ALLOCATED" in output
+
+
+UNSHARE = ("python3 -c 'import ctypes, os; libc = ctypes.CDLL(None, use_errno=True);"
+           " ok = libc.unshare(0x10000000) == 0; print(\"USERNS\" if ok else os.strerror(ctypes.get_errno()))'")
+
+
+def test_the_seccomp_filter_refuses_user_namespaces_with_eperm(shared_vm: Vm) -> None:
+    result, denied = run(shared_vm, UNSHARE)
+    assert (result.confinement or {})["seccomp_mode"] == 2
+    assert "Operation not permitted" in denied and "USERNS" not in denied
+    _, allowed = run(shared_vm, UNSHARE, replace(DEFAULT, seccomp=None))
+    assert "USERNS" in allowed  # without the filter the kernel lets an unprivileged user make one
+
+
+def test_the_strict_filter_kills_a_process_loading_a_module(shared_vm: Vm) -> None:
+    from lg.security.seccomp import load_seccomp
+
+    strict = replace(DEFAULT, seccomp=load_seccomp(REPO / "profiles" / "seccomp" / "strict.json"))
+    load = "python3 -c 'import ctypes; ctypes.CDLL(None).syscall(313, -1, b\"\", 0); print(\"ALIVE\")'"
+    result, output = run(shared_vm, load, strict, uid=0)
+    assert result.signal == 31 and "ALIVE" not in output  # SIGSYS: killed by the filter, not refused
+    result, output = run(shared_vm, load, uid=0)
+    assert result.ok and "ALIVE" in output  # the default filter refuses it (EPERM) and the process goes on
 
 
 def test_there_is_no_network(shared_vm: Vm) -> None:
