@@ -43,10 +43,12 @@ CAPABILITIES = (
 
 
 class Confinement:
-    __slots__ = ("cpu_percent", "keep_caps", "memory_bytes", "no_new_privs", "pids", "seccomp")
+    __slots__ = ("apparmor", "cpu_percent", "keep_caps", "memory_bytes", "no_new_privs", "pids", "seccomp")
 
     def __init__(self, keep_caps: list[str], no_new_privs: bool, pids: int | None, memory_bytes: int | None,
-                 cpu_percent: int | None, seccomp: dict[str, Any] | None = None) -> None:
+                 cpu_percent: int | None, seccomp: dict[str, Any] | None = None,
+                 apparmor: dict[str, str] | None = None) -> None:
+        self.apparmor = apparmor  # {"name", "text", "digest"}: loaded by load_apparmor, entered at exec
         self.keep_caps, self.no_new_privs = keep_caps, no_new_privs
         self.pids, self.memory_bytes, self.cpu_percent = pids, memory_bytes, cpu_percent
         self.seccomp = seccomp  # {"default": [action, errno], "rules": [{names, action, args}]} (host-validated)
@@ -67,8 +69,13 @@ def parse(body: dict[str, Any]) -> Confinement | None:
     seccomp = raw.get("seccomp")
     if seccomp is not None and not (isinstance(seccomp, dict) and isinstance(seccomp.get("rules"), list)):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "seccomp must be a compiled filter")
+    apparmor = raw.get("apparmor")
+    if apparmor is not None and not (isinstance(apparmor, dict)
+                                     and all(isinstance(apparmor.get(k), str) for k in ("name", "text", "digest"))):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "apparmor must have name, text and digest")
     pids, memory_bytes, cpu_percent = limits
-    return Confinement(keep, bool(raw.get("no_new_privs", True)), pids, memory_bytes, cpu_percent, seccomp)
+    return Confinement(keep, bool(raw.get("no_new_privs", True)), pids, memory_bytes, cpu_percent, seccomp,
+                       apparmor)
 
 
 # --- the cgroup --------------------------------------------------------------------------------------------
@@ -148,6 +155,8 @@ def child_setup(confinement: Confinement, cgroup: str, uid: int | None, gid: int
 
     def setup() -> None:
         _write(cgroup, "cgroup.procs", "0")
+        if confinement.apparmor is not None:  # entered at exec: lg's own code here stays unconfined
+            _write_attr("exec", f"exec {confinement.apparmor['name']}")
         libc = ctypes.CDLL(None, use_errno=True)
         for number in range(_last_cap() + 1):
             if number not in keep:
@@ -165,6 +174,44 @@ def child_setup(confinement: Confinement, cgroup: str, uid: int | None, gid: int
             _prctl(libc, PR_SET_NO_NEW_PRIVS, 1)
 
     return setup
+
+
+# --- AppArmor, through apparmor_parser ----------------------------------------------------------------------
+
+APPARMOR_FS = "/sys/kernel/security/apparmor"
+APPARMOR_PARSER = "/sbin/apparmor_parser"
+_loaded_apparmor: set[str] = set()
+
+
+def load_apparmor(profile: dict[str, str]) -> None:
+    """Compile and load the profile into the guest kernel (once per digest). Refuses when AppArmor is not
+    enabled in the guest: the step must not run believing it is confined."""
+    if profile["digest"] in _loaded_apparmor:
+        return
+    if not os.path.isdir(APPARMOR_FS):
+        raise ProtocolError(ErrorCode.FAILED, "AppArmor is not enabled in the guest kernel: cannot confine")
+    parser = next((p for p in (APPARMOR_PARSER, "/usr/sbin/apparmor_parser") if os.path.exists(p)), None)
+    if parser is None:
+        raise ProtocolError(ErrorCode.FAILED, "apparmor_parser is not in the guest image: cannot confine")
+    import subprocess  # noqa: PLC0415
+
+    done = subprocess.run([parser, "--replace", "--skip-cache", "--quiet"], input=profile["text"].encode(),
+                          capture_output=True, timeout=120, check=False)
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip()
+        raise ProtocolError(ErrorCode.FAILED, f"apparmor_parser could not load {profile['name']}: {message}")
+    _loaded_apparmor.add(profile["digest"])
+
+
+def _write_attr(name: str, text: str) -> None:
+    for path in (f"/proc/self/attr/apparmor/{name}", f"/proc/self/attr/{name}"):
+        try:
+            with open(path, "w") as handle:
+                handle.write(text)
+            return
+        except FileNotFoundError:
+            continue
+    raise OSError(2, f"no AppArmor {name} attribute in /proc/self/attr")
 
 
 # --- seccomp, through libseccomp (the library container runtimes use) --------------------------------------
@@ -264,6 +311,10 @@ def observed(pid: int) -> dict[str, Any]:
             seen[field.lower()] = int(value.split()[0])
     with contextlib.suppress(OSError):
         seen["cgroup"] = _read(f"/proc/{pid}", "cgroup").strip().partition("::")[2]
+    for attr in (f"/proc/{pid}/attr/apparmor", f"/proc/{pid}/attr"):
+        with contextlib.suppress(OSError):
+            seen["apparmor"] = _read(attr, "current").strip("\0\n ")
+            break
     return seen
 
 

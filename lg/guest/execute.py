@@ -170,6 +170,8 @@ def kill_group(pgid: int) -> None:
 def run(link: Link, request_id: int, command: Command, reaper: Reaper) -> None:
     """Run `command`, streaming its output as data frames, and answer with its exit status."""
     started = time.monotonic()
+    if command.confinement is not None and command.confinement.apparmor is not None:
+        confine.load_apparmor(command.confinement.apparmor)
     cgroup = confine.create_cgroup(f"cmd-{request_id}", command.confinement) if command.confinement else None
     try:
         try:

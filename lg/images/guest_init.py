@@ -20,6 +20,7 @@ $bb mount -t devtmpfs devtmpfs /dev 2>/dev/null
 _START_AGENT = r"""
 $bb mkdir -p /sys/fs/cgroup
 $bb mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup 2>/dev/null || echo "lg-init: cannot mount cgroup2"
+$bb mount -t securityfs securityfs /sys/kernel/security 2>/dev/null || echo "lg-init: cannot mount securityfs"
 $bb mount -t tmpfs -o mode=1777 tmpfs /tmp
 $bb mkdir -p /run /workspace
 $bb mount -t tmpfs -o mode=755 tmpfs /run

@@ -113,7 +113,7 @@ class EffectsMatch:
 @dataclass(frozen=True)
 class Relaxation:
     """A way a step weakens the default VM profile. Kinds: network, capability, seccomp_off, seccomp_custom,
-    apparmor_off, memory, vcpus, privileged_user, no_new_privileges_off, writable_path."""
+    apparmor_off, apparmor_custom, memory, vcpus, privileged_user, no_new_privileges_off, writable_path."""
 
     kind: str
     detail: str = ""

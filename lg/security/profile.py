@@ -2,9 +2,9 @@
 
 Enforced by this version (lg.guest.confine applies them before the step's command runs, and reports what the
 guest kernel shows): the user (unprivileged `lg`, uid 1000, by default), the capability bounding set (empty by
-default), no_new_privs (on by default), cgroup v2 limits on pids, memory and CPU, and the network (`none`: the
-VM has no network device at all). Seccomp, AppArmor, SELinux and network allow-lists are not built yet: the
-schema refuses a profile that asks for them rather than run without enforcing them.
+default), no_new_privs (on by default), cgroup v2 limits on pids, memory and CPU, a seccomp filter (OCI
+format), an AppArmor profile, and the network (`none`: the VM has no network device at all). SELinux and network
+allow-lists are not built yet: the schema refuses a profile that asks for them rather than run without them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from lg.errors import InvalidInput, InvalidInputs
 from lg.guest.confine import CAPABILITIES as CAPABILITY_NAMES
 from lg.model import ProjectConfig
 from lg.policy.model import Relaxation
+from lg.security.apparmor import AppArmorProfile, load_apparmor
 from lg.security.seccomp import SeccompProfile, load_seccomp
 
 
@@ -33,6 +34,7 @@ DEFAULT_SHAPE = MachineShape()
 KNOWN_USERS = {"lg": (1000, 1000), "root": (0, 0)}  # the accounts every shipped image has
 DEFAULT_PIDS = 512
 DEFAULT_SECCOMP = "default"
+DEFAULT_APPARMOR = "lg-default"
 UNCONFINED = "unconfined"
 GUEST_RESERVE_MIB = 64  # what the guest kernel and agent keep when a profile gives no memory limit
 
@@ -57,6 +59,7 @@ class VmProfile:
     no_new_privileges: bool = True
     limits: Limits | None = None  # None: the defaults for the machine shape (see `effective_limits`)
     seccomp: SeccompProfile | None = None  # None: unconfined, a relaxation
+    apparmor: AppArmorProfile | None = None  # None: unconfined, a relaxation
 
     @property
     def uid_gid(self) -> tuple[int, int]:
@@ -74,6 +77,8 @@ class VmProfile:
             "pids": limits.pids, "memory_bytes": limits.memory_mib << 20, "cpu_percent": limits.cpu_percent}
         if self.seccomp is not None:
             confinement["seccomp"] = self.seccomp.compiled
+        if self.apparmor is not None:
+            confinement["apparmor"] = self.apparmor.for_guest()
         return confinement
 
     def relaxations(self) -> list[Relaxation]:
@@ -92,6 +97,10 @@ class VmProfile:
             found.append(Relaxation("seccomp_off"))
         elif self.seccomp.name != DEFAULT_SECCOMP or self.seccomp.path.parent.name != "seccomp":
             found.append(Relaxation("seccomp_custom", self.seccomp.name))
+        if self.apparmor is None:
+            found.append(Relaxation("apparmor_off"))
+        elif self.apparmor.path.name != DEFAULT_APPARMOR or self.apparmor.path.parent.name != "apparmor":
+            found.append(Relaxation("apparmor_custom", self.apparmor.name))
         return found
 
 
@@ -139,6 +148,9 @@ def vm_profile_schema() -> dict[str, Any]:
                                     "description": "of one vCPU (200 = two vCPUs)"},
                 },
             },
+            "apparmor": {"type": "string", "minLength": 1,
+                         "description": "an AppArmor profile file: a name in profiles/apparmor (default: "
+                                        "lg-default), a path, or unconfined (a relaxation)"},
             "seccomp": {"type": "string", "minLength": 1,
                         "description": "an OCI seccomp profile: a name in profiles/seccomp (default: default), a "
                                        "path, or unconfined (a relaxation)"},
@@ -172,7 +184,23 @@ def load_vm_profile_file(path: Path) -> VmProfile:
         no_new_privileges=doc.data.get("no_new_privileges", True),
         limits=_limits(doc, machine),
         seccomp=_seccomp(doc, path),
+        apparmor=_apparmor(doc, path),
     )
+
+
+def _apparmor(doc: SourceDoc, path: Path) -> AppArmorProfile | None:
+    name = doc.data.get("apparmor", DEFAULT_APPARMOR)
+    if name == UNCONFINED:
+        return None
+    from lg.config.project import load_project_config  # noqa: PLC0415
+
+    directories = load_project_config(path.parent).paths.apparmor
+    candidate = (path.parent / name) if "/" in name else next(
+        (directory / name for directory in directories if (directory / name).is_file()), None)
+    if candidate is None or not candidate.is_file():
+        looked = str(candidate) if candidate else ", ".join(str(d) for d in directories)
+        raise doc.error(("apparmor",), f"no AppArmor profile {name!r} (looked in {looked})")
+    return load_apparmor(candidate.resolve())
 
 
 def _seccomp(doc: SourceDoc, path: Path) -> SeccompProfile | None:

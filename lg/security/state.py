@@ -8,8 +8,6 @@ from typing import Any
 
 from lg.security.profile import VmProfile
 
-NOT_BUILT = "not enforced (not built yet)"
-
 
 def security_state(profile: VmProfile, observed: Mapping[str, Any] | None) -> dict[str, Any]:
     limits = profile.effective_limits
@@ -23,7 +21,7 @@ def security_state(profile: VmProfile, observed: Mapping[str, Any] | None) -> di
         "cgroup": {"path": seen.get("cgroup"), "pids_max": limits.pids, "memory_max_mib": limits.memory_mib,
                    "cpu_percent": limits.cpu_percent, "limits_hit": seen.get("limits_hit", {})},
         "seccomp": _seccomp(profile, seen),
-        "apparmor": NOT_BUILT,
+        "apparmor": _apparmor(profile, seen),
         "selinux": "not enforced (no policy in image)",
         "network": "none: the VM has no network device",
     }
@@ -38,7 +36,8 @@ def summary(state: Mapping[str, Any]) -> str:
     return (f"user {state.get('user')}; caps {caps_text}; no_new_privs {state.get('no_new_privs')}; "
             f"pids<={cgroup.get('pids_max')} mem<={cgroup.get('memory_max_mib')}MiB cpu<={cgroup.get('cpu_percent')}%"
             + (f" (hit: {hit})" if hit else "") + f"; network {str(state.get('network')).split(':')[0]}; "
-            f"seccomp {str(state.get('seccomp')).split(' (')[0]}; apparmor: not built; selinux: not enforced")
+            f"seccomp {str(state.get('seccomp')).split(' (')[0]}; apparmor {state.get('apparmor')}; "
+            "selinux: not enforced")
 
 
 def _seccomp(profile: VmProfile, seen: Mapping[str, Any]) -> str:
@@ -47,3 +46,11 @@ def _seccomp(profile: VmProfile, seen: Mapping[str, Any]) -> str:
         return f"unconfined (kernel mode {mode})"
     enforced = "filter enforced" if mode == 2 else f"NOT enforced (kernel mode {mode})"
     return f"{profile.seccomp.name} (sha256 {profile.seccomp.digest[:12]}): {enforced}"
+
+
+def _apparmor(profile: VmProfile, seen: Mapping[str, Any]) -> str:
+    current = seen.get("apparmor", "unknown")
+    if profile.apparmor is None:
+        return f"unconfined ({current})"
+    wanted = f"{profile.apparmor.name} (enforce)"
+    return f"{current}: enforced" if current == wanted else f"NOT enforced: the command ran as {current!r}"

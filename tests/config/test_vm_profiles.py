@@ -15,6 +15,7 @@ def test_the_default_profile_confines_fully() -> None:
     profile = load_vm_profile_file(Path(__file__).resolve().parents[2] / "profiles" / "vm" / "default.yaml")
     confinement = profile.confinement()
     seccomp = confinement.pop("seccomp")
+    assert confinement.pop("apparmor")["name"] == "lg-default"
     assert confinement == {"keep_caps": [], "no_new_privs": True, "pids": 512, "memory_bytes": 448 << 20,
                            "cpu_percent": 100}
     assert seccomp["default"] == ["SCMP_ACT_ALLOW", 0]
@@ -24,9 +25,11 @@ def test_the_default_profile_confines_fully() -> None:
 
 
 def test_kept_capabilities_and_no_new_privileges_off_are_relaxations(write: Callable[[str, str], Path]) -> None:
-    path = write("loose.yaml", "capabilities: {keep: [CAP_NET_RAW]}\nno_new_privileges: false\nseccomp: unconfined\n")
+    path = write("loose.yaml", "capabilities: {keep: [CAP_NET_RAW]}\nno_new_privileges: false\n"
+                               "seccomp: unconfined\napparmor: unconfined\n")
     kinds = [(r.kind, r.detail) for r in load_vm_profile_file(path).relaxations()]
-    assert kinds == [("capability", "CAP_NET_RAW"), ("no_new_privileges_off", ""), ("seccomp_off", "")]
+    assert kinds == [("capability", "CAP_NET_RAW"), ("no_new_privileges_off", ""), ("seccomp_off", ""),
+                     ("apparmor_off", "")]
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -36,6 +39,7 @@ def test_kept_capabilities_and_no_new_privileges_off_are_relaxations(write: Call
     ("cgroups: {cpu_percent: 300}\n", "more than the 1 vCPU(s)"),
     ("network: {allow: [example.com]}\n", "loose.yaml:1"),
     ("seccomp: nosuch\n", "loose.yaml:1:10: seccomp: no seccomp profile named 'nosuch'"),
+    ("apparmor: ./broken.aa\n", "broken.aa: apparmor_parser: AppArmor parser error for"),
     ("seccomp: ./bad.json\n", "bad.json:5: syscalls[0].names: unknown syscall 'frobnicate' for x86_64"),
     ("seccomp: ./bad.json\n", "bad.json:6: syscalls[0].action: unknown action 'SCMP_ACT_EXPLODE'"),
 ])
@@ -43,6 +47,7 @@ def test_bad_profiles_exit_2_naming_file_and_line(write: Callable[[str, str], Pa
                                                   text: str, message: str) -> None:
     write("bad.json", '{\n  "defaultAction": "SCMP_ACT_ALLOW",\n  "syscalls": [\n    {\n      "names": ["mount", '
                       '"frobnicate"],\n      "action": "SCMP_ACT_EXPLODE"\n    }\n  ]\n}\n')
+    write("broken.aa", "profile broken {\n  file,\n  bogus rule here,\n}\n")
     path = write("loose.yaml", text)
     result = lg("validate", path)
     assert result.code == 2 and message in result.err, result.err

@@ -47,7 +47,7 @@ def test_dropped_capabilities_deny_mount_chown_and_raw_sockets_even_to_root(shar
     assert "MOUNTED" not in denied and "CHOWNED" not in denied and "RAW" not in denied
     assert "mount: permission denied" in denied and denied.count("Operation not permitted") == 2
     allowed_profile = replace(DEFAULT, keep_capabilities=("CAP_SYS_ADMIN", "CAP_CHOWN", "CAP_NET_RAW"),
-                              seccomp=None)  # the filter refuses mount(2) on its own
+                              seccomp=None, apparmor=None)  # the filter and AppArmor refuse mount(2) on their own
     _, allowed = run(shared_vm, attempts, allowed_profile, uid=0)
     assert "MOUNTED" in allowed and "CHOWNED" in allowed and "RAW" in allowed
 
@@ -103,6 +103,18 @@ def test_the_strict_filter_kills_a_process_loading_a_module(shared_vm: Vm) -> No
     assert result.signal == 31 and "ALIVE" not in output  # SIGSYS: killed by the filter, not refused
     result, output = run(shared_vm, load, uid=0)
     assert result.ok and "ALIVE" in output  # the default filter refuses it (EPERM) and the process goes on
+
+
+def test_apparmor_denies_the_guest_s_system_files_with_eacces_even_to_root(shared_vm: Vm) -> None:
+    attempt = ("cat /proc/self/attr/current; echo x > /etc/lg-probe && echo WROTE;"
+               " head -c1 /proc/kcore >/dev/null && echo READ")
+    result, denied = run(shared_vm, attempt, uid=0)
+    assert (result.confinement or {})["apparmor"] == "lg-default (enforce)"
+    assert "lg-default (enforce)" in denied and "WROTE" not in denied and "READ" not in denied
+    assert denied.count("Permission denied") == 2  # EACCES, not EPERM: AppArmor said no, not a capability
+    _, allowed = run(shared_vm, attempt, replace(DEFAULT, apparmor=None, keep_capabilities=("CAP_SYS_RAWIO",)),
+                     uid=0)
+    assert "unconfined" in allowed and "WROTE" in allowed
 
 
 def test_there_is_no_network(shared_vm: Vm) -> None:

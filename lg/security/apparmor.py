@@ -1,0 +1,61 @@
+"""AppArmor profiles (profiles/apparmor/NAME, ordinary AppArmor syntax), compiled by apparmor_parser.
+
+On the host, apparmor_parser checks a profile without loading it (`-Q`, skip kernel load), so a profile that
+does not compile is an exit-2 error with the parser's own message, file and line, before any VM starts. In the
+guest, the agent loads it into the guest kernel with apparmor_parser and confines the step's command with it
+(lg.guest.confine). We never hand-parse AppArmor: the only thing read here is the profile's declared name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lg.errors import EnvironmentUnfit, InvalidInput, Location
+
+PARSER_TIMEOUT = 60.0
+_PROFILE_NAME = re.compile(r"^\s*profile\s+([A-Za-z0-9_.-]+)", re.MULTILINE)
+_NOISE = ("Cache read/write disabled", "Kernel needs AppArmor")  # the host kernel may have no AppArmor at all
+
+
+@dataclass(frozen=True)
+class AppArmorProfile:
+    name: str  # the profile declared in the file (what the step runs under)
+    path: Path
+    text: str
+    digest: str
+
+    def for_guest(self) -> dict[str, Any]:
+        return {"name": self.name, "text": self.text, "digest": self.digest}
+
+
+def load_apparmor(path: Path) -> AppArmorProfile:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"AppArmor profile {path}: cannot read it ({error})") from None
+    names = _PROFILE_NAME.findall(text)
+    if len(names) != 1:
+        raise InvalidInput("an lg AppArmor profile file declares exactly one `profile NAME { ... }` "
+                           f"(found {len(names)})", Location(path, 1))
+    _compile_check(path)
+    return AppArmorProfile(names[0], path, text, hashlib.sha256(text.encode()).hexdigest())
+
+
+def _compile_check(path: Path) -> None:
+    parser = shutil.which("apparmor_parser") or ("/usr/sbin/apparmor_parser"
+                                                  if Path("/usr/sbin/apparmor_parser").exists() else None)
+    if parser is None:
+        raise EnvironmentUnfit("apparmor_parser is not installed; it checks AppArmor profiles before a step runs",
+                               fix="apt-get install apparmor (scripts/setup does)")
+    result = subprocess.run(
+        [parser, "--skip-kernel-load", "--skip-cache", "--quiet", "--skip-bad-cache", str(path)],
+        capture_output=True, text=True, timeout=PARSER_TIMEOUT, check=False)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(_NOISE)]
+        raise InvalidInput(f"apparmor_parser: {' '.join(lines) or f'exit {result.returncode}'}", Location(path))
