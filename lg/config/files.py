@@ -27,6 +27,8 @@ def detect_kind(path: Path, doc: SourceDoc) -> str:
     if path.name in ("lg.yaml", "lg.yml"):
         return "lg"
     data = doc.data if isinstance(doc.data, dict) else {}
+    if "defaultAction" in data:
+        return "seccomp"
     if "rules" in data or "thresholds" in data or "required_gates" in data or "approvals" in data:
         return "risk-policy"
     if "kernel" in data and "steps" not in data:
@@ -93,7 +95,15 @@ def _validate_vm_profile(path: Path) -> str:
     return f"{profile.machine.vcpus} vCPU, {profile.machine.memory_mib} MiB"
 
 
+def _validate_seccomp(path: Path) -> str:
+    from lg.security.seccomp import load_seccomp  # noqa: PLC0415
+
+    profile = load_seccomp(path)
+    return f"{len(profile.compiled['rules'])} rules, sha256 {profile.digest[:12]}"
+
+
 _VALIDATORS: dict[str, Callable[[Path], str]] = {
+    "seccomp": _validate_seccomp,
     "pipeline": _validate_pipeline,
     "risk-policy": _validate_policy,
     "lg": _validate_project,

@@ -51,3 +51,17 @@ def test_bad_profiles_exit_2_naming_file_and_line(write: Callable[[str, str], Pa
     path = write("loose.yaml", text)
     result = lg("validate", path)
     assert result.code == 2 and message in result.err, result.err
+
+
+def test_profile_check_reports_what_a_step_gets(lg: Callable[..., Any], write: Callable[[str, str], Path]) -> None:
+    import json
+
+    result = lg("profile", "check", "--json", "default", "strict")
+    assert result.code == 0, result.err
+    default, strict = json.loads(result.out)
+    assert default["relaxations"] == "none" and strict["relaxations"] == "none"
+    assert strict["seccomp"].startswith("strict (") and strict["cgroups"]["pids"] == 128
+    write("broken.aa", "profile broken {\n  bogus,\n}\n")
+    bad = write("bad.yaml", "apparmor: ./broken.aa\n")
+    failed = lg("profile", "check", bad)
+    assert failed.code == 2 and "broken.aa" in failed.err and "line 2" in failed.err
