@@ -118,7 +118,7 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str) -> AttemptResult:
     )
     base = AttemptResult("failed", result.exit_code, None, accelerator=vm.accelerator,
                          image_digest=image_digest, boot_seconds=vm.boot_seconds,
-                         security=security_state(context.profile, result.confinement))
+                         security=security_state(context.profile, result.confinement, vm.host_confinement))
     if result.timed_out:
         return replace(base, status="timed_out", detail=f"timed out after {context.timeout:.0f}s; VM killed")
     if result.exit_code != 0:

@@ -9,7 +9,8 @@ from typing import Any
 from lg.security.profile import VmProfile
 
 
-def security_state(profile: VmProfile, observed: Mapping[str, Any] | None) -> dict[str, Any]:
+def security_state(profile: VmProfile, observed: Mapping[str, Any] | None,
+                   vmm: Mapping[str, Any] | None = None) -> dict[str, Any]:
     limits = profile.effective_limits
     seen = dict(observed or {})
     return {
@@ -24,6 +25,7 @@ def security_state(profile: VmProfile, observed: Mapping[str, Any] | None) -> di
         "apparmor": _apparmor(profile, seen),
         "selinux": "not enforced (no policy in image)",
         "network": "none: the VM has no network device",
+        "vmm": dict(vmm or {}),
     }
 
 
@@ -37,7 +39,7 @@ def summary(state: Mapping[str, Any]) -> str:
             f"pids<={cgroup.get('pids_max')} mem<={cgroup.get('memory_max_mib')}MiB cpu<={cgroup.get('cpu_percent')}%"
             + (f" (hit: {hit})" if hit else "") + f"; network {str(state.get('network')).split(':')[0]}; "
             f"seccomp {str(state.get('seccomp')).split(' (')[0]}; apparmor {state.get('apparmor')}; "
-            "selinux: not enforced")
+            f"selinux: not enforced; vmm {_vmm(state.get('vmm', {}))}")
 
 
 def _seccomp(profile: VmProfile, seen: Mapping[str, Any]) -> str:
@@ -54,3 +56,10 @@ def _apparmor(profile: VmProfile, seen: Mapping[str, Any]) -> str:
         return f"unconfined ({current})"
     wanted = f"{profile.apparmor.name} (enforce)"
     return f"{current}: enforced" if current == wanted else f"NOT enforced: the command ran as {current!r}"
+
+
+def _vmm(vmm: Mapping[str, Any]) -> str:
+    if not vmm:
+        return "unknown"
+    return (f"cgroup mem<={vmm.get('memory_max_mib')}MiB pids<={vmm.get('pids_max')} ({vmm.get('layout')}), "
+            "chrooted, qemu -sandbox")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +43,10 @@ class AgentVm(abc.ABC):
         self._info: AgentInfo | None = None
         self._boot_seconds = 0.0
         self.destroyed = False
+
+    @property
+    def host_confinement(self) -> Mapping[str, Any]:
+        return {}
 
     # --- what the backend provides ----------------------------------------------------------------------
 

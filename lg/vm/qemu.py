@@ -20,10 +20,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lg.errors import EnvironmentUnfit
 from lg.model import ProjectConfig
-from lg.vm import host
+from lg.vm import host, vmm_cgroup
 from lg.vm.agent_client import AgentClient
 from lg.vm.api import (
     Accelerator,
@@ -86,7 +87,7 @@ def qemu_argv(binary: str, spec: VmSpec, accelerator: Accelerator, cmdline: str,
         "-m", str(spec.memory_mib),
         "-smp", str(spec.vcpus),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-sandbox", SANDBOX,
+        "-sandbox", SANDBOX, "-chroot", ".",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initrd),
         "-append", cmdline,
@@ -262,6 +263,7 @@ class QemuHypervisor:
         if self.binary_path() is None:
             raise EnvironmentUnfit(f"{self.binary} is not installed", fix=INSTALL_FIX)
         reap_leftovers(self._run_parent(spec))
+        vmm_cgroup.reap()
         kvm_failure: VmError | None = None
         for attempt in self._plan(spec):
             try:
@@ -305,6 +307,7 @@ class QemuHypervisor:
         from lg.vm import qemu_snapshot  # noqa: PLC0415
 
         reap_leftovers(self._run_parent(spec))
+        vmm_cgroup.reap()
         return qemu_snapshot.restore(snapshot, spec, self._run_parent(spec))
 
     def _run_parent(self, spec: VmSpec) -> Path:
@@ -329,6 +332,13 @@ class QemuHypervisor:
         return vm
 
 
+def _option_int(argv: list[str], option: str, default: int) -> int:
+    """The number after `option` on a qemu command line (`-m 512`, `-smp 2`)."""
+    with contextlib.suppress(ValueError, IndexError):
+        return int(argv[argv.index(option) + 1].split(",")[0])
+    return default
+
+
 # --- the VM -------------------------------------------------------------------------------------------
 
 
@@ -341,10 +351,21 @@ class QemuVm(AgentVm):
         self.argv: list[str] = []
         self.image_digest = ""
         self._last_console = ""
+        self.vmm_cgroup: vmm_cgroup.VmmCgroup | None = None
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    @property
+    def host_confinement(self) -> dict[str, Any]:
+        return {
+            "vmm": "qemu",
+            "seccomp_sandbox": SANDBOX,
+            "chroot": "its private run directory (after start-up: it sees only its own sockets and logs)",
+            **(self.vmm_cgroup.to_json() if self.vmm_cgroup else {"cgroups": "none"}),
+            "uid": "root: not dropped (QEMU's -runas needs set*uid, which its own -sandbox denies)",
+        }
 
     def start(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> None:
         self.argv = argv
@@ -362,6 +383,12 @@ class QemuVm(AgentVm):
                 pass_fds=pass_fds,
             )
         write_owner(self.run_dir, self.process.pid, "qemu")
+        try:
+            self.vmm_cgroup = vmm_cgroup.confine(self.process.pid, self.id, _option_int(argv, "-m", 256),
+                                                 _option_int(argv, "-smp", 1))
+        except EnvironmentUnfit:
+            self._kill_and_wait()
+            raise
 
     def wait_ready(self, timeout: float) -> None:
         deadline = self.started + timeout
@@ -433,6 +460,8 @@ class QemuVm(AgentVm):
         if self.process is not None and self.process.poll() is None:
             self._quit_via_qmp()
             self._kill_and_wait()
+        if self.vmm_cgroup is not None:
+            vmm_cgroup.release(self.vmm_cgroup)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def qmp(self, timeout: float = 5.0) -> QmpClient:

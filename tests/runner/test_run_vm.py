@@ -89,6 +89,7 @@ def test_changes_outputs_and_ignores(lg: Callable[..., Any], project: Path) -> N
         [], True, "lg (uid 1000, gid 1000)")
     assert security["cgroup"]["pids_max"] == 512 and security["apparmor"] == "lg-default (enforce): enforced"
     assert security["seccomp"].startswith("default (sha256 ") and security["seccomp"].endswith(": filter enforced")
+    assert security["vmm"]["memory_max_mib"] == 512 + 1024 and security["vmm"]["layout"] in ("v1", "v2")
     assert "security: user lg (uid 1000, gid 1000); caps none; no_new_privs True" in lg("status", run.id).out
     assert {c["path"]: c["kind"] for c in steps[0].changes} == {
         "keep.txt": "modified", "out/a.bin": "created", "remove-me.txt": "deleted"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,18 @@ def test_there_is_no_network(shared_vm: Vm) -> None:
     _, output = run(shared_vm, "ls /sys/class/net; python3 -c 'import socket; socket.create_connection("
                                 "(\"10.0.2.2\", 80), timeout=3)' 2>&1 | tail -1")
     assert output.split()[0] == "lo" and "Network is unreachable" in output
+
+
+def test_the_vmm_is_confined_on_the_host(hypervisor: Any, spec: Any) -> None:
+    """QEMU runs in cgroups of its own with memory and pids limits, chrooted to its private run directory;
+    the cgroups go away with it."""
+    with hypervisor.boot(spec) as vm:
+        applied = vm.host_confinement
+        paths = [Path(p) for p in applied["cgroups"]]
+        for path in paths:
+            assert (path / "cgroup.procs").read_text().split() == [str(vm.pid)]
+        limit_file = "memory.max" if applied["layout"] == "v2" else "memory.limit_in_bytes"
+        memory_dir = next(p for p in paths if (p / limit_file).exists())
+        assert int((memory_dir / limit_file).read_text()) == (spec.memory_mib + 1024) << 20
+        assert Path(f"/proc/{vm.pid}/root").readlink() == vm.run_dir
+    assert not [p for p in paths if p.exists()]
