@@ -167,6 +167,22 @@ def load_vm_profile(name: str, config: ProjectConfig, relative_to: Path) -> VmPr
 
 
 def load_vm_profile_file(path: Path) -> VmProfile:
+    """Loaded once per file version: a run asks for the same profile at every step, and checking its AppArmor
+    part runs apparmor_parser."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return _load_vm_profile(path)
+    key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
+    if key not in _cache:
+        _cache[key] = _load_vm_profile(path)
+    return _cache[key]
+
+
+_cache: dict[tuple[Path, int, int], VmProfile] = {}
+
+
+def _load_vm_profile(path: Path) -> VmProfile:
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         raise doc.error((), "a VM profile must be a mapping")
