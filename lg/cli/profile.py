@@ -33,7 +33,7 @@ def check(profiles: tuple[str, ...], as_json: bool) -> int:
     for report in reports:
         click.echo(f"ok: {report['path']}")
         for key in ("user", "capabilities", "no_new_privileges", "cgroups", "seccomp", "apparmor", "selinux",
-                    "network", "relaxations"):
+                    "network", "mounts", "optional", "relaxations"):
             click.echo(f"  {key + ':':<19} {report[key]}")
     return ExitCode.OK
 
@@ -46,12 +46,20 @@ def _report(vm_profile: Any) -> dict[str, Any]:
         "user": vm_profile.user,
         "capabilities": list(vm_profile.keep_capabilities) or "none (empty bounding set)",
         "no_new_privileges": vm_profile.no_new_privileges,
-        "cgroups": {"pids": limits.pids, "memory_mib": limits.memory_mib, "cpu_percent": limits.cpu_percent},
+        "cgroups": {"pids": limits.pids, "memory_mib": limits.memory_mib, "cpu_percent": limits.cpu_percent,
+                    **({"io": dict(limits.io)} if limits.io else {})},
         "seccomp": f"{seccomp.name} ({len(seccomp.compiled['rules'])} rules, sha256 {seccomp.digest[:12]}), "
                    "every syscall known to libseccomp" if seccomp else "unconfined",
         "apparmor": f"{apparmor.name} from {apparmor.path.name} (sha256 {apparmor.digest[:12]}), compiled by "
                     "apparmor_parser" if apparmor else "unconfined",
-        "selinux": "not enforced (no policy in the shipped images)",
-        "network": "none (no network device)",
+        "selinux": (f"{vm_profile.selinux.label} ({vm_profile.selinux.mode}) asked; " if vm_profile.selinux else "")
+                   + "not enforced (no policy in the shipped images)"
+                   + ("; the step is refused unless selinux is optional" if vm_profile.selinux
+                      and "selinux" not in vm_profile.optional else ""),
+        "network": "none (no network device)" if vm_profile.network is None else
+                   "allow-list: " + "; ".join(entry.label for entry in vm_profile.network.allow)
+                   + " (names resolved when the VM starts; no DNS server in the guest)",
+        "mounts": {"read_only": list(vm_profile.read_only_paths), "tmpfs": list(vm_profile.tmpfs)},
+        "optional": list(vm_profile.optional) or "none (every control is enforced or the step is refused)",
         "relaxations": [f"{r.kind}: {r.detail}" if r.detail else r.kind for r in vm_profile.relaxations()] or "none",
     }

@@ -39,7 +39,7 @@ def detect_kind(path: Path, doc: SourceDoc) -> str:
 
 
 VM_PROFILE_KEYS = ("machine", "user", "capabilities", "no_new_privileges", "cgroups", "network", "seccomp",
-                   "apparmor", "selinux")
+                   "apparmor", "selinux", "read_only_paths", "tmpfs", "optional")
 
 
 def validate_file(path: Path) -> FileReport:

@@ -212,6 +212,16 @@ def op_reseed(agent: Agent, session: Session, request_id: int, body: dict[str, A
     return system.reseed(body)
 
 
+def op_identity(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    return system.set_identity(body)
+
+
+def op_network(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    from lg.guest import network  # noqa: PLC0415 - most VMs have no network
+
+    return network.configure(body)
+
+
 def op_signal(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
     raise ProtocolError(ErrorCode.NOT_FOUND, "no command is running")
 
@@ -235,6 +245,8 @@ HANDLERS: dict[str, Handler] = {
     "changes": op_changes,
     "set_clock": op_set_clock,
     "reseed": op_reseed,
+    "network": op_network,
+    "identity": op_identity,
     "signal": op_signal,
     "shutdown": op_shutdown,
 }

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 CGROUP_ROOT = "/sys/fs/cgroup"
 STEP_PARENT = "lg"  # every confined command gets /sys/fs/cgroup/lg/cmd-<request id>
 CONTROLLERS = ("cpu", "memory", "pids")
+IO_KEYS = {"read_bps": "rbps", "write_bps": "wbps", "read_iops": "riops", "write_iops": "wiops"}
+WORKSPACE = "/workspace"
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 CPU_PERIOD_US = 100_000
 
 PR_SET_NO_NEW_PRIVS = 38
@@ -43,7 +47,8 @@ CAPABILITIES = (
 
 
 class Confinement:
-    __slots__ = ("apparmor", "cpu_percent", "keep_caps", "memory_bytes", "no_new_privs", "pids", "seccomp")
+    __slots__ = ("apparmor", "cpu_percent", "io", "io_optional", "io_status", "keep_caps", "memory_bytes",
+                 "no_new_privs", "pids", "read_only_paths", "seccomp", "tmpfs")
 
     def __init__(self, keep_caps: list[str], no_new_privs: bool, pids: int | None, memory_bytes: int | None,
                  cpu_percent: int | None, seccomp: dict[str, Any] | None = None,
@@ -52,6 +57,11 @@ class Confinement:
         self.keep_caps, self.no_new_privs = keep_caps, no_new_privs
         self.pids, self.memory_bytes, self.cpu_percent = pids, memory_bytes, cpu_percent
         self.seccomp = seccomp  # {"default": [action, errno], "rules": [{names, action, args}]} (host-validated)
+        self.io: dict[str, int] = {}  # read_bps, write_bps, read_iops, write_iops: io.max on the workspace's disk
+        self.io_optional = False
+        self.io_status: str | None = None  # what was applied, for the step record
+        self.read_only_paths: list[str] = []
+        self.tmpfs: list[str] = []
 
 
 def parse(body: dict[str, Any]) -> Confinement | None:
@@ -74,8 +84,20 @@ def parse(body: dict[str, Any]) -> Confinement | None:
                                      and all(isinstance(apparmor.get(k), str) for k in ("name", "text", "digest"))):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "apparmor must have name, text and digest")
     pids, memory_bytes, cpu_percent = limits
-    return Confinement(keep, bool(raw.get("no_new_privs", True)), pids, memory_bytes, cpu_percent, seccomp,
-                       apparmor)
+    confinement = Confinement(keep, bool(raw.get("no_new_privs", True)), pids, memory_bytes, cpu_percent, seccomp,
+                              apparmor)
+    io = raw.get("io", {})
+    if not isinstance(io, dict) or any(key not in IO_KEYS or not isinstance(value, int) or value <= 0
+                                       for key, value in io.items()):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"io: unknown key or bad value in {io!r}")
+    confinement.io, confinement.io_optional = io, bool(raw.get("io_optional", False))
+    for key in ("read_only_paths", "tmpfs"):
+        paths = raw.get(key, [])
+        if not isinstance(paths, list) or any(not isinstance(path, str) or not path.startswith("/") or "\0" in path
+                                              for path in paths):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{key} must be absolute paths")
+        setattr(confinement, key, paths)
+    return confinement
 
 
 # --- the cgroup --------------------------------------------------------------------------------------------
@@ -101,21 +123,41 @@ def create_cgroup(name: str, confinement: Confinement) -> str:
                 _write(path, "memory.swap.max", "0")
         if confinement.cpu_percent is not None:
             _write(path, "cpu.max", f"{CPU_PERIOD_US * confinement.cpu_percent // 100} {CPU_PERIOD_US}")
+        if confinement.io:
+            confinement.io_status = _limit_io(path, confinement)
     except OSError as problem:
         remove_cgroup(path)
         raise ProtocolError(ErrorCode.FAILED, f"cannot set the command's cgroup limits: {problem}") from problem
     return path
 
 
-def _enable_controllers(path: str) -> None:
+def _enable_controllers(path: str, controllers: tuple[str, ...] = CONTROLLERS) -> None:
     available = set(_read(path, "cgroup.controllers").split())
-    missing = [name for name in CONTROLLERS if name not in available]
+    missing = [name for name in controllers if name not in available]
     if missing:
         raise ProtocolError(ErrorCode.FAILED, f"cgroup controllers {missing} are not available in the guest kernel")
     enabled = set(_read(path, "cgroup.subtree_control").split())
-    wanted = [f"+{name}" for name in CONTROLLERS if name not in enabled]
+    wanted = [f"+{name}" for name in controllers if name not in enabled]
     if wanted:
         _write(path, "cgroup.subtree_control", " ".join(wanted))
+
+
+def _limit_io(path: str, confinement: Confinement) -> str:
+    """io.max for the disk that holds the workspace. An in-memory workspace (initramfs images) has no disk to
+    throttle: its writes are bounded by memory.max instead, and the record says so."""
+    device = os.stat(WORKSPACE if os.path.isdir(WORKSPACE) else "/").st_dev
+    if os.major(device) == 0:
+        return "not applicable: the workspace is in memory (its writes count against memory.max)"
+    try:
+        for directory in (CGROUP_ROOT, os.path.dirname(path)):
+            _enable_controllers(directory, ("io",))
+        limits = " ".join(f"{IO_KEYS[key]}={value}" for key, value in sorted(confinement.io.items()))
+        _write(path, "io.max", f"{os.major(device)}:{os.minor(device)} {limits}")
+        return _read(path, "io.max").strip() or "io.max not applied"
+    except (OSError, ProtocolError) as problem:
+        if confinement.io_optional:
+            return f"not enforced (optional): {problem}"
+        raise OSError(getattr(problem, "errno", 0) or 0, f"io limits cannot be enforced: {problem}") from problem
 
 
 def limit_events(path: str) -> dict[str, int]:
@@ -158,6 +200,8 @@ def child_setup(confinement: Confinement, cgroup: str, uid: int | None, gid: int
         if confinement.apparmor is not None:  # entered at exec: lg's own code here stays unconfined
             _write_attr("exec", f"exec {confinement.apparmor['name']}")
         libc = ctypes.CDLL(None, use_errno=True)
+        if confinement.read_only_paths or confinement.tmpfs:
+            _private_mounts(libc, confinement)
         for number in range(_last_cap() + 1):
             if number not in keep:
                 _prctl(libc, PR_CAPBSET_DROP, number)
@@ -174,6 +218,59 @@ def child_setup(confinement: Confinement, cgroup: str, uid: int | None, gid: int
             _prctl(libc, PR_SET_NO_NEW_PRIVS, 1)
 
     return setup
+
+
+def _private_mounts(libc: ctypes.CDLL, confinement: Confinement) -> None:
+    """A mount namespace of the command's own (while still root): read-only binds and fresh tmpfs mounts that
+    nothing else in the guest sees, and that the step cannot undo (no CAP_SYS_ADMIN, seccomp denies mount)."""
+    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
+    for path in confinement.tmpfs:
+        os.makedirs(path, exist_ok=True)
+        _mount(libc, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for path in confinement.read_only_paths:
+        _mount(libc, path, path, None, MS_BIND | MS_REC)
+        _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def _mount(libc: ctypes.CDLL, source: str | None, target: str, kind: str | None, flags: int,
+           data: str | None = None) -> None:
+    status = libc.mount(_bytes(source), _bytes(target), _bytes(kind), ctypes.c_ulong(flags), _bytes(data))
+    _check(status, f"mount {target}")
+
+
+def _bytes(text: str | None) -> bytes | None:
+    return text.encode() if text is not None else None
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def mounts_seen(pid: int, confinement: Confinement) -> dict[str, str]:
+    """How the command's read-only paths and tmpfs mounts look from inside it (its /proc/PID/mountinfo)."""
+    wanted = set(confinement.read_only_paths) | set(confinement.tmpfs)
+    seen: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in _read(f"/proc/{pid}", "mountinfo").splitlines():
+            fields = line.split()
+            mount_point, options = fields[4], fields[5]
+            if mount_point in wanted:
+                kind = line.split(" - ", 1)[1].split()[0] if " - " in line else "?"
+                seen[mount_point] = f"{kind} {'ro' if 'ro' in options.split(',') else 'rw'}"
+    return {path: seen.get(path, "NOT mounted") for path in sorted(wanted)}
+
+
+def report(pid: int, confinement: Confinement) -> dict[str, Any]:
+    """What beyond /proc status the step record shows: io limits, mounts."""
+    extra: dict[str, Any] = {}
+    if confinement.io:
+        extra["io"] = confinement.io_status
+    if confinement.read_only_paths or confinement.tmpfs:
+        extra["mounts"] = mounts_seen(pid, confinement)
+    return extra
 
 
 # --- AppArmor, through apparmor_parser ----------------------------------------------------------------------

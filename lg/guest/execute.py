@@ -180,7 +180,9 @@ def run(link: Link, request_id: int, command: Command, reaper: Reaper) -> None:
             _spawn_failed(link, request_id, command, problem, started)
             return
         reaper.watch(process.pid)
-        enforced = confine.observed(process.pid) if cgroup else None
+        enforced = None
+        if cgroup is not None and command.confinement is not None:
+            enforced = {**confine.observed(process.pid), **confine.report(process.pid, command.confinement)}
         outcome = _Run(link, request_id, command, process, reaper).wait()
         if cgroup is not None:
             outcome["confinement"] = {**(enforced or {}), "limits_hit": confine.limit_events(cgroup)}

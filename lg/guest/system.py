@@ -60,6 +60,32 @@ def reseed(body: dict[str, Any]) -> dict[str, Any]:
     return {"credited": credited}
 
 
+MACHINE_ID = "/etc/machine-id"
+
+
+def set_identity(body: dict[str, Any]) -> dict[str, Any]:
+    """A fresh hostname and machine id: every clone of one snapshot wakes up as the template otherwise."""
+    hostname = get_str(body, "hostname")
+    machine_id = get_str(body, "machine_id")
+    if not 1 <= len(hostname) <= 63 or not all(c.isalnum() or c == "-" for c in hostname):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad hostname {hostname!r}")
+    if len(machine_id) != 32 or any(c not in "0123456789abcdef" for c in machine_id):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "machine_id must be 32 lowercase hex digits")
+    socket.sethostname(hostname)
+    with contextlib.suppress(OSError):  # a read-only root keeps its id; the hostname is what steps see
+        with open(MACHINE_ID, "w") as handle:
+            handle.write(machine_id + "\n")
+    return {"hostname": socket.gethostname(), "machine_id": _read_machine_id()}
+
+
+def _read_machine_id() -> str:
+    try:
+        with open(MACHINE_ID) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
 def boot_parameters(cmdline: str) -> dict[str, str]:
     """`lg.NAME=VALUE` words of the kernel command line."""
     found = {}

@@ -27,6 +27,7 @@ from lg.config.templates import Scope, TemplateProblem, evaluate, is_template, r
 from lg.errors import (
     ApprovalRejected,
     AwaitingApproval,
+    EnvironmentUnfit,
     ExitCode,
     Interrupted,
     InvalidInput,
@@ -313,6 +314,12 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
                 discard(held)
                 store.update_step(record.id, step.id, status="interrupted", finished=time.time(),
                                   detail="interrupted; VM destroyed, nothing applied")
+                raise
+            except EnvironmentUnfit as refused:
+                # The profile asks for a control this host cannot enforce: no VM started, nothing ran.
+                output.flush()
+                store.update_step(record.id, step.id, status="failed", finished=time.time(),
+                                  detail=f"refused: {refused.message}")
                 raise
             output.flush()
             _record_attempt(store, record.id, step.id, result)

@@ -20,6 +20,7 @@ from lg.model import FileChange, Pipeline, ProjectConfig, Step
 from lg.runner.console import StepOutput
 from lg.runner.effects import discard, files_to_fetch
 from lg.runner.workspace import UnsafeChange, check_change_path, exclude_function, load_ignore_rules
+from lg.security.enforce import HostPlan, plan_for
 from lg.security.profile import VmProfile
 from lg.security.state import security_state
 from lg.vm.api import ExecRequest, ExecResult, Vm, VmSpec, hypervisor_for
@@ -64,19 +65,23 @@ def run_attempt(context: StepContext) -> AttemptResult:
     image = require_image(context.config, step.image or pipeline.image)
     profile = context.profile
     backend = hypervisor_for(context.config, step.hypervisor or pipeline.hypervisor)
+    host_plan = plan_for(profile)  # refuses (exit 5) what cannot be enforced here, before any VM starts
+    if host_plan.network_note:
+        context.output.note(f"network: {host_plan.network_note}")
     spec = VmSpec(
         image=image,
         vcpus=profile.machine.vcpus,
         memory_mib=profile.machine.memory_mib,
         accelerator=context.config.accelerator,
         hostname=f"lg-{step.id}"[:63],
+        network=host_plan.network,
     )
     try:
         with backend.boot(spec) as vm:
             # microvm has no RTC: without this the guest lives in 1970 and so do the files it writes.
             vm.resync()
             context.output.note(f"VM {vm.id} ready in {vm.boot_seconds:.1f}s ({vm.accelerator})")
-            return _in_vm(context, vm, image.digest)
+            return _in_vm(context, vm, image.digest, host_plan)
     except UnsafeChange as error:
         return AttemptResult("failed", None, str(error), image_digest=image.digest)
     except OSError as error:
@@ -90,7 +95,7 @@ def run_attempt(context: StepContext) -> AttemptResult:
         return AttemptResult("failed", None, str(error), image_digest=image.digest)
 
 
-def _in_vm(context: StepContext, vm: Vm, image_digest: str) -> AttemptResult:
+def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan) -> AttemptResult:
     step = context.step
     exclude = exclude_function(context.workspace, load_ignore_rules(context.workspace))
     vm.put_tree(context.workspace, GUEST_WORKSPACE, exclude)
@@ -118,7 +123,9 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str) -> AttemptResult:
     )
     base = AttemptResult("failed", result.exit_code, None, accelerator=vm.accelerator,
                          image_digest=image_digest, boot_seconds=vm.boot_seconds,
-                         security=security_state(context.profile, result.confinement, vm.host_confinement))
+                         security=security_state(context.profile, result.confinement, vm.host_confinement,
+                                                 network=vm.network_state or host_plan.network_note,
+                                                 selinux=host_plan.selinux))
     if result.timed_out:
         return replace(base, status="timed_out", detail=f"timed out after {context.timeout:.0f}s; VM killed")
     if result.exit_code != 0:

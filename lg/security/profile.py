@@ -3,12 +3,15 @@
 Enforced by this version (lg.guest.confine applies them before the step's command runs, and reports what the
 guest kernel shows): the user (unprivileged `lg`, uid 1000, by default), the capability bounding set (empty by
 default), no_new_privs (on by default), cgroup v2 limits on pids, memory and CPU, a seccomp filter (OCI
-format), an AppArmor profile, and the network (`none`: the VM has no network device at all). SELinux and network
-allow-lists are not built yet: the schema refuses a profile that asks for them rather than run without them.
+format), an AppArmor profile, io limits on the workspace's disk, read-only paths and tmpfs mounts, and the network
+(`none`: the VM has no network device; or an egress allow-list, lg.vm.network). SELinux is never enforced by
+this version (no shipped image carries a policy): a profile that asks for it is refused unless it lists
+`selinux` under `optional`, and then the step record says "selinux: not enforced (no policy in image)".
 """
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from lg.guest.confine import CAPABILITIES as CAPABILITY_NAMES
 from lg.model import ProjectConfig
 from lg.policy.model import Relaxation
 from lg.security.apparmor import AppArmorProfile, load_apparmor
+from lg.security.egress import Egress, network_schema, parse_network
 from lg.security.seccomp import SeccompProfile, load_seccomp
 
 
@@ -38,6 +42,15 @@ SHIPPED_SECCOMP = (DEFAULT_SECCOMP, "strict")  # reviewed with lg; any other fil
 DEFAULT_APPARMOR = "lg-default"
 UNCONFINED = "unconfined"
 GUEST_RESERVE_MIB = 64  # what the guest kernel and agent keep when a profile gives no memory limit
+OPTIONAL_CONTROLS = ("selinux", "network", "io")  # may be skipped, and recorded so, where this host cannot
+IO_KEYS = ("read_bps", "write_bps", "read_iops", "write_iops")
+SELINUX_UNENFORCED = "not enforced (no policy in image)"
+
+
+@dataclass(frozen=True)
+class SELinux:
+    label: str
+    mode: str  # enforcing | permissive
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,7 @@ class Limits:
     pids: int
     memory_mib: int
     cpu_percent: int  # of one vCPU: 200 is two full vCPUs
+    io: tuple[tuple[str, int], ...] = ()  # io.max on the workspace's disk: (read_bps|write_bps|..., value)
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,11 @@ class VmProfile:
     limits: Limits | None = None  # None: the defaults for the machine shape (see `effective_limits`)
     seccomp: SeccompProfile | None = None  # None: unconfined, a relaxation
     apparmor: AppArmorProfile | None = None  # None: unconfined, a relaxation
+    network: Egress | None = None  # None: no network device at all
+    selinux: SELinux | None = None
+    read_only_paths: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()  # controls that may go unenforced where the host cannot enforce them
 
     @property
     def uid_gid(self) -> tuple[int, int]:
@@ -80,6 +99,13 @@ class VmProfile:
             confinement["seccomp"] = self.seccomp.compiled
         if self.apparmor is not None:
             confinement["apparmor"] = self.apparmor.for_guest()
+        if limits.io:
+            confinement["io"] = dict(limits.io)
+            confinement["io_optional"] = "io" in self.optional
+        if self.read_only_paths:
+            confinement["read_only_paths"] = list(self.read_only_paths)
+        if self.tmpfs:
+            confinement["tmpfs"] = list(self.tmpfs)
         return confinement
 
     def relaxations(self) -> list[Relaxation]:
@@ -102,6 +128,8 @@ class VmProfile:
             found.append(Relaxation("apparmor_off"))
         elif self.apparmor.path.name != DEFAULT_APPARMOR or self.apparmor.path.parent.name != "apparmor":
             found.append(Relaxation("apparmor_custom", self.apparmor.name))
+        if self.network is not None:
+            found.extend(Relaxation("network", entry.label) for entry in self.network.allow)
         return found
 
 
@@ -147,6 +175,11 @@ def vm_profile_schema() -> dict[str, Any]:
                                    "description": "must leave the guest some memory: below machine.memory_mib"},
                     "cpu_percent": {"type": "integer", "minimum": 1, "maximum": 1600,
                                     "description": "of one vCPU (200 = two vCPUs)"},
+                    "io": {"type": "object", "additionalProperties": False, "minProperties": 1,
+                           "description": "io.max on the disk that holds the workspace (bytes or operations per "
+                                          "second)",
+                           "properties": {key: {"type": "integer", "minimum": 4096 if key.endswith("bps") else 1,
+                                                "maximum": 1 << 40} for key in IO_KEYS}},
                 },
             },
             "apparmor": {"type": "string", "minLength": 1,
@@ -155,8 +188,23 @@ def vm_profile_schema() -> dict[str, Any]:
             "seccomp": {"type": "string", "minLength": 1,
                         "description": "an OCI seccomp profile: a name in profiles/seccomp (default: default), a "
                                        "path, or unconfined (a relaxation)"},
-            "network": {"const": "none",
-                        "description": "none: no network device at all (allow-lists are not built yet)"},
+            "network": network_schema(),
+            "selinux": {
+                "type": "object", "additionalProperties": False, "required": ["label"],
+                "description": "an SELinux label for the step; enforced only where the image carries a policy "
+                               "(no shipped image does: list selinux under optional to run without it)",
+                "properties": {"label": {"type": "string",
+                                         "pattern": "^[a-z0-9_]+:[a-z0-9_]+:[a-z0-9_]+(:[a-z0-9_.:,-]+)?$"},
+                               "mode": {"enum": ["enforcing", "permissive"]}},
+            },
+            "read_only_paths": {"type": "array", "uniqueItems": True, "items": {"type": "string", "pattern": "^/"},
+                                "description": "absolute guest paths the step sees read-only"},
+            "tmpfs": {"type": "array", "uniqueItems": True, "items": {"type": "string", "pattern": "^/"},
+                      "description": "absolute guest paths that get a fresh, empty tmpfs for the step"},
+            "optional": {"type": "array", "uniqueItems": True, "items": {"enum": list(OPTIONAL_CONTROLS)},
+                         "description": "controls that may go unenforced where this host or image cannot enforce "
+                                        "them (recorded as not enforced); any other unenforceable control refuses "
+                                        "the step (exit 5)"},
         },
     }
 
@@ -202,7 +250,28 @@ def _load_vm_profile(path: Path) -> VmProfile:
         limits=_limits(doc, machine),
         seccomp=_seccomp(doc, path),
         apparmor=_apparmor(doc, path),
+        network=parse_network(doc),
+        selinux=_selinux(doc),
+        read_only_paths=_guest_paths(doc, "read_only_paths"),
+        tmpfs=_guest_paths(doc, "tmpfs"),
+        optional=tuple(doc.data.get("optional", ())),
     )
+
+
+def _selinux(doc: SourceDoc) -> SELinux | None:
+    raw = doc.data.get("selinux")
+    return None if raw is None else SELinux(raw["label"], raw.get("mode", "enforcing"))
+
+
+def _guest_paths(doc: SourceDoc, key: str) -> tuple[str, ...]:
+    paths = []
+    for index, raw in enumerate(doc.data.get(key, ())):
+        normal = posixpath.normpath(raw)
+        if "\0" in raw or normal in ("/", "/proc", "/sys", "/dev") or normal.startswith(("/proc/", "/sys/", "/dev/")):
+            raise doc.error((key, index), f"{raw!r}: the guest's root and kernel filesystems cannot be remounted "
+                                          "for a step")
+        paths.append(normal)
+    return tuple(paths)
 
 
 def _apparmor(doc: SourceDoc, path: Path) -> AppArmorProfile | None:
@@ -248,4 +317,5 @@ def _limits(doc: SourceDoc, machine: MachineShape) -> Limits | None:
     if cpu > 100 * machine.vcpus:
         raise doc.error(("cgroups", "cpu_percent"), f"{cpu}% is more than the {machine.vcpus} vCPU(s) of the "
                                                     "machine can give")
-    return Limits(pids=raw.get("pids", base.pids), memory_mib=memory, cpu_percent=cpu)
+    io = tuple((key, int(raw["io"][key])) for key in IO_KEYS if key in raw.get("io", {}))
+    return Limits(pids=raw.get("pids", base.pids), memory_mib=memory, cpu_percent=cpu, io=io)

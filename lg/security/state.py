@@ -6,13 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lg.security.profile import VmProfile
+from lg.security.profile import SELINUX_UNENFORCED, VmProfile
 
 
 def security_state(profile: VmProfile, observed: Mapping[str, Any] | None,
-                   vmm: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   vmm: Mapping[str, Any] | None = None, *, network: Mapping[str, Any] | str | None = None,
+                   selinux: str = SELINUX_UNENFORCED) -> dict[str, Any]:
     limits = profile.effective_limits
     seen = dict(observed or {})
+    extra: dict[str, Any] = {key: seen[key] for key in ("io", "mounts") if key in seen}
     return {
         "profile": profile.name,
         "user": f"{profile.user} (uid {seen.get('uid', '?')}, gid {seen.get('gid', '?')})",
@@ -23,10 +25,19 @@ def security_state(profile: VmProfile, observed: Mapping[str, Any] | None,
                    "cpu_percent": limits.cpu_percent, "limits_hit": seen.get("limits_hit", {})},
         "seccomp": _seccomp(profile, seen),
         "apparmor": _apparmor(profile, seen),
-        "selinux": "not enforced (no policy in image)",
-        "network": "none: the VM has no network device",
+        "selinux": selinux,
+        "network": _network(network),
         "vmm": dict(vmm or {}),
+        **extra,
     }
+
+
+def _network(network: Mapping[str, Any] | str | None) -> dict[str, Any] | str:
+    if network is None:
+        return "none: the VM has no network device"
+    if isinstance(network, str):
+        return f"none: {network}"
+    return dict(network)
 
 
 def summary(state: Mapping[str, Any]) -> str:
@@ -37,9 +48,17 @@ def summary(state: Mapping[str, Any]) -> str:
     hit = {key: value for key, value in cgroup.get("limits_hit", {}).items() if value}
     return (f"user {state.get('user')}; caps {caps_text}; no_new_privs {state.get('no_new_privs')}; "
             f"pids<={cgroup.get('pids_max')} mem<={cgroup.get('memory_max_mib')}MiB cpu<={cgroup.get('cpu_percent')}%"
-            + (f" (hit: {hit})" if hit else "") + f"; network {str(state.get('network')).split(':')[0]}; "
+            + (f" (hit: {hit})" if hit else "") + f"; network {_network_summary(state.get('network'))}; "
             f"seccomp {str(state.get('seccomp')).split(' (')[0]}; apparmor {state.get('apparmor')}; "
-            f"selinux: not enforced; vmm {_vmm(state.get('vmm', {}))}")
+            f"selinux: {str(state.get('selinux', SELINUX_UNENFORCED)).split(';')[0]}; "
+            f"vmm {_vmm(state.get('vmm', {}))}")
+
+
+def _network_summary(network: Any) -> str:
+    if not isinstance(network, Mapping):
+        return str(network).split(":")[0]
+    denied = network.get("denied_attempts")
+    return f"allow-list [{'; '.join(network.get('allow', []))}]" + (f", {denied} denied" if denied else "")
 
 
 def _seccomp(profile: VmProfile, seen: Mapping[str, Any]) -> str:

@@ -49,6 +49,24 @@ class GuestImage(Protocol):
 
 
 @dataclass(frozen=True)
+class EgressRule:
+    """One allowed destination: an IPv4 network (a host is a /32) and, optionally, ports of one protocol."""
+
+    network: str  # "10.1.2.3/32", "192.0.2.0/24"
+    protocol: Literal["tcp", "udp", "any"] = "tcp"
+    ports: tuple[int, ...] = ()  # empty: every port (of the protocol)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """An egress allow-list (lg.vm.network): the VM gets one NIC whose traffic only reaches these destinations.
+    `hosts` are names the guest may resolve (answered from its /etc/hosts: the guest has no DNS server)."""
+
+    allow: tuple[EgressRule, ...]
+    hosts: tuple[tuple[str, str], ...] = ()  # (name, IPv4 address)
+
+
+@dataclass(frozen=True)
 class VmSpec:
     image: GuestImage
     vcpus: int = 1
@@ -57,6 +75,7 @@ class VmSpec:
     run_dir: Path | None = None  # parent of the VM's private run directory; default <state_dir>/vms
     hostname: str = "lg-guest"
     boot_timeout: float = 120.0  # seconds from VMM start to the agent's first answer
+    network: NetworkSpec | None = None  # None: no network device at all
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,11 @@ class Vm(Protocol):
     @property
     def host_confinement(self) -> Mapping[str, Any]:
         """How the VMM process itself is confined on the host (cgroup, chroot, sandbox), as applied."""
+        ...
+
+    @property
+    def network_state(self) -> Mapping[str, Any] | None:
+        """The egress allow-list as applied, with the attempts it denied (None: no network device)."""
         ...
 
     @property

@@ -48,6 +48,11 @@ class AgentVm(abc.ABC):
     def host_confinement(self) -> Mapping[str, Any]:
         return {}
 
+    @property
+    def network_state(self) -> Mapping[str, Any] | None:
+        """The VM's egress allow-list as applied (None: the VM has no network device)."""
+        return None
+
     # --- what the backend provides ----------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -133,6 +138,11 @@ class AgentVm(abc.ABC):
         with self._context():
             self.agent.call("set_clock", epoch_ns=time.time_ns())
             self.agent.call("reseed", entropy=os.urandom(64).hex())
+
+    def set_identity(self, hostname: str, machine_id: str) -> dict[str, Any]:
+        """A fresh hostname and machine id (a VM restored from a snapshot starts as its template)."""
+        with self._context():
+            return self.agent.call("identity", hostname=hostname, machine_id=machine_id)
 
     def destroy(self) -> None:
         if self.destroyed:

@@ -24,7 +24,7 @@ from typing import Any
 
 from lg.errors import EnvironmentUnfit
 from lg.model import ProjectConfig
-from lg.vm import host, vmm_cgroup
+from lg.vm import host, network, vmm_cgroup
 from lg.vm.agent_client import AgentClient
 from lg.vm.api import (
     Accelerator,
@@ -324,8 +324,14 @@ class QemuHypervisor:
         try:
             overlay = create_overlay(run_dir, spec.image.rootfs) if spec.image.rootfs is not None else False
             cmdline = kernel_cmdline(spec.image, spec.hostname, host.tsc_khz())
-            vm.start(qemu_argv(str(binary), spec, attempt.accelerator, cmdline, overlay))
+            argv = qemu_argv(str(binary), spec, attempt.accelerator, cmdline, overlay)
+            if spec.network is not None:
+                vm.network = network.attach(spec.network)
+                argv += vm.network.qemu_args()
+            vm.start(argv)
             vm.wait_ready(attempt.timeout)
+            if vm.network is not None:
+                vm.agent.call("network", **vm.network.guest_settings())
         except BaseException:
             vm.destroy()
             raise
@@ -352,6 +358,7 @@ class QemuVm(AgentVm):
         self.image_digest = ""
         self._last_console = ""
         self.vmm_cgroup: vmm_cgroup.VmmCgroup | None = None
+        self.network: network.VmNetwork | None = None  # None: no NIC at all
 
     @property
     def pid(self) -> int | None:
@@ -367,10 +374,28 @@ class QemuVm(AgentVm):
             "uid": "root: not dropped (QEMU's -runas needs set*uid, which its own -sandbox denies)",
         }
 
+    @property
+    def network_state(self) -> dict[str, Any] | None:
+        if self.network is None:
+            return None
+        return {**self.network.to_json(), "denied_attempts": self.network.denied_attempts()}
+
     def start(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> None:
         self.argv = argv
         self.started = time.monotonic()
-        with (self.run_dir / QEMU_LOG).open("wb") as log:
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context((self.run_dir / QEMU_LOG).open("wb"))
+            die_with_parent = host.die_with_parent(os.getpid())
+            preexec = die_with_parent
+            if self.network is not None:
+                # The VMM lives in the VM's network namespace: that is where its tap device is.
+                netns_fd = os.open(self.network.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                stack.callback(os.close, netns_fd)
+
+                def preexec() -> None:
+                    die_with_parent()
+                    network.enter_namespace(netns_fd)
+
             self.process = subprocess.Popen(
                 argv,
                 cwd=self.run_dir,
@@ -378,7 +403,7 @@ class QemuVm(AgentVm):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal is lg's to handle, not qemu's
-                preexec_fn=host.die_with_parent(os.getpid()),  # noqa: PLW1509 - only prctl, no locks
+                preexec_fn=preexec,  # noqa: PLW1509 - only prctl and setns, no locks
                 close_fds=True,
                 pass_fds=pass_fds,
             )
@@ -462,6 +487,8 @@ class QemuVm(AgentVm):
             self._kill_and_wait()
         if self.vmm_cgroup is not None:
             vmm_cgroup.release(self.vmm_cgroup)
+        if self.network is not None:
+            self.network.release()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def qmp(self, timeout: float = 5.0) -> QmpClient:

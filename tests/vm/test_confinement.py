@@ -137,3 +137,18 @@ def test_the_vmm_is_confined_on_the_host(hypervisor: Any, spec: Any) -> None:
         assert int((memory_dir / limit_file).read_text()) == (spec.memory_mib + 1024) << 20
         assert Path(f"/proc/{vm.pid}/root").readlink() == vm.run_dir
     assert not [p for p in paths if p.exists()]
+
+
+def test_read_only_paths_and_tmpfs_hold_even_for_root(shared_vm: Vm) -> None:
+    prepared, _ = run(shared_vm, "mkdir -p /srv/data && echo original > /srv/data/f", profile=None, uid=0)
+    assert prepared.ok
+    attempt = ("echo changed > /srv/data/f 2>&1 || echo REFUSED; cat /srv/data/f;"
+               " echo scratch > /scratch/x && echo TMPFS-OK; mount -o remount,rw /srv/data 2>&1 || echo NO-REMOUNT")
+    mounts = replace(DEFAULT, read_only_paths=("/srv/data",), tmpfs=("/scratch",))
+    result, output = run(shared_vm, attempt, mounts, uid=0)
+    assert "Read-only file system" in output and "original" in output and "changed" not in output.split("REFUSED")[1]
+    assert "TMPFS-OK" in output and "NO-REMOUNT" in output
+    seen_mounts = (result.confinement or {})["mounts"]
+    assert seen_mounts["/scratch"] == "tmpfs rw" and seen_mounts["/srv/data"].endswith(" ro")
+    _, seen = run(shared_vm, "cat /srv/data/f; ls /scratch/x 2>&1 || echo GONE", profile=None, uid=0)
+    assert "original" in seen and "GONE" in seen  # the mounts were the command's own: nothing else sees them
