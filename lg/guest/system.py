@@ -72,9 +72,9 @@ def set_identity(body: dict[str, Any]) -> dict[str, Any]:
     if len(machine_id) != 32 or any(c not in "0123456789abcdef" for c in machine_id):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "machine_id must be 32 lowercase hex digits")
     socket.sethostname(hostname)
-    with contextlib.suppress(OSError):  # a read-only root keeps its id; the hostname is what steps see
-        with open(MACHINE_ID, "w") as handle:
-            handle.write(machine_id + "\n")
+    # A read-only root keeps its id; the hostname is what steps see.
+    with contextlib.suppress(OSError), open(MACHINE_ID, "w") as handle:
+        handle.write(machine_id + "\n")
     return {"hostname": socket.gethostname(), "machine_id": _read_machine_id()}
 
 
