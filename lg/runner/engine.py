@@ -38,13 +38,16 @@ from lg.errors import (
 from lg.model import FileChange, Pipeline, ProjectConfig, Step
 from lg.policy.grade import grade_effects, grade_script
 from lg.policy.model import Assessment, RiskPolicy
+from lg.pool.key import PoolKey
+from lg.pool.provider import VmProvider, open_provider
 from lg.runner.console import StepOutput, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
 from lg.runner.gating import GateNeed, Waiter, before_gate, effects_gate
-from lg.runner.step_vm import AttemptResult, StepContext, run_attempt
+from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
 from lg.runner.workspace import UnsafeChange
 from lg.runs.store import RunRecord, RunStore, StepRecord
 from lg.security.profile import VmProfile, load_vm_profile
+from lg.vm.api import VmSpec
 
 DEFAULT_STEP_TIMEOUT = 3600.0
 """A step with no `timeout` still ends: an hour is generous for a CI step and bounds a hung guest."""
@@ -63,6 +66,7 @@ class RunRequest:
     wait: bool = False  # at a gate: wait for the decision (True) or record the pause and exit 3
     colour: bool = False
     clock: Clock = time.time
+    vms: VmProvider | None = None  # None: the pool daemon if one runs, else a pool of the run's own
 
 
 @dataclass
@@ -88,6 +92,7 @@ class _Run:
     waiter: Waiter
     record: RunRecord
     deadline: float | None
+    vms: VmProvider
 
 
 def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
@@ -111,10 +116,12 @@ def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcom
     pipeline = request.pipeline
     gates = GateStore(store, request.clock)
     waiter = Waiter(store, gates, request.echo, request.colour, request.wait, clock=request.clock)
+    vms = request.vms if request.vms is not None else open_provider(request.config)
     run = _Run(request, store, gates, waiter, record,
-               time.monotonic() + pipeline.timeout if pipeline.timeout else None)
+               time.monotonic() + pipeline.timeout if pipeline.timeout else None, vms)
     states = _restore_states(run)
     try:
+        _announce_steps(run, [step for step in topological_order(pipeline) if step.id not in states])
         for step in topological_order(pipeline):
             if step.id not in states:
                 states[step.id] = _run_step(run, step, states)
@@ -127,7 +134,28 @@ def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcom
     except LgError as error:
         _finish(store, record, "failed", error.exit_code, str(error))
         raise
+    finally:
+        if request.vms is None:
+            vms.close()  # the run's own pool: its idle VMs go with it
     return _conclude(run, states)
+
+
+def _announce_steps(run: _Run, steps: list[Step]) -> None:
+    """Tell the pool which VMs the steps to come will lease, so it restores them while earlier steps run.
+    Steps with network allow-lists are not pooled; a step whose profile or image fails to load is left to
+    fail in its turn, with its own error."""
+    wanted: dict[PoolKey, tuple[VmSpec, VmProfile, int]] = {}
+    for step in steps:
+        try:
+            profile = _profile(run, step)
+            if profile.network is not None:
+                continue
+            key, spec = vm_request(run.request.config, run.request.pipeline, step, profile)
+        except LgError:
+            continue
+        wanted[key] = (spec, profile, wanted.get(key, (spec, profile, 0))[2] + 1)
+    for key, (spec, profile, count) in wanted.items():
+        run.vms.expect(key, spec, count, warmup_for(profile))
 
 
 def _conclude(run: _Run, states: Mapping[str, StepState]) -> RunOutcome:
@@ -306,7 +334,7 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
             context = StepContext(request.pipeline, request.config, step, request.workspace, script,
                                   {**request.pipeline.env, **env, **request.secrets.values},
                                   _step_timeout(step, run.deadline), record.id, store.run_dir(record.id), output,
-                                  profile, held)
+                                  profile, held, run.vms)
             try:
                 result = run_attempt(context)
             except KeyboardInterrupt:
@@ -414,6 +442,7 @@ def _record_attempt(store: RunStore, run_id: str, step_id: str, result: AttemptR
         changes=[change.__dict__ for change in result.changes],
         detail=result.detail,
         security=dict(result.security) if result.security is not None else None,
+        vm=dict(result.vm) if result.vm is not None else None,
     )
 
 

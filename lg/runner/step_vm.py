@@ -17,13 +17,16 @@ from typing import Any
 from lg.errors import LgError
 from lg.images.store import require_image
 from lg.model import FileChange, Pipeline, ProjectConfig, Step
+from lg.pool.key import PoolKey, key_for, profile_digest
+from lg.pool.pool import Lease
+from lg.pool.provider import VmProvider
 from lg.runner.console import StepOutput
 from lg.runner.effects import discard, files_to_fetch
 from lg.runner.workspace import UnsafeChange, check_change_path, exclude_function, load_ignore_rules
 from lg.security.enforce import HostPlan, plan_for
 from lg.security.profile import VmProfile
 from lg.security.state import security_state
-from lg.vm.api import ExecRequest, ExecResult, Vm, VmSpec, hypervisor_for
+from lg.vm.api import ExecRequest, ExecResult, NetworkSpec, Vm, VmSpec
 
 GUEST_WORKSPACE = "/workspace"
 GUEST_OUTPUT_DIR = "/run/lg"
@@ -45,6 +48,7 @@ class StepContext:
     output: StepOutput
     profile: VmProfile
     effects_dir: Path  # where the changed files are fetched to (emptied first)
+    vms: VmProvider  # the warm pool (the run's own, or the shared daemon's)
 
 
 @dataclass(frozen=True)
@@ -58,30 +62,23 @@ class AttemptResult:
     outputs: Mapping[str, str] = field(default_factory=dict)
     changes: tuple[FileChange, ...] = ()
     security: Mapping[str, Any] | None = None  # what confined the step, as the guest kernel showed it
+    vm: Mapping[str, Any] | None = None  # where the VM came from (warm pool, restored, cold) and what it cost
 
 
 def run_attempt(context: StepContext) -> AttemptResult:
     step, pipeline = context.step, context.pipeline
-    image = require_image(context.config, step.image or pipeline.image)
-    profile = context.profile
-    backend = hypervisor_for(context.config, step.hypervisor or pipeline.hypervisor)
-    host_plan = plan_for(profile)  # refuses (exit 5) what cannot be enforced here, before any VM starts
+    host_plan = plan_for(context.profile)  # refuses (exit 5) what cannot be enforced here, before any VM starts
     if host_plan.network_note:
         context.output.note(f"network: {host_plan.network_note}")
-    spec = VmSpec(
-        image=image,
-        vcpus=profile.machine.vcpus,
-        memory_mib=profile.machine.memory_mib,
-        accelerator=context.config.accelerator,
-        hostname=f"lg-{step.id}"[:63],
-        network=host_plan.network,
-    )
+    key, spec = vm_request(context.config, pipeline, step, context.profile, host_plan.network)
+    image = spec.image
     try:
-        with backend.boot(spec) as vm:
-            # microvm has no RTC: without this the guest lives in 1970 and so do the files it writes.
-            vm.resync()
-            context.output.note(f"VM {vm.id} ready in {vm.boot_seconds:.1f}s ({vm.accelerator})")
-            return _in_vm(context, vm, image.digest, host_plan)
+        # The lease resyncs the guest's clock (microvm has no RTC) and RNG, and gives it the step's identity.
+        with context.vms.lease(key, spec, warmup=warmup_for(context.profile)) as lease:
+            vm = lease.vm
+            context.output.note(_lease_note(lease))
+            result = _in_vm(context, vm, image.digest, host_plan)
+            return replace(result, boot_seconds=lease.spawn_seconds, vm=lease.to_json())
     except UnsafeChange as error:
         return AttemptResult("failed", None, str(error), image_digest=image.digest)
     except OSError as error:
@@ -93,6 +90,40 @@ def run_attempt(context: StepContext) -> AttemptResult:
     except LgError as error:
         # A guest that crashed, an agent that went silent, a boot that failed: the step failed, and says why.
         return AttemptResult("failed", None, str(error), image_digest=image.digest)
+
+
+def vm_request(config: ProjectConfig, pipeline: Pipeline, step: Step, profile: VmProfile,
+               network: NetworkSpec | None = None) -> tuple[PoolKey, VmSpec]:
+    """The VM a step needs, and the pool key of VMs interchangeable with it."""
+    spec = VmSpec(
+        image=require_image(config, step.image or pipeline.image),
+        vcpus=profile.machine.vcpus,
+        memory_mib=profile.machine.memory_mib,
+        accelerator=config.accelerator,
+        hostname=f"lg-{step.id}"[:63],
+        network=network,
+    )
+    backend = step.hypervisor or pipeline.hypervisor or config.hypervisor
+    return key_for(backend, spec, profile_digest(profile.confinement())), spec
+
+
+def warmup_for(profile: VmProfile) -> ExecRequest:
+    """A no-op under the profile's confinement, run in a pool's template before it is saved: restored VMs
+    then start with the profile's AppArmor policy loaded (about a second of apparmor_parser under TCG)."""
+    uid, gid = profile.uid_gid
+    return ExecRequest(argv=("/bin/true",), uid=uid, gid=gid, timeout=120, confine=profile.confinement())
+
+
+def _lease_note(lease: Lease) -> str:
+    vm = lease.vm
+    if lease.source == "warm":
+        how = (f"from the warm pool in {lease.wait_seconds * 1000:.1f} ms "
+               f"(made ready earlier in {lease.spawn_seconds:.2f}s)")
+    elif lease.source == "restored":
+        how = f"restored from its template snapshot in {lease.spawn_seconds:.2f}s"
+    else:
+        how = f"cold-booted in {lease.spawn_seconds:.1f}s" + (f" ({lease.note})" if lease.note else "")
+    return f"VM {vm.id} {how} ({vm.accelerator})"
 
 
 def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan) -> AttemptResult:

@@ -22,7 +22,7 @@ import psutil
 from lg.errors import EnvironmentUnfit, InvalidInput
 from lg.runs.audit import AuditLog, AuditRecord
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _GATES = """
 CREATE TABLE IF NOT EXISTS gates (
@@ -64,6 +64,7 @@ _MIGRATIONS = {  # from version N to N+1
     2: ("ALTER TABLE runs ADD COLUMN pid INTEGER", "ALTER TABLE runs ADD COLUMN pid_started REAL"),
     3: ("ALTER TABLE runs ADD COLUMN pipeline_sha256 TEXT", *_GATES.split(";")),
     4: ("ALTER TABLE steps ADD COLUMN security TEXT",),
+    5: ("ALTER TABLE steps ADD COLUMN vm TEXT",),
 }
 
 _SCHEMA = """
@@ -103,6 +104,7 @@ CREATE TABLE IF NOT EXISTS steps (
     grade TEXT,
     effects_grade TEXT,
     security TEXT,
+    vm TEXT,
     PRIMARY KEY (run_id, step_id)
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
@@ -178,13 +180,14 @@ class StepRecord:
     grade: dict[str, Any] | None = None
     effects_grade: dict[str, Any] | None = None
     security: dict[str, Any] | None = None  # what confined the step in its VM (lg.security.state)
+    vm: dict[str, Any] | None = None  # where its VM came from: warm pool, restored snapshot or cold boot
 
     @property
     def duration(self) -> float | None:
         return self.finished - self.started if self.started and self.finished else None
 
 
-JSON_COLUMNS = ("outputs", "changes", "grade", "effects_grade", "security")
+JSON_COLUMNS = ("outputs", "changes", "grade", "effects_grade", "security", "vm")
 
 
 def new_run_id() -> str:

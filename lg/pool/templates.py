@@ -1,0 +1,244 @@
+"""Template snapshots: a VM booted once to agent-ready and saved, so that new VMs are restored, not booted.
+
+A template lives in `<cache>/snapshots/<digest>/`, beside the images. Its digest covers everything the saved
+state depends on: the image digest, the machine shape, the accelerator asked for, and the hypervisor's
+fingerprint (binary, version, host kernel and CPU), so a changed image or QEMU gives a new digest and the
+old template is stale. It is written in a temporary directory and renamed into place only once complete, with
+a manifest of its files' sizes and SHA-256s: a half-written template (a full disk, a crash) is never seen, and
+a template whose files no longer match their manifest is refused (and removed), never restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from lg.errors import LgError
+from lg.vm.api import ExecRequest, Hypervisor, VmSpec
+
+FORMAT = 1  # bump when what a template holds changes
+MANIFEST = "template.json"
+TEMPLATE_HOSTNAME = "lg-template"
+HASH_CHUNK = 1 << 20
+
+
+class TemplateProblem(LgError):
+    """A template that cannot be used: missing, stale, corrupt, or it failed to save."""
+
+
+@dataclass(frozen=True)
+class Template:
+    path: Path
+    digest: str
+    accelerator: str
+    build_seconds: float
+    size_bytes: int
+
+
+class TemplateStore:
+    def __init__(self, root: Path, hypervisor: Hypervisor) -> None:
+        self.root = root
+        self.hypervisor = hypervisor
+        fingerprint = getattr(hypervisor, "fingerprint", None)
+        self.fingerprint = fingerprint() if callable(fingerprint) else type(hypervisor).__name__
+        self._verified: dict[Path, tuple[int, int, int]] = {}  # files already hashed, by (inode, size, mtime)
+        self._lock = threading.Lock()
+
+    def digest_for(self, spec: VmSpec, warmup: ExecRequest | None = None) -> str:
+        inputs = {"format": FORMAT, "backend": self.hypervisor.name, "fingerprint": self.fingerprint,
+                  "image": spec.image.digest, "vcpus": spec.vcpus, "memory_mib": spec.memory_mib,
+                  "accelerator": spec.accelerator, "warmup": _describe_warmup(warmup)}
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+    def get(self, spec: VmSpec, warmup: ExecRequest | None = None) -> Template:
+        """The verified template for `spec`; TemplateProblem says why there is none."""
+        digest = self.digest_for(spec, warmup)
+        path = self.root / digest
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise TemplateProblem("no template snapshot for this image, shape and hypervisor yet") from None
+        except (OSError, ValueError) as error:
+            self.discard(path)
+            raise TemplateProblem(f"template {digest[:12]} has an unreadable manifest ({error}); removed") from None
+        self._verify(path, manifest)
+        return Template(path, digest, str(manifest["accelerator"]), float(manifest["build_seconds"]),
+                        sum(int(entry["size"]) for entry in manifest["files"].values()))
+
+    def ensure(self, spec: VmSpec, warmup: ExecRequest | None = None) -> tuple[Template, bool]:
+        """The template for `spec`, built first if there is none (one builder at a time per template, across
+        processes). The flag says whether this call built it."""
+        with self._lock, self._build_lock(self.digest_for(spec, warmup)):
+            try:
+                return self.get(spec, warmup), False
+            except TemplateProblem:
+                return self.build(spec, warmup), True
+
+    def build(self, spec: VmSpec, warmup: ExecRequest | None = None) -> Template:
+        """Boot, run `warmup` (a confined no-op: the guest then has the profile's AppArmor policy loaded and
+        its seccomp library imported, which costs a second under TCG), save, publish."""
+        digest = self.digest_for(spec, warmup)
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".tmp-{digest[:12]}-{os.getpid()}-{secrets.token_hex(3)}"
+        started = time.monotonic()
+        template_spec = replace(spec, hostname=TEMPLATE_HOSTNAME, network=None)
+        try:
+            with self.hypervisor.boot(template_spec) as vm:
+                accelerator = vm.accelerator
+                if warmup is not None:
+                    warmed = vm.exec(warmup)
+                    if not warmed.ok:
+                        raise TemplateProblem(f"the template's warm-up command failed (exit {warmed.exit_code})")
+                vm.save_snapshot(staging / "state")
+            manifest = {"format": FORMAT, "digest": digest, "image_digest": spec.image.digest,
+                        "accelerator": accelerator, "fingerprint": self.fingerprint, "created": time.time(),
+                        "build_seconds": round(time.monotonic() - started, 3), "files": _describe(staging)}
+            _write_synced(staging / MANIFEST, json.dumps(manifest, indent=2))
+            _fsync_dir(staging)
+            self._publish(staging, self.root / digest)
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError):
+                raise TemplateProblem(f"cannot save the template snapshot: {error}") from error
+            raise
+        self._remove_stale(spec, digest)
+        return self.get(spec, warmup)
+
+    def discard(self, path: Path) -> None:
+        """Remove a template (corrupt, or failing to restore), atomically: renamed aside first, then deleted."""
+        if not path.exists():
+            return
+        doomed = path.with_name(f".doomed-{path.name[:12]}-{secrets.token_hex(3)}")
+        with contextlib.suppress(OSError):
+            path.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        self._verified = {p: v for p, v in self._verified.items() if path not in p.parents}
+
+    def reap(self) -> list[str]:
+        """Staging directories left by a crashed builder (their pid is gone)."""
+        reaped = []
+        for path in self.root.glob(".tmp-*") if self.root.is_dir() else ():
+            pid = path.name.split("-")[2]
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                reaped.append(path.name)
+        for path in self.root.glob(".doomed-*") if self.root.is_dir() else ():
+            shutil.rmtree(path, ignore_errors=True)
+        return reaped
+
+    def list(self) -> list[dict[str, Any]]:
+        found = []
+        for path in sorted(self.root.iterdir()) if self.root.is_dir() else ():
+            with contextlib.suppress(OSError, ValueError):
+                manifest = json.loads((path / MANIFEST).read_text())
+                found.append({"digest": path.name, "image_digest": manifest.get("image_digest"),
+                              "accelerator": manifest.get("accelerator"),
+                              "bytes": sum(int(e["size"]) for e in manifest.get("files", {}).values())})
+        return found
+
+    # --- internals ---
+
+    def _verify(self, path: Path, manifest: dict[str, Any]) -> None:
+        files = manifest.get("files")
+        if manifest.get("format") != FORMAT or not isinstance(files, dict) or not files:
+            self.discard(path)
+            raise TemplateProblem(f"template {path.name[:12]} is of another format; removed")
+        for relative, entry in files.items():
+            file = path / relative
+            try:
+                stat = file.stat()
+            except OSError:
+                self.discard(path)
+                raise TemplateProblem(f"template {path.name[:12]} lacks {relative}; removed") from None
+            seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if self._verified.get(file) == seen:
+                continue
+            if stat.st_size != entry["size"] or _sha256(file) != entry["sha256"]:
+                self.discard(path)
+                raise TemplateProblem(f"template {path.name[:12]}: {relative} does not match its manifest "
+                                      "(corrupt or changed); removed")
+            self._verified[file] = seen
+
+    @contextlib.contextmanager
+    def _build_lock(self, digest: str) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / f".lock-{digest[:16]}").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _publish(self, staging: Path, final: Path) -> None:
+        try:
+            staging.rename(final)
+        except OSError:
+            if not (final / MANIFEST).exists():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # another process published the same template first
+
+    def _remove_stale(self, spec: VmSpec, keep: str) -> None:
+        """Older templates of the same image and shape (built by another QEMU or host kernel)."""
+        for entry in self.list():
+            if entry["digest"] != keep and entry["image_digest"] == spec.image.digest:
+                with contextlib.suppress(OSError, ValueError):
+                    manifest = json.loads((self.root / entry["digest"] / MANIFEST).read_text())
+                    if manifest.get("fingerprint") != self.fingerprint:
+                        self.discard(self.root / entry["digest"])
+
+
+def _describe_warmup(warmup: ExecRequest | None) -> Any:
+    if warmup is None:
+        return None
+    return {"argv": warmup.argv, "script": warmup.script, "uid": warmup.uid, "gid": warmup.gid,
+            "confine": warmup.confine}
+
+
+def _describe(staging: Path) -> dict[str, dict[str, Any]]:
+    files = {}
+    for file in sorted(p for p in staging.rglob("*") if p.is_file()):
+        with file.open("rb") as handle:
+            os.fsync(handle.fileno())
+        files[str(file.relative_to(staging))] = {"size": file.stat().st_size, "sha256": _sha256(file)}
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with path.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
