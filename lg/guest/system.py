@@ -64,7 +64,13 @@ MACHINE_ID = "/etc/machine-id"
 
 
 def set_identity(body: dict[str, Any]) -> dict[str, Any]:
-    """A fresh hostname and machine id: every clone of one snapshot wakes up as the template otherwise."""
+    """A fresh hostname and machine id, and (when given) the host's clock and fresh entropy: every clone of one
+    snapshot wakes up as the template otherwise. One request, because a lease waits for it."""
+    answer: dict[str, Any] = {}
+    if "epoch_ns" in body:
+        answer.update(set_clock(body))
+    if "entropy" in body:
+        answer.update(reseed(body))
     hostname = get_str(body, "hostname")
     machine_id = get_str(body, "machine_id")
     if not 1 <= len(hostname) <= 63 or not all(c.isalnum() or c == "-" for c in hostname):
@@ -75,7 +81,7 @@ def set_identity(body: dict[str, Any]) -> dict[str, Any]:
     # A read-only root keeps its id; the hostname is what steps see.
     with contextlib.suppress(OSError), open(MACHINE_ID, "w") as handle:
         handle.write(machine_id + "\n")
-    return {"hostname": socket.gethostname(), "machine_id": _read_machine_id()}
+    return {**answer, "hostname": socket.gethostname(), "machine_id": _read_machine_id()}
 
 
 def _read_machine_id() -> str:

@@ -130,13 +130,13 @@ class WarmPool:
                     self._cond.notify_all()
                 raise
             source = ready.source
-        lease = Lease(ready.vm, key, source, time.monotonic() - asked, ready.spawn_seconds, ready.note,
-                      _release=self._release)
+        lease = Lease(ready.vm, key, source, 0.0, ready.spawn_seconds, ready.note, _release=self._release)
         try:
             lease.identity = _fresh_identity(ready.vm, spec.hostname)
         except BaseException:
             lease.release()
             raise
+        lease.wait_seconds = time.monotonic() - asked
         self.metrics.leased(source, lease.wait_seconds)
         return lease
 
@@ -219,6 +219,7 @@ class WarmPool:
         self._restore_failures[key] = 0
         seconds = time.monotonic() - started
         self.metrics.spawned("restore", seconds)
+        _warm_up(vm)
         return ReadyVm(vm, "restored", seconds)
 
     def _cold(self, hypervisor: Hypervisor, spec: VmSpec, why: str) -> ReadyVm:
@@ -315,11 +316,18 @@ def _pool_spec(spec: VmSpec) -> VmSpec:
     return replace(spec, hostname="lg-pooled")
 
 
+def _warm_up(vm: Vm) -> None:
+    """Run the lease's own request once ahead of the lease. Under TCG a restored VM translates the guest code
+    it runs afresh: the first identity request costs about 40 ms, the next ones about 10."""
+    with contextlib.suppress(VmError):
+        _fresh_identity(vm, "lg-pooled")
+
+
 def _fresh_identity(vm: Vm, hostname: str) -> dict[str, Any]:
     """A new hostname and machine id, and the clock and RNG resynced, for the step about to use the VM."""
-    vm.resync()
     identity = getattr(vm, "set_identity", None)
     if identity is None:
+        vm.resync()
         return {}
     cleaned = re.sub(r"[^A-Za-z0-9-]", "-", hostname).strip("-")[:63] or "lg-guest"
     answer: dict[str, Any] = identity(cleaned, secrets.token_hex(16))

@@ -36,6 +36,10 @@ HASH_CHUNK = 1 << 20
 class TemplateProblem(LgError):
     """A template that cannot be used: missing, stale, corrupt, or it failed to save."""
 
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing  # nothing there yet (as opposed to something there and unusable)
+
 
 @dataclass(frozen=True)
 class Template:
@@ -68,7 +72,8 @@ class TemplateStore:
         try:
             manifest = json.loads((path / MANIFEST).read_text())
         except FileNotFoundError:
-            raise TemplateProblem("no template snapshot for this image, shape and hypervisor yet") from None
+            raise TemplateProblem("no template snapshot for this image, shape and hypervisor yet",
+                                  missing=True) from None
         except (OSError, ValueError) as error:
             self.discard(path)
             raise TemplateProblem(f"template {digest[:12]} has an unreadable manifest ({error}); removed") from None
@@ -77,12 +82,15 @@ class TemplateStore:
                         sum(int(entry["size"]) for entry in manifest["files"].values()))
 
     def ensure(self, spec: VmSpec, warmup: ExecRequest | None = None) -> tuple[Template, bool]:
-        """The template for `spec`, built first if there is none (one builder at a time per template, across
-        processes). The flag says whether this call built it."""
+        """The template for `spec`, built first if there is none yet (one builder at a time per template,
+        across processes); the flag says whether this call built it. A template that is there but unusable
+        (corrupt) raises TemplateProblem after removing it: the caller cold-boots now, the next call rebuilds."""
         with self._lock, self._build_lock(self.digest_for(spec, warmup)):
             try:
                 return self.get(spec, warmup), False
-            except TemplateProblem:
+            except TemplateProblem as problem:
+                if not problem.missing:
+                    raise
                 return self.build(spec, warmup), True
 
     def build(self, spec: VmSpec, warmup: ExecRequest | None = None) -> Template:
@@ -137,9 +145,16 @@ class TemplateStore:
             shutil.rmtree(path, ignore_errors=True)
         return reaped
 
-    def list(self) -> list[dict[str, Any]]:
+    def published(self) -> list[dict[str, Any]]:
+        return self.list_at(self.root)
+
+    @staticmethod
+    def list_at(root: Path) -> list[dict[str, Any]]:
+        """The published templates under `root` (staging and doomed directories are not)."""
         found = []
-        for path in sorted(self.root.iterdir()) if self.root.is_dir() else ():
+        for path in sorted(root.iterdir()) if root.is_dir() else ():
+            if path.name.startswith("."):
+                continue
             with contextlib.suppress(OSError, ValueError):
                 manifest = json.loads((path / MANIFEST).read_text())
                 found.append({"digest": path.name, "image_digest": manifest.get("image_digest"),
@@ -187,7 +202,7 @@ class TemplateStore:
 
     def _remove_stale(self, spec: VmSpec, keep: str) -> None:
         """Older templates of the same image and shape (built by another QEMU or host kernel)."""
-        for entry in self.list():
+        for entry in self.published():
             if entry["digest"] != keep and entry["image_digest"] == spec.image.digest:
                 with contextlib.suppress(OSError, ValueError):
                     manifest = json.loads((self.root / entry["digest"] / MANIFEST).read_text())

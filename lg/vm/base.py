@@ -139,10 +139,19 @@ class AgentVm(abc.ABC):
             self.agent.call("set_clock", epoch_ns=time.time_ns())
             self.agent.call("reseed", entropy=os.urandom(64).hex())
 
+    def detach_agent(self) -> None:
+        """Close this process's agent connection, so that another process can open its own (the guest agent
+        reopens its port after each disconnect). The VM goes on running."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     def set_identity(self, hostname: str, machine_id: str) -> dict[str, Any]:
-        """A fresh hostname and machine id (a VM restored from a snapshot starts as its template)."""
+        """A fresh hostname and machine id, the host's clock and new entropy, in one round trip (a VM restored
+        from a snapshot starts as its template, with its clock and RNG state)."""
         with self._context():
-            return self.agent.call("identity", hostname=hostname, machine_id=machine_id)
+            return self.agent.call("identity", hostname=hostname, machine_id=machine_id, epoch_ns=time.time_ns(),
+                                   entropy=os.urandom(64).hex())
 
     def destroy(self) -> None:
         if self.destroyed:

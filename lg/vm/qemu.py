@@ -495,6 +495,13 @@ class QemuVm(AgentVm):
         """A fresh QMP session (close it when done); QmpError if qemu does not answer."""
         return QmpClient.connect(self.run_dir / QMP_SOCKET, timeout=timeout)
 
+    def handover(self) -> dict[str, Any]:
+        """Give the agent channel to another process (the pool daemon's client): where to connect, where the
+        console is, which process is the VMM. This process keeps the VMM and destroys it."""
+        self.detach_agent()
+        return {"run_dir": str(self.run_dir), "agent_socket": str(self.run_dir / AGENT_SOCKET),
+                "console_log": str(self.run_dir / CONSOLE_LOG), "pid": self.pid}
+
     def save_snapshot(self, path: Path) -> None:
         from lg.vm import qemu_snapshot  # noqa: PLC0415 - snapshots are the pool's business, loaded on use
 

@@ -64,11 +64,13 @@ def save(vm: QemuVm, path: Path) -> None:
 def _wait_for_migration(qmp: QmpClient, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = qmp.execute("query-migrate").get("status")
+        info = qmp.execute("query-migrate")
+        status = info.get("status")
         if status == "completed":
             return
         if status in ("failed", "cancelled"):
-            raise QmpError(f"migration {status}")
+            detail = info.get("error-desc")
+            raise QmpError(f"migration {status}" + (f": {detail}" if detail else ""))
         time.sleep(0.02)
     raise QmpError(f"migration did not complete within {timeout:.0f}s")
 
