@@ -25,6 +25,7 @@ class PoolSettings:
     max_idle: int = 2
     max_active: int = 8
     lease_timeout: float = 120.0
+    snapshots: bool = True  # False: no templates, no VMs made ahead; every lease cold-boots
 
 
 @dataclass(frozen=True)

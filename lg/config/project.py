@@ -41,10 +41,18 @@ def project_schema() -> dict[str, Any]:
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    "min_idle": {"type": "integer", "minimum": 0, "maximum": 64},
-                    "max_idle": {"type": "integer", "minimum": 0, "maximum": 64},
-                    "max_active": {"type": "integer", "minimum": 1, "maximum": 256},
-                    "lease_timeout": {"type": "number", "exclusiveMinimum": 0},
+                    "min_idle": {"type": "integer", "minimum": 0, "maximum": 64,
+                                 "description": "ready VMs kept per key even when no run announced steps"},
+                    "max_idle": {"type": "integer", "minimum": 0, "maximum": 64,
+                                 "description": "ready VMs kept per key at most"},
+                    "max_active": {"type": "integer", "minimum": 1, "maximum": 256,
+                                   "description": "VMs leased (or being made) at once; further leases queue"},
+                    "lease_timeout": {"type": "number", "exclusiveMinimum": 0,
+                                      "description": "seconds a queued lease waits before failing (exit 5)"},
+                    "snapshots": {"type": "boolean",
+                                  "description": "restore VMs from template snapshots and keep them ready "
+                                                 "(default true); false cold-boots every step's VM when it "
+                                                 "starts"},
                 },
             },
             "paths": {
@@ -129,6 +137,7 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
             max_idle=pool.get("max_idle", 2),
             max_active=pool.get("max_active", 8),
             lease_timeout=float(pool.get("lease_timeout", 120)),
+            snapshots=bool(pool.get("snapshots", True)),
         ),
         paths=ProjectPaths(
             vm_profiles=_search_dirs(root, paths.get("vm_profiles"), "profiles/vm"),

@@ -69,14 +69,16 @@ if TYPE_CHECKING:
 
 
 class Command:
-    __slots__ = ("argv", "confinement", "cwd", "env", "gid", "stdin", "timeout", "uid")
+    __slots__ = ("argv", "confinement", "cwd", "env", "gid", "mkdirs", "stdin", "timeout", "uid")
 
     def __init__(
         self, argv: list[str], env: dict[str, str], cwd: str | None, uid: int | None, gid: int | None,
         timeout: float | None, stdin: bool, confinement: confine.Confinement | None = None,
+        mkdirs: list[str] | None = None,
     ) -> None:
         self.argv, self.env, self.cwd, self.uid, self.gid = argv, env, cwd, uid, gid
         self.timeout, self.stdin, self.confinement = timeout, stdin, confinement
+        self.mkdirs = mkdirs or []  # created (owned by uid/gid) before the command starts
 
 
 def parse_command(body: dict[str, Any]) -> Command:
@@ -88,6 +90,9 @@ def parse_command(body: dict[str, Any]) -> Command:
     timeout = get_opt_number(body, "timeout")
     if timeout is not None and timeout <= 0:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "timeout must be positive")
+    mkdirs = get_str_list(body, "mkdirs") if "mkdirs" in body else []
+    if any(not path.startswith("/") or "\0" in path or ".." in path.split("/") for path in mkdirs):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "mkdirs must be absolute paths without '..'")
     return Command(
         argv=argv,
         env=env,
@@ -97,7 +102,23 @@ def parse_command(body: dict[str, Any]) -> Command:
         timeout=timeout,
         stdin=get_bool(body, "stdin", False),
         confinement=confine.parse(body),
+        mkdirs=mkdirs,
     )
+
+
+def make_dirs(paths: list[str], uid: int | None, gid: int | None) -> None:
+    """Create each path and its missing parents, owned by the command's user (as `mkdir -p` + `chown` would,
+    without spawning two processes: each costs tens of milliseconds under TCG)."""
+    for path in paths:
+        missing = []
+        current = path
+        while not os.path.isdir(current):
+            missing.append(current)
+            current = os.path.dirname(current)
+        for directory in reversed(missing):
+            os.mkdir(directory)
+            if uid is not None:
+                os.lchown(directory, uid, gid if gid is not None else uid)
 
 
 class Reaper:
@@ -172,6 +193,11 @@ def run(link: Link, request_id: int, command: Command, reaper: Reaper) -> None:
     started = time.monotonic()
     if command.confinement is not None and command.confinement.apparmor is not None:
         confine.load_apparmor(command.confinement.apparmor)
+    try:
+        make_dirs(command.mkdirs, command.uid, command.gid)
+    except OSError as problem:
+        _spawn_failed(link, request_id, command, problem, started)
+        return
     cgroup = confine.create_cgroup(f"cmd-{request_id}", command.confinement) if command.confinement else None
     try:
         try:

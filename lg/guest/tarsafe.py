@@ -57,6 +57,8 @@ class Extractor:
         os.makedirs(dest, exist_ok=True)
         self.root = os.open(dest, _DIR_FLAGS & ~os.O_NOFOLLOW)
         self.owner = owner
+        if owner:
+            os.fchown(self.root, *owner)  # the destination itself belongs to the owner too
         self.max_bytes = max_bytes
         self.stats = TreeStats()
         self._dir_modes: list[tuple[str, int]] = []

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from lg.errors import LgError
+from lg.pool.warmup import exercise
 from lg.vm.api import ExecRequest, Hypervisor, VmSpec
 
-FORMAT = 1  # bump when what a template holds changes
+FORMAT = 2  # bump when what a template holds changes
 MANIFEST = "template.json"
 TEMPLATE_HOSTNAME = "lg-template"
 HASH_CHUNK = 1 << 20
@@ -60,9 +61,12 @@ class TemplateStore:
         self._lock = threading.Lock()
 
     def digest_for(self, spec: VmSpec, warmup: ExecRequest | None = None) -> str:
+        signature = getattr(self.hypervisor, "boot_signature", None)
         inputs = {"format": FORMAT, "backend": self.hypervisor.name, "fingerprint": self.fingerprint,
                   "image": spec.image.digest, "vcpus": spec.vcpus, "memory_mib": spec.memory_mib,
-                  "accelerator": spec.accelerator, "warmup": _describe_warmup(warmup)}
+                  "accelerator": spec.accelerator, "warmup": _describe_warmup(warmup),
+                  "command_line": signature(replace(spec, hostname=TEMPLATE_HOSTNAME, network=None))
+                  if callable(signature) else None}
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
     def get(self, spec: VmSpec, warmup: ExecRequest | None = None) -> Template:
@@ -104,10 +108,8 @@ class TemplateStore:
         try:
             with self.hypervisor.boot(template_spec) as vm:
                 accelerator = vm.accelerator
-                if warmup is not None:
-                    warmed = vm.exec(warmup)
-                    if not warmed.ok:
-                        raise TemplateProblem(f"the template's warm-up command failed (exit {warmed.exit_code})")
+                if not exercise(vm, warmup):
+                    raise TemplateProblem("the template's warm-up command failed")
                 vm.save_snapshot(staging / "state")
             manifest = {"format": FORMAT, "digest": digest, "image_digest": spec.image.digest,
                         "accelerator": accelerator, "fingerprint": self.fingerprint, "created": time.time(),

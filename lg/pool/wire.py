@@ -70,7 +70,8 @@ def exec_to_json(request: ExecRequest | None) -> dict[str, Any] | None:
     if request is None:
         return None
     return {"argv": list(request.argv) if request.argv else None, "script": request.script, "uid": request.uid,
-            "gid": request.gid, "timeout": request.timeout, "confine": request.confine}
+            "gid": request.gid, "timeout": request.timeout, "confine": request.confine,
+            "mkdirs": list(request.mkdirs)}
 
 
 def exec_from_json(data: dict[str, Any] | None) -> ExecRequest | None:
@@ -78,7 +79,7 @@ def exec_from_json(data: dict[str, Any] | None) -> ExecRequest | None:
         return None
     return ExecRequest(argv=tuple(data["argv"]) if data.get("argv") else None, script=data.get("script"),
                        uid=data.get("uid"), gid=data.get("gid"), timeout=data.get("timeout"),
-                       confine=data.get("confine"))
+                       confine=data.get("confine"), mkdirs=tuple(data.get("mkdirs") or ()))
 
 
 class LineSocket:

@@ -129,7 +129,8 @@ def _lease_note(lease: Lease) -> str:
 def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan) -> AttemptResult:
     step = context.step
     exclude = exclude_function(context.workspace, load_ignore_rules(context.workspace))
-    vm.put_tree(context.workspace, GUEST_WORKSPACE, exclude)
+    uid, gid = context.profile.uid_gid
+    vm.put_tree(context.workspace, GUEST_WORKSPACE, exclude, owner=(uid, gid))
     workdir = str(PurePosixPath(GUEST_WORKSPACE) / step.workdir) if step.workdir else GUEST_WORKSPACE
     env = {
         **context.env,
@@ -139,17 +140,11 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan)
         "LG_WORKSPACE": GUEST_WORKSPACE,
         "CI": "true",
     }
-    uid, gid = context.profile.uid_gid
-    prepare = vm.exec(ExecRequest(argv=("/bin/mkdir", "-p", workdir, GUEST_OUTPUT_DIR), timeout=30))
-    owner = vm.exec(ExecRequest(argv=("/bin/chown", "-R", f"{uid}:{gid}", GUEST_WORKSPACE, GUEST_OUTPUT_DIR),
-                                timeout=120))
-    if prepare.exit_code != 0 or owner.exit_code != 0:
-        return AttemptResult("failed", prepare.exit_code or owner.exit_code,
-                             f"cannot prepare the workspace for user {context.profile.user}")
     env = {"HOME": GUEST_WORKSPACE if uid else "/root", "USER": context.profile.user, **env}
     result = vm.exec(
         ExecRequest(argv=("/bin/sh", "-e", "-c", context.script), env=env, cwd=workdir, timeout=context.timeout,
-                    uid=uid, gid=gid, confine=context.profile.confinement()),
+                    uid=uid, gid=gid, confine=context.profile.confinement(),
+                    mkdirs=(workdir, GUEST_OUTPUT_DIR)),  # the workspace was put owned by the step's user
         on_output=context.output,
     )
     base = AttemptResult("failed", result.exit_code, None, accelerator=vm.accelerator,

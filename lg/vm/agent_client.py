@@ -183,6 +183,8 @@ class AgentClient:
         }
         if exec_request.confine is not None:
             fields["confine"] = dict(exec_request.confine)
+        if exec_request.mkdirs:
+            fields["mkdirs"] = list(exec_request.mkdirs)
         if exec_request.script is not None:
             fields["script"] = exec_request.script
         else:
@@ -209,10 +211,12 @@ class AgentClient:
         self.send(encode_data(request_id, stream, b""))
 
     def put_tree(
-        self, host_dir: Path, guest_dir: str, exclude: Callable[[str], bool] | None, manifest: bool = True
+        self, host_dir: Path, guest_dir: str, exclude: Callable[[str], bool] | None, manifest: bool = True,
+        owner: tuple[int, int] | None = None,
     ) -> tarsafe.TreeStats:
         request_id = self.new_id()
-        self.send(request(request_id, "put", dest=guest_dir, manifest=manifest))
+        ownership = {"uid": owner[0], "gid": owner[1]} if owner is not None else {}
+        self.send(request(request_id, "put", dest=guest_dir, manifest=manifest, **ownership))
         outgoing = _Outgoing(self, request_id)
         try:
             with tarfile.open(  # type: ignore[call-overload]

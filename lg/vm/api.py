@@ -93,6 +93,7 @@ class ExecRequest:
     # Applied by the agent before the command runs (lg.guest.confine): keep_caps, no_new_privs, and cgroup
     # limits pids, memory_bytes, cpu_percent. None: run unconfined (lg's own housekeeping commands).
     confine: Mapping[str, Any] | None = None
+    mkdirs: tuple[str, ...] = ()  # absolute guest directories created (owned by uid/gid) before it starts
 
     def __post_init__(self) -> None:
         if (self.argv is None) == (self.script is None):
@@ -194,9 +195,11 @@ class Vm(Protocol):
     def exec(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecResult: ...
 
     def put_tree(
-        self, host_dir: Path, guest_dir: str, exclude: Callable[[str], bool] | None = None
+        self, host_dir: Path, guest_dir: str, exclude: Callable[[str], bool] | None = None,
+        owner: tuple[int, int] | None = None,
     ) -> TransferStats:
-        """Copy `host_dir`'s content into `guest_dir` and remember it as the baseline for `changes`."""
+        """Copy `host_dir`'s content into `guest_dir` (owned by `owner`, default root) and remember it as the
+        baseline for `changes`."""
         ...
 
     def get_paths(self, guest_dir: str, relative_paths: list[str], dest_dir: Path) -> TransferStats:

@@ -113,11 +113,12 @@ class AgentVm(abc.ABC):
             return self.agent.exec(request, on_output)
 
     def put_tree(
-        self, host_dir: Path, guest_dir: str, exclude: Callable[[str], bool] | None = None
+        self, host_dir: Path, guest_dir: str, exclude: Callable[[str], bool] | None = None,
+        owner: tuple[int, int] | None = None,
     ) -> TransferStats:
         started = time.monotonic()
         with self._context():
-            stats = self.agent.put_tree(host_dir, guest_dir, exclude)
+            stats = self.agent.put_tree(host_dir, guest_dir, exclude, owner=owner)
         return TransferStats(stats.bytes, stats.files, time.monotonic() - started)
 
     def get_paths(self, guest_dir: str, relative_paths: list[str], dest_dir: Path) -> TransferStats:

@@ -68,6 +68,11 @@ def kernel_cmdline(image: GuestImage, hostname: str, tsc_khz: int | None) -> str
     if tsc_khz:
         # microvm has no HPET or PM timer: without this the guest sometimes hangs calibrating the TSC.
         words += [f"tsc_early_khz={tsc_khz}", "tsc=reliable"]
+    if not any(word.startswith("init_on_free=") for word in words):
+        # Freed guest pages are zeroed: a snapshot then skips them (migration sends zero pages as a flag), which
+        # took a template from 161 to 122 MB and a restored VM's RSS from 219 to 185 MiB; and no data outlives
+        # the process that freed it, inside the guest.
+        words.append("init_on_free=1")
     words.append(f"lg.hostname={safe_hostname(hostname)}")
     return " ".join(words)
 
@@ -301,6 +306,13 @@ class QemuHypervisor:
         if verdict.usable:
             return [_Attempt("kvm", spec.boot_timeout, records_verdict=True, last=False), tcg]
         return [tcg]
+
+    def boot_signature(self, spec: VmSpec) -> str:
+        """The command line `boot(spec)` would run, for keys of saved state (a template snapshot restores only
+        under the command line it was saved with; a change of devices or kernel arguments must not reuse it)."""
+        accelerator: Accelerator = "kvm" if spec.accelerator == "kvm" else "tcg"
+        cmdline = kernel_cmdline(spec.image, spec.hostname, host.tsc_khz())
+        return " ".join(qemu_argv(self.binary, spec, accelerator, cmdline, spec.image.rootfs is not None))
 
     def restore(self, snapshot: Path, spec: VmSpec) -> QemuVm:
         """A new VM resumed from `snapshot` (see save_snapshot), its clock and RNG resynced with the host."""

@@ -31,7 +31,8 @@ IMAGE = ImageFiles("tiny", "sha256:x", Path("/k/vmlinux"), Path("/k/initrd"), No
 def test_kernel_cmdline_adds_tsc_panic_and_hostname() -> None:
     line = qemu.kernel_cmdline(IMAGE, "step build/1", 2600000)
     assert line.split() == [
-        "console=ttyS0", "quiet", "panic=-1", "tsc_early_khz=2600000", "tsc=reliable", "lg.hostname=step-build-1",
+        "console=ttyS0", "quiet", "panic=-1", "tsc_early_khz=2600000", "tsc=reliable", "init_on_free=1",
+        "lg.hostname=step-build-1",
     ]
     assert "tsc_early_khz" not in qemu.kernel_cmdline(IMAGE, "x", None)
 
