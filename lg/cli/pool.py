@@ -46,7 +46,7 @@ def serve(socket_path: Path | None, metrics_address: str | None) -> int:
         try:
             host, port = daemon.start_metrics(metrics_address)
         except OSError as error:
-            daemon.stop()
+            daemon.close()
             raise InvalidInput(f"--metrics {metrics_address}: cannot listen there: {error.strerror}") from None
         click.echo(f"lg pool: metrics on http://{host}:{port}/metrics")
     daemon.serve_forever()

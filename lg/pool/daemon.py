@@ -74,23 +74,26 @@ class PoolDaemon:
             os.umask(old_umask)
         server.daemon_threads = True
         self._server = server
+        # From here on a signal stops the daemon cleanly (socket removed, VMs destroyed), even before
+        # serve_forever starts: socketserver's shutdown then makes serve_forever return at once.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
 
     def serve_forever(self) -> None:
         if self._server is None:
             self.bind()
         assert self._server is not None  # noqa: S101 - bind() sets it
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
         try:
             self._server.serve_forever(poll_interval=0.2)
         finally:
-            self._shutdown()
+            self.close()
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
 
-    def _shutdown(self) -> None:
+    def close(self) -> None:
+        """Destroy every VM this daemon made and remove its socket."""
         with self._lock:
             leased = list(self.leases.values())
             self.leases.clear()

@@ -28,10 +28,12 @@ from lg.errors import LgError
 from lg.pool.warmup import exercise
 from lg.vm.api import ExecRequest, Hypervisor, VmSpec
 
-FORMAT = 2  # bump when what a template holds changes
+FORMAT = 3  # bump when what a template holds changes
+RAM_FILE = "ram"  # the template's guest RAM: clones map it copy-on-write instead of loading it
 MANIFEST = "template.json"
 TEMPLATE_HOSTNAME = "lg-template"
 HASH_CHUNK = 1 << 20
+SPACE_MARGIN_MIB = 64  # beyond the guest's memory: device state, a disk overlay copy
 
 
 class TemplateProblem(LgError):
@@ -104,13 +106,18 @@ class TemplateStore:
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".tmp-{digest[:12]}-{os.getpid()}-{secrets.token_hex(3)}"
         started = time.monotonic()
-        template_spec = replace(spec, hostname=TEMPLATE_HOSTNAME, network=None)
+        state = staging / "state"
+        template_spec = replace(spec, hostname=TEMPLATE_HOSTNAME, network=None, ram_file=state / RAM_FILE)
+        self._check_space(spec)
         try:
+            state.mkdir(parents=True)
             with self.hypervisor.boot(template_spec) as vm:
                 accelerator = vm.accelerator
                 if not exercise(vm, warmup):
                     raise TemplateProblem("the template's warm-up command failed")
-                vm.save_snapshot(staging / "state")
+                vm.save_snapshot(state)
+            _punch_zero_pages(state / RAM_FILE)
+            (state / RAM_FILE).chmod(0o444)  # clones map it privately; nothing may write it after this
             manifest = {"format": FORMAT, "digest": digest, "image_digest": spec.image.digest,
                         "accelerator": accelerator, "fingerprint": self.fingerprint, "created": time.time(),
                         "build_seconds": round(time.monotonic() - started, 3), "files": _describe(staging)}
@@ -124,6 +131,15 @@ class TemplateStore:
             raise
         self._remove_stale(spec, digest)
         return self.get(spec, warmup)
+
+    def _check_space(self, spec: VmSpec) -> None:
+        """The template's RAM lives in a file while it is built: a disk that fills up then kills the template VM
+        (SIGBUS). Refuse up front when the guest's whole memory would not fit."""
+        needed = (spec.memory_mib + SPACE_MARGIN_MIB) << 20
+        free = shutil.disk_usage(self.root).free
+        if free < needed:
+            raise TemplateProblem(f"not enough free disk space for a template in {self.root}: "
+                                  f"{needed >> 20} MiB needed, {free >> 20} MiB free")
 
     def discard(self, path: Path) -> None:
         """Remove a template (corrupt, or failing to restore), atomically: renamed aside first, then deleted."""
@@ -181,7 +197,7 @@ class TemplateStore:
             seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
             if self._verified.get(file) == seen:
                 continue
-            if stat.st_size != entry["size"] or _sha256(file) != entry["sha256"]:
+            if stat.st_size != entry["size"] or file_digest(file) != entry["sha256"]:
                 self.discard(path)
                 raise TemplateProblem(f"template {path.name[:12]}: {relative} does not match its manifest "
                                       "(corrupt or changed); removed")
@@ -224,16 +240,88 @@ def _describe(staging: Path) -> dict[str, dict[str, Any]]:
     for file in sorted(p for p in staging.rglob("*") if p.is_file()):
         with file.open("rb") as handle:
             os.fsync(handle.fileno())
-        files[str(file.relative_to(staging))] = {"size": file.stat().st_size, "sha256": _sha256(file)}
+        files[str(file.relative_to(staging))] = {"size": file.stat().st_size, "sha256": file_digest(file)}
     return files
 
 
-def _sha256(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 over a file's data regions and their offsets: a sparse RAM file of 512 MiB with 100 MiB in it
+    is read for its 100 MiB (holes read as zeros, so the digest still changes with any byte)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for start, end in _data_regions(fd):
+            digest.update(f"{start}:{end};".encode())
+            os.lseek(fd, start, os.SEEK_SET)
+            remaining = end - start
+            while remaining > 0:
+                chunk = os.read(fd, min(HASH_CHUNK, remaining))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                remaining -= len(chunk)
+        digest.update(f"size:{os.fstat(fd).st_size}".encode())
+    finally:
+        os.close(fd)
     return digest.hexdigest()
+
+
+def _data_regions(fd: int) -> list[tuple[int, int]]:
+    size = os.fstat(fd).st_size
+    regions, offset = [], 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left
+            break
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        regions.append((start, end))
+        offset = end
+    return regions
+
+
+def _punch_zero_pages(path: Path) -> None:
+    """Turn the RAM file's all-zero pages into holes (the guest zeroes what it frees, init_on_free): less disk,
+    less to hash, and pages a clone reads there come from the shared zero page."""
+    if not path.exists():
+        return
+    import ctypes  # noqa: PLC0415
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for start, length in _zero_runs(fd):
+            libc.fallocate(fd, _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE, ctypes.c_long(start),
+                           ctypes.c_long(length))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_PAGE = 4096
+_ZERO_PAGE = bytes(_PAGE)
+
+
+def _zero_runs(fd: int) -> list[tuple[int, int]]:
+    """(offset, length) of each run of all-zero pages in the file's data regions."""
+    runs: list[tuple[int, int]] = []
+    for start, end in _data_regions(fd):
+        os.lseek(fd, start, os.SEEK_SET)
+        offset = start
+        while offset < end:
+            block = os.read(fd, min(HASH_CHUNK, end - offset))
+            if not block:
+                break
+            for index in range(0, len(block) - _PAGE + 1, _PAGE):
+                if block[index:index + _PAGE] == _ZERO_PAGE:
+                    page = offset + index
+                    if runs and runs[-1][0] + runs[-1][1] == page:
+                        runs[-1] = (runs[-1][0], runs[-1][1] + _PAGE)
+                    else:
+                        runs.append((page, _PAGE))
+            offset += len(block)
+    return runs
 
 
 def _write_synced(path: Path, text: str) -> None:

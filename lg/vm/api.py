@@ -76,6 +76,9 @@ class VmSpec:
     hostname: str = "lg-guest"
     boot_timeout: float = 120.0  # seconds from VMM start to the agent's first answer
     network: NetworkSpec | None = None  # None: no network device at all
+    # Back guest RAM with this file, shared with it (a template: its snapshot then leaves RAM in the file,
+    # and clones map the file copy-on-write instead of loading it). None: anonymous memory.
+    ram_file: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ QMP_SOCKET = "qmp.sock"
 CONSOLE_LOG = "console.log"
 QEMU_LOG = "qemu.log"
 OVERLAY = "overlay.qcow2"
+RAM_BACKEND = "lg-ram"
 CHANNEL_LOST_GRACE = 3.0  # seconds qemu gets to exit after the agent channel closed
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -85,9 +86,10 @@ def safe_hostname(name: str) -> str:
 def qemu_argv(binary: str, spec: VmSpec, accelerator: Accelerator, cmdline: str, overlay: bool) -> list[str]:
     """The qemu command line; paths are relative to the VM's run directory (qemu runs there)."""
     image = spec.image
+    machine = "microvm,x-option-roms=off,isa-serial=on,rtc=off"
     argv = [
         binary,
-        "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off",
+        "-M", machine + (f",memory-backend={RAM_BACKEND}" if spec.ram_file is not None else ""),
         "-accel", accelerator,
         "-m", str(spec.memory_mib),
         "-smp", str(spec.vcpus),
@@ -103,12 +105,23 @@ def qemu_argv(binary: str, spec: VmSpec, accelerator: Accelerator, cmdline: str,
         "-serial", "chardev:console",
         "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",
     ]
+    if spec.ram_file is not None:
+        argv += ["-object", ram_backend(spec.memory_mib, spec.ram_file, shared=True)]
     if image.rootfs is not None:
         drive = f"id=root,file={OVERLAY},format=qcow2,if=none" if overlay else (
             f"id=root,file={image.rootfs},format=raw,if=none,snapshot=on"
         )
         argv += ["-drive", drive, "-device", "virtio-blk-device,drive=root"]
     return argv
+
+
+def ram_backend(memory_mib: int, path: Path, shared: bool) -> str:
+    """Guest RAM in a file: shared (a template writes its RAM there) or private (a clone maps the template's
+    file copy-on-write: its writes never reach the file)."""
+    if "," in str(path):
+        raise BootFailed(f"a RAM file path may not contain a comma (QEMU option syntax): {path}")
+    return (f"memory-backend-file,id={RAM_BACKEND},size={memory_mib}M,mem-path={path},"
+            f"share={'on' if shared else 'off'}")
 
 
 def create_overlay(run_dir: Path, base: Path) -> bool:

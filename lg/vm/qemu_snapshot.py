@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lg.vm.api import BootFailed, VmError, VmSpec
-from lg.vm.qemu import OVERLAY, QemuVm
+from lg.vm.qemu import OVERLAY, RAM_BACKEND, QemuVm, ram_backend
 from lg.vm.qmp import QmpClient, QmpError
 from lg.vm.rundir import create_run_dir
 
@@ -34,7 +34,8 @@ RESUME_TIMEOUT = 60.0
 
 
 def save(vm: QemuVm, path: Path) -> None:
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)  # a template's RAM file may already live there
+    ram_file = _ram_file(vm.argv)
     try:
         qmp = vm.qmp()
     except QmpError as error:
@@ -42,6 +43,10 @@ def save(vm: QemuVm, path: Path) -> None:
     try:
         qmp.execute("stop")
         qmp.execute("migrate-set-parameters", {"max-bandwidth": MIGRATION_BANDWIDTH})
+        if ram_file is not None:
+            # RAM stays in its shared file: the stream holds the devices' state only.
+            qmp.execute("migrate-set-capabilities",
+                        {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
         with (path / MEMORY).open("wb") as memory:
             qmp.execute("getfd", {"fdname": "lg-snapshot"}, fds=[memory.fileno()])
         qmp.execute("migrate", {"uri": "fd:lg-snapshot"})
@@ -57,6 +62,8 @@ def save(vm: QemuVm, path: Path) -> None:
     meta = {
         "backend": "qemu", "argv": vm.argv, "accelerator": vm.accelerator, "image_digest": vm.image_digest,
         "disk": has_disk, "saved_at": time.time(),
+        # The RAM file, relative to the snapshot directory (which may be renamed after saving).
+        "ram_file": _relative_ram_file(ram_file, path),
     }
     (path / META).write_text(json.dumps(meta, indent=2))
 
@@ -99,9 +106,14 @@ def restore(snapshot: Path, spec: VmSpec, run_parent: Path) -> QemuVm:
     try:
         if meta.get("disk"):
             _overlay_on(snapshot / DISK, vm.run_dir / OVERLAY)
+        argv, ram_file = _restore_argv(meta, snapshot)
         memory = os.open(snapshot / MEMORY, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            vm.start([*meta["argv"], "-incoming", f"fd:{memory}"], pass_fds=(memory,))
+            if ram_file is None:
+                vm.start([*argv, "-incoming", f"fd:{memory}"], pass_fds=(memory,))
+            else:
+                vm.start([*argv, "-incoming", "defer"], pass_fds=(memory,))
+                _incoming_ignoring_shared_ram(vm, memory, RESUME_TIMEOUT)
         finally:
             os.close(memory)
         _resume(vm, RESUME_TIMEOUT)
@@ -111,6 +123,62 @@ def restore(snapshot: Path, spec: VmSpec, run_parent: Path) -> QemuVm:
         vm.destroy()
         raise
     return vm
+
+
+def _ram_file(argv: list[str]) -> Path | None:
+    for option in argv:
+        if option.startswith(f"memory-backend-file,id={RAM_BACKEND},"):
+            fields = dict(part.split("=", 1) for part in option.split(",")[1:] if "=" in part)
+            return Path(fields["mem-path"])
+    return None
+
+
+def _relative_ram_file(ram_file: Path | None, snapshot: Path) -> str | None:
+    if ram_file is None:
+        return None
+    if ram_file.parent.resolve() != snapshot.resolve():
+        raise VmError(f"a template's RAM file must live in its snapshot directory {snapshot}, not {ram_file}")
+    return ram_file.name
+
+
+def _restore_argv(meta: dict[str, Any], snapshot: Path) -> tuple[list[str], Path | None]:
+    """The saved command line, with a file-backed RAM mapped privately from where the snapshot is now."""
+    argv = [str(word) for word in meta["argv"]]
+    name = meta.get("ram_file")
+    if name is None:
+        return argv, None
+    ram_file = snapshot / str(name)
+    if not ram_file.is_file():
+        raise BootFailed(f"snapshot {snapshot} lacks its RAM file {name}")
+    memory_mib = int(argv[argv.index("-m") + 1])
+    rewritten = [ram_backend(memory_mib, ram_file, shared=False) if word.startswith(
+        f"memory-backend-file,id={RAM_BACKEND},") else word for word in argv]
+    return rewritten, ram_file
+
+
+def _incoming_ignoring_shared_ram(vm: QemuVm, memory_fd: int, timeout: float) -> None:
+    """Start the deferred incoming migration with x-ignore-shared: the RAM is the template's file, mapped
+    copy-on-write, so only the devices' state is read (QEMU allows a private destination since 4.1)."""
+    qmp = _connect_qmp(vm, time.monotonic() + timeout)
+    try:
+        qmp.execute("migrate-set-capabilities",
+                    {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+        qmp.execute("migrate-incoming", {"uri": f"fd:{memory_fd}"})
+    except QmpError as error:
+        raise BootFailed(f"VM {vm.id}: cannot start restoring the snapshot: {error}") from error
+    finally:
+        qmp.close()
+
+
+def _connect_qmp(vm: QemuVm, deadline: float) -> QmpClient:
+    while True:
+        vm.check_alive()
+        try:
+            return vm.qmp(timeout=2.0)
+        except QmpError:
+            if time.monotonic() > deadline:
+                raise BootFailed(f"VM {vm.id}: qemu's QMP socket never answered") from None
+            time.sleep(0.01)
 
 
 def _overlay_on(backing: Path, overlay: Path) -> None:
@@ -125,15 +193,7 @@ def _overlay_on(backing: Path, overlay: Path) -> None:
 def _resume(vm: QemuVm, timeout: float) -> None:
     """Wait for the incoming migration to finish (state `paused`), then continue the guest."""
     deadline = time.monotonic() + timeout
-    qmp = None
-    while qmp is None:
-        vm.check_alive()
-        try:
-            qmp = vm.qmp(timeout=2.0)
-        except QmpError:
-            if time.monotonic() > deadline:
-                raise BootFailed(f"VM {vm.id}: qemu's QMP socket never answered") from None
-            time.sleep(0.01)
+    qmp = _connect_qmp(vm, deadline)
     try:
         while qmp.execute("query-status").get("status") != "paused":
             vm.check_alive()

@@ -18,7 +18,7 @@ import pytest
 from lg.model import PoolSettings
 from lg.pool.key import key_for, profile_digest
 from lg.pool.pool import PoolExhausted, WarmPool
-from lg.pool.templates import MANIFEST, TemplateStore
+from lg.pool.templates import MANIFEST, TemplateStore, file_digest
 from lg.vm.api import ExecRequest, VmSpec
 from lg.vm.qemu import QemuHypervisor
 from tests.vm.conftest import STATE_DIR, ImageFiles, accelerator
@@ -93,9 +93,10 @@ def test_leases_are_fresh_distinct_vms_never_served_twice(template_root: Path, p
 def test_a_corrupt_template_falls_back_to_a_cold_boot_and_is_rebuilt(template_root: Path, pool_spec: VmSpec) -> None:
     store = TemplateStore(template_root, QemuHypervisor(state_dir=STATE_DIR))
     template, _ = store.ensure(pool_spec)
-    memory = template.path / "state" / "memory.state"
-    with memory.open("r+b") as handle:  # flip bytes in the middle of the saved RAM
-        handle.seek(memory.stat().st_size // 2)
+    ram = template.path / "state" / "ram"
+    ram.chmod(0o644)
+    with ram.open("r+b") as handle:  # flip bytes in the saved guest RAM
+        handle.seek(os.lseek(handle.fileno(), 0, os.SEEK_DATA) + 8192)
         handle.write(b"\xff" * 4096)
     key = key_for("qemu", pool_spec, profile_digest({}))
     with make_pool(template_root, max_idle=0, max_active=2) as pool:
@@ -116,8 +117,7 @@ def test_a_template_that_fails_to_restore_is_removed_and_the_lease_boots_cold(te
     memory = template.path / "state" / "memory.state"
     memory.write_bytes(memory.read_bytes()[: memory.stat().st_size // 3])  # truncated, manifest updated to match
     manifest = json.loads((template.path / MANIFEST).read_text())
-    manifest["files"]["state/memory.state"] = {"size": memory.stat().st_size,
-                                               "sha256": __import__("hashlib").sha256(memory.read_bytes()).hexdigest()}
+    manifest["files"]["state/memory.state"] = {"size": memory.stat().st_size, "sha256": file_digest(memory)}
     (template.path / MANIFEST).write_text(json.dumps(manifest))
     key = key_for("qemu", pool_spec, profile_digest({}))
     with make_pool(template_root, max_idle=0, max_active=2) as pool:
@@ -139,7 +139,7 @@ def test_a_full_disk_while_saving_leaves_no_template_and_the_lease_boots_cold(tm
         key = key_for("qemu", pool_spec, profile_digest({}))
         with make_pool(full, max_idle=0, max_active=1) as pool:
             lease = pool.lease(key, pool_spec, timeout=60)
-            assert lease.source == "cold" and "No space left" in (lease.note or "")
+            assert lease.source == "cold" and "not enough free disk space" in (lease.note or "")
             lease.release()
         assert [p.name for p in full.iterdir() if not p.name.startswith(".lock")] == []  # nothing half-written
     finally:
