@@ -18,21 +18,23 @@ class PoolKey:
     memory_mib: int
     accelerator: str  # as asked (auto, kvm, tcg): the template records which one ran
     profile_digest: str  # the security profile the VM is for (its confinement, as the guest applies it)
+    network_digest: str = "none"  # the VM's egress allow-list, as resolved ("none": no network device)
 
     @property
     def label(self) -> str:
+        network = "" if self.network_digest == "none" else f"/net-{self.network_digest[:8]}"
         return (f"{self.backend}/{self.image_digest[:12]}/{self.vcpus}cpu-{self.memory_mib}m/"
-                f"{self.accelerator}/{self.profile_digest[:12]}")
+                f"{self.accelerator}/{self.profile_digest[:12]}{network}")
 
     def to_json(self) -> dict[str, Any]:
         return {"backend": self.backend, "image_digest": self.image_digest, "vcpus": self.vcpus,
                 "memory_mib": self.memory_mib, "accelerator": self.accelerator,
-                "profile_digest": self.profile_digest}
+                "profile_digest": self.profile_digest, "network_digest": self.network_digest}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PoolKey:
         return cls(str(data["backend"]), str(data["image_digest"]), int(data["vcpus"]), int(data["memory_mib"]),
-                   str(data["accelerator"]), str(data["profile_digest"]))
+                   str(data["accelerator"]), str(data["profile_digest"]), str(data.get("network_digest", "none")))
 
 
 def profile_digest(confinement: dict[str, Any]) -> str:
@@ -41,4 +43,6 @@ def profile_digest(confinement: dict[str, Any]) -> str:
 
 
 def key_for(backend: str, spec: VmSpec, confinement_digest: str) -> PoolKey:
-    return PoolKey(backend, spec.image.digest, spec.vcpus, spec.memory_mib, spec.accelerator, confinement_digest)
+    network = "none" if spec.network is None else hashlib.sha256(repr(spec.network).encode()).hexdigest()
+    return PoolKey(backend, spec.image.digest, spec.vcpus, spec.memory_mib, spec.accelerator, confinement_digest,
+                   network)

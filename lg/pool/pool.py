@@ -34,7 +34,13 @@ from lg.pool.warmup import exercise
 from lg.vm.api import ExecRequest, Hypervisor, Vm, VmError, VmSpec
 
 RESTORE_FAILURES_BEFORE_COLD = 2
-REFILL_NICE = 10  # consecutive failed restores after which a key cold-boots for good
+REFILL_NICE = 10
+
+
+def refill_workers() -> int:
+    """VMs made at once in the background: making one is CPU-bound (a restore, then a warm-up that under TCG
+    is mostly code translation), so one per core, at most two, leaves the running step its nice-0 share."""
+    return max(1, min(2, os.cpu_count() or 1))  # consecutive failed restores after which a key cold-boots for good
 
 
 class PoolExhausted(LgError):
@@ -104,8 +110,10 @@ class WarmPool:
         self._queued = 0
         self._destroying: list[threading.Thread] = []
         self._closed = False
-        self._worker = threading.Thread(target=self._refill_loop, name="lg-pool-refill", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._refill_loop, name=f"lg-pool-refill-{n}", daemon=True)
+                         for n in range(refill_workers())]
+        for worker in self._workers:
+            worker.start()
 
     # --- leasing ---
 
@@ -126,7 +134,7 @@ class WarmPool:
         source = "warm" if ready is not None else ""
         if ready is None:
             try:
-                ready = self._spawn(key, self._specs[key])
+                ready = self._spawn(key, _pool_spec(spec))  # this lease's own spec: never another key's
             except BaseException:
                 with self._cond:
                     self._active -= 1
@@ -152,22 +160,34 @@ class WarmPool:
             self._warmups.setdefault(key, warmup)
             self._queued += 1
             try:
-                while self._active >= self.settings.max_active:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._closed:
-                        self.metrics.failed("lease_timeout")
-                        raise PoolExhausted(f"no VM free within the lease deadline: all {self.settings.max_active} "
-                                            "allowed VMs stayed leased (pool.max_active in lg.yaml)")
-                    self._cond.wait(remaining)
+                ready = self._wait_for_slot(key, deadline)
             finally:
                 self._queued -= 1
             self._active += 1
             if self._expected[key] > 0:
                 self._expected[key] -= 1
-            idle = self._idle.get(key)
-            ready = idle.popleft() if idle else None
             self._cond.notify_all()  # the refill worker: one fewer idle VM, or one fewer expected
             return ready
+
+    def _wait_for_slot(self, key: PoolKey, deadline: float) -> ReadyVm | None:
+        """Wait (lock held) until an idle VM of `key` can be taken, or one may be made here. A VM of the key
+        that the refill is making already is waited for rather than made twice."""
+        while True:
+            if self._closed:
+                raise PoolExhausted("the pool is shutting down")
+            room = self._active < self.settings.max_active
+            idle = self._idle.get(key)
+            if room and idle:
+                return idle.popleft()
+            if room and not self._starting[key]:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.metrics.failed("lease_timeout")
+                raise PoolExhausted(f"no VM free within the lease deadline: {self._active} of "
+                                    f"{self.settings.max_active} allowed VMs leased, {self._starting[key]} "
+                                    "being made (pool.max_active and lease_timeout in lg.yaml)")
+            self._cond.wait(remaining)
 
     def _release(self, lease: Lease) -> None:
         def destroy() -> None:
@@ -304,7 +324,8 @@ class WarmPool:
             idle = [ready for queue in self._idle.values() for ready in queue]
             self._idle.clear()
             self._cond.notify_all()
-        self._worker.join(timeout=120)
+        for worker in self._workers:
+            worker.join(timeout=120)
         for ready in idle:
             with contextlib.suppress(Exception):
                 ready.vm.destroy()

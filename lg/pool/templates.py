@@ -50,7 +50,7 @@ class Template:
     digest: str
     accelerator: str
     build_seconds: float
-    size_bytes: int
+    size_bytes: int  # on disk (its RAM file is sparse)
 
 
 class TemplateStore:
@@ -84,8 +84,8 @@ class TemplateStore:
             self.discard(path)
             raise TemplateProblem(f"template {digest[:12]} has an unreadable manifest ({error}); removed") from None
         self._verify(path, manifest)
-        return Template(path, digest, str(manifest["accelerator"]), float(manifest["build_seconds"]),
-                        sum(int(entry["size"]) for entry in manifest["files"].values()))
+        on_disk = sum((path / name).stat().st_blocks * 512 for name in manifest["files"])  # the RAM file is sparse
+        return Template(path, digest, str(manifest["accelerator"]), float(manifest["build_seconds"]), on_disk)
 
     def ensure(self, spec: VmSpec, warmup: ExecRequest | None = None) -> tuple[Template, bool]:
         """The template for `spec`, built first if there is none yet (one builder at a time per template,
@@ -177,7 +177,7 @@ class TemplateStore:
                 manifest = json.loads((path / MANIFEST).read_text())
                 found.append({"digest": path.name, "image_digest": manifest.get("image_digest"),
                               "accelerator": manifest.get("accelerator"),
-                              "bytes": sum(int(e["size"]) for e in manifest.get("files", {}).values())})
+                              "bytes": sum((path / name).stat().st_blocks * 512 for name in manifest["files"])})
         return found
 
     # --- internals ---

@@ -45,10 +45,12 @@ class InertHypervisor:
 
     def __init__(self) -> None:
         self.booted: list[InertVm] = []
+        self.specs: list[VmSpec] = []
 
     def boot(self, spec: VmSpec) -> InertVm:
         vm = InertVm()
         self.booted.append(vm)
+        self.specs.append(spec)
         return vm
 
 
@@ -105,6 +107,22 @@ def test_a_lease_queues_at_max_active_until_a_release_or_its_deadline(spec: VmSp
         assert got and got[0].vm.id != first.vm.id
         got[0].release()
         assert pool.status()["metrics"]["failures"] == {"lease_timeout": 1}
+
+
+def test_a_network_allow_list_is_part_of_the_key_and_a_lease_boots_its_own_spec(spec: VmSpec) -> None:
+    from dataclasses import replace
+
+    from lg.vm.api import EgressRule, NetworkSpec
+
+    hypervisor = InertHypervisor()
+    networked = replace(spec, network=NetworkSpec((EgressRule("192.0.2.7/32", "tcp", (443,)),)))
+    digest = profile_digest({"pids": 5})  # the same confinement: only the network differs
+    plain_key, net_key = key_for("inert", spec, digest), key_for("inert", networked, digest)
+    assert plain_key != net_key
+    with pool_of(hypervisor, max_idle=0, max_active=4) as pool:
+        pool.lease(net_key, networked).release()
+        pool.lease(plain_key, spec).release()
+    assert [booted.network is not None for booted in hypervisor.specs] == [True, False]
 
 
 def test_close_destroys_idle_vms(spec: VmSpec) -> None:
