@@ -80,18 +80,22 @@ def rm(name_or_digest: str, as_json: bool) -> int:
 @image.command()
 @json_option
 def prune(as_json: bool) -> int:
-    """Remove images that no longer match their recipe (and older builds), keeping the current one of each."""
+    """Remove images that no longer match their recipe (and older builds), keeping the current one of each,
+    and the pool's template snapshots of images that are gone or of an older template format."""
     from lg.config.project import load_project_config  # noqa: PLC0415
     from lg.images.store import ImageStore  # noqa: PLC0415
+    from lg.pool.templates import prune_templates  # noqa: PLC0415
 
     config = load_project_config()
     store = ImageStore(config.cache_dir)
     removed = store.prune({name: key for name in {i.name for i in store.list()}
                            if (key := _current_key(config, name)) is not None})
+    templates = prune_templates(config.cache_dir / "snapshots", {i.digest for i in store.list()})
     if as_json:
-        emit_json([_view(img) for img in removed])
+        emit_json({"images": [_view(img) for img in removed], "templates": templates})
     else:
-        click.echo(f"removed {len(removed)} image(s), {sum(i.size_bytes for i in removed) / 1e6:.0f} MB")
+        click.echo(f"removed {len(removed)} image(s), {sum(i.size_bytes for i in removed) / 1e6:.0f} MB; "
+                   f"{len(templates)} template snapshot(s), {sum(t['bytes'] for t in templates) / 1e6:.0f} MB")
     return ExitCode.OK
 
 

@@ -54,6 +54,7 @@ class DaemonClient:
         self._link = LineSocket(sock)
         self._lock = threading.Lock()
         self._local: WarmPool | None = None  # for VMs the daemon does not make (network allow-lists)
+        self._announced: dict[PoolKey, tuple[VmSpec, int]] = {}  # expected and not leased yet, withdrawn at close
 
     def call(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         with self._lock:
@@ -77,12 +78,16 @@ class DaemonClient:
         if spec.network is None:
             self.call({"op": "expect", "key": key.to_json(), "spec": spec_to_json(spec), "count": count,
                        "warmup": exec_to_json(warmup)}, 10.0)
+            self._announced[key] = (spec, self._announced.get(key, (spec, 0))[1] + count)
 
     def lease(self, key: PoolKey, spec: VmSpec, timeout: float | None = None,
               warmup: ExecRequest | None = None) -> Lease:
         if spec.network is not None:
             return self._local_pool().lease(key, spec, timeout, warmup)
         asked = time.monotonic()
+        if key in self._announced:
+            announced_spec, count = self._announced[key]
+            self._announced[key] = (announced_spec, max(0, count - 1))
         deadline = timeout if timeout is not None else self.config.pool.lease_timeout
         answer = self.call({"op": "lease", "key": key.to_json(), "spec": spec_to_json(spec),
                             "warmup": exec_to_json(warmup), "timeout": deadline},
@@ -108,7 +113,14 @@ class DaemonClient:
         return self._local
 
     def close(self) -> None:
-        """Closing the connection makes the daemon destroy any VM still leased on it."""
+        """Withdraw what this run announced and did not lease (a run that stopped at a gate), so the daemon
+        does not keep VMs ready for it; closing the connection makes the daemon destroy any VM still leased."""
+        for key, (spec, count) in self._announced.items():
+            if count:
+                with contextlib.suppress(PoolDaemonError):
+                    self.call({"op": "expect", "key": key.to_json(), "spec": spec_to_json(spec), "count": -count,
+                               "warmup": None}, 10.0)
+        self._announced.clear()
         with contextlib.suppress(OSError):
             self._link.close()
         if self._local is not None:

@@ -122,8 +122,9 @@ class WarmPool:
         runs in the template before it is saved (a confined no-op that loads the key's security profile)."""
         with self._cond:
             self._specs[key] = _pool_spec(spec)
-            self._warmups[key] = warmup
-            self._expected[key] += count
+            if warmup is not None or key not in self._warmups:
+                self._warmups[key] = warmup
+            self._expected[key] = max(0, self._expected[key] + count)  # a negative count withdraws an announcement
             self._cond.notify_all()
 
     def lease(self, key: PoolKey, spec: VmSpec, timeout: float | None = None,

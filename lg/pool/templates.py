@@ -228,6 +228,24 @@ class TemplateStore:
                         self.discard(self.root / entry["digest"])
 
 
+def prune_templates(root: Path, image_digests: set[str]) -> list[dict[str, Any]]:
+    """Remove templates of images no longer in the cache, or of another template format (never used again)."""
+    removed = []
+    for entry in TemplateStore.list_at(root):
+        path = root / entry["digest"]
+        try:
+            fmt = json.loads((path / MANIFEST).read_text()).get("format")
+        except (OSError, ValueError):
+            fmt = None
+        if entry["image_digest"] not in image_digests or fmt != FORMAT:
+            doomed = path.with_name(f".doomed-{path.name[:12]}-{secrets.token_hex(3)}")
+            with contextlib.suppress(OSError):
+                path.rename(doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
 def _describe_warmup(warmup: ExecRequest | None) -> Any:
     if warmup is None:
         return None

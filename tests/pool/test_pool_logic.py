@@ -176,3 +176,25 @@ def test_pool_commands_without_a_daemon(lg: Callable[..., Any], tmp_path: Path,
     assert "no pool daemon answers" in lg("pool", "status").out
     bad = lg("pool", "serve", "--metrics", "not an address")
     assert bad.code == 2 and "--metrics 'not an address': expected [HOST]:PORT" in bad.err
+
+
+def test_a_withdrawn_announcement_stops_the_refill(spec: VmSpec) -> None:
+    hypervisor = InertHypervisor()
+    key = key_for("inert", spec, profile_digest({}))
+    with pool_of(hypervisor, max_idle=2, max_active=4) as pool:
+        pool.expect(key, spec, 3)
+        pool.expect(key, spec, -5)  # more than announced: nothing is expected, never a negative count
+        assert pool.status()["keys"][0]["expected"] == 0 and pool.status()["keys"][0]["wanted"] == 0
+
+
+def test_prune_removes_templates_of_gone_images_and_old_formats(tmp_path: Path) -> None:
+    from lg.pool.templates import FORMAT, MANIFEST, TemplateStore, prune_templates
+
+    for name, image, fmt in (("a" * 64, "kept", FORMAT), ("b" * 64, "gone", FORMAT), ("c" * 64, "kept", 1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ram").write_bytes(b"x")
+        (tmp_path / name / MANIFEST).write_text(json.dumps(
+            {"format": fmt, "image_digest": image, "accelerator": "tcg", "files": {"ram": {"size": 1}}}))
+    removed = prune_templates(tmp_path, {"kept"})
+    assert sorted(entry["digest"][0] for entry in removed) == ["b", "c"]
+    assert [entry["digest"][0] for entry in TemplateStore.list_at(tmp_path)] == ["a"]
