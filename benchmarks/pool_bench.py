@@ -32,6 +32,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from vm_bench import cold_boots  # noqa: E402 - the same measurement as benchmarks/vm_bench.py
+
 from lg.config.project import load_project_config  # noqa: E402
 from lg.images.store import require_image  # noqa: E402
 from lg.model import PoolSettings  # noqa: E402
@@ -46,16 +48,6 @@ from lg.vm.qemu import QemuHypervisor  # noqa: E402
 
 def median(samples: list[float], digits: int = 4) -> float:
     return round(statistics.median(samples), digits)
-
-
-def cold_boots(hypervisor: QemuHypervisor, spec: VmSpec, count: int) -> tuple[list[float], str]:
-    seconds, accelerator = [], ""
-    for _ in range(count):
-        started = time.monotonic()
-        with hypervisor.boot(spec) as vm:
-            seconds.append(time.monotonic() - started)
-            accelerator = vm.accelerator
-    return seconds, accelerator
 
 
 def restores(hypervisor: QemuHypervisor, store: TemplateStore, spec: VmSpec, count: int) -> dict[str, Any]:

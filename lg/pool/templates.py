@@ -27,6 +27,7 @@ from typing import Any
 from lg.errors import LgError
 from lg.pool.warmup import exercise
 from lg.vm.api import ExecRequest, Hypervisor, VmSpec
+from lg.vm.host import process_alive
 
 FORMAT = 3  # bump when what a template holds changes
 RAM_FILE = "ram"  # the template's guest RAM: clones map it copy-on-write instead of loading it
@@ -156,7 +157,7 @@ class TemplateStore:
         reaped = []
         for path in self.root.glob(".tmp-*") if self.root.is_dir() else ():
             pid = path.name.split("-")[2]
-            if not pid.isdigit() or not _pid_alive(int(pid)):
+            if not pid.isdigit() or not process_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
                 reaped.append(path.name)
         for path in self.root.glob(".doomed-*") if self.root.is_dir() else ():
@@ -355,13 +356,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lg.errors import LgError
+from lg.pool.wire import WireImage
 from lg.vm.api import GuestImage, Vm, VmSpec
 from lg.vm.qemu import QemuHypervisor
 
@@ -20,15 +21,8 @@ NO_IMAGE = "no guest image: run `lg image build tiny` (or set LG_TEST_IMAGE, or 
 
 
 @dataclass(frozen=True)
-class ImageFiles:
+class ImageFiles(WireImage):
     """A GuestImage given by paths (the dev escape hatch, and how images cross into helper processes)."""
-
-    name: str
-    digest: str
-    kernel: Path
-    initrd: Path
-    rootfs: Path | None
-    kernel_args: tuple[str, ...]
 
     def to_json(self) -> str:
         data = asdict(self)
