@@ -57,6 +57,7 @@ def host_report(config: ProjectConfig, boot_test: bool = True) -> HostReport:
         image_check,
         state_dir_check(config.state_dir),
         leftovers_check(config.state_dir / "vms"),
+        pool_check(config),
         *tool_checks(),
     ]
     can_run = probe.can_run and bool(images)
@@ -127,10 +128,35 @@ def leftovers_check(run_parent: Path) -> Check:
     return Check("leftovers", "ok", "no VM left behind by a killed lg")
 
 
+def pool_check(config: ProjectConfig) -> Check:
+    """Where `lg run` would get its VMs: the shared daemon, or a pool of its own; and the templates cached."""
+    from lg.pool import client  # noqa: PLC0415
+    from lg.pool.templates import TemplateStore  # noqa: PLC0415
+    from lg.pool.wire import default_socket  # noqa: PLC0415
+
+    templates = TemplateStore.list_at(config.cache_dir / "snapshots")
+    cached = f"{len(templates)} template snapshot(s) cached"
+    if not config.pool.snapshots:
+        return Check("pool", "ok", f"pool.snapshots is false: every step cold-boots; {cached}")
+    remote = client.connect(config)
+    if remote is None:
+        return Check("pool", "ok", f"no daemon on {default_socket()}: each lg run keeps a pool of its own; {cached}")
+    try:
+        status = remote.status()
+    except LgError as error:
+        return Check("pool", "warn", f"the daemon on {default_socket()} does not answer: {error}",
+                     "restart `lg pool serve`")
+    finally:
+        remote.close()
+    return Check("pool", "ok", f"daemon pid {status['daemon_pid']} on {status['socket']}: {status['active']} active, "
+                               f"{status['idle']} idle; {cached}")
+
+
 TOOLS = (
     ("qemu-img", "disk overlays over image root filesystems", "apt-get install qemu-utils", "warn"),
     ("ssh-keygen", "signing and verifying approvals", "apt-get install openssh-client", "warn"),
     ("apparmor_parser", "compiling AppArmor profiles for guests", "apt-get install apparmor", "warn"),
+    ("nft", "network allow-lists", "apt-get install nftables", "warn"),
 )
 
 
