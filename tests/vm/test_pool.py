@@ -225,3 +225,20 @@ def test_a_pool_asked_for_an_image_it_does_not_have_says_so(daemon: tuple[subpro
     with pytest.raises(PoolDaemonError, match="no-such-vmlinux does not exist"):
         remote.lease(key_for("qemu", missing, profile_digest({})), missing, timeout=5)
     remote.close()
+
+
+def test_lg_run_uses_the_daemon_when_one_serves(daemon: tuple[subprocess.Popen[str], Path, Path]) -> None:
+    from lg.runs.store import RunStore
+
+    _, socket_path, project = daemon
+    (project / "pipeline.yaml").write_text("name: via-daemon\nsteps:\n  - id: a\n    run: echo a > a.txt\n"
+                                           "  - id: b\n    needs: a\n    run: cat a.txt > b.txt\n")
+    done = subprocess.run([sys.executable, "-m", "lg", "run", "pipeline.yaml"], cwd=project, capture_output=True,
+                          text=True, timeout=300, check=False, env={**os.environ, "LG_POOL_SOCKET": str(socket_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (project / "b.txt").read_text() == "a\n"
+    store = RunStore(project / ".lg")
+    steps = store.steps(store.runs(1)[0].id)
+    assert all((s.vm or {}).get("source") in ("warm", "restored") for s in steps)
+    assert all("pool daemon" in str((s.security or {}).get("vmm", {}).get("owner")) for s in steps)
+    assert len({(s.vm or {}).get("vm") for s in steps}) == 2  # two steps, two VMs
