@@ -145,17 +145,28 @@ def _announce_steps(run: _Run, steps: list[Step]) -> None:
     Steps with network allow-lists are not pooled; a step whose profile or image fails to load is left to
     fail in its turn, with its own error."""
     wanted: dict[PoolKey, tuple[VmSpec, VmProfile, int]] = {}
+    seen: dict[tuple[str | None, str | None, str | None], tuple[PoolKey, VmSpec, VmProfile] | None] = {}
     for step in steps:
-        try:
-            profile = _profile(run, step)
-            if profile.network is not None:
-                continue
-            key, spec = vm_request(run.request.config, run.request.pipeline, step, profile)
-        except LgError:
-            continue
-        wanted[key] = (spec, profile, wanted.get(key, (spec, profile, 0))[2] + 1)
+        shape = (step.profile, step.image, step.hypervisor)  # a 500-step pipeline has a handful of these
+        if shape not in seen:
+            seen[shape] = _pool_request(run, step)
+        found = seen[shape]
+        if found is not None:
+            key, spec, profile = found
+            wanted[key] = (spec, profile, wanted.get(key, (spec, profile, 0))[2] + 1)
     for key, (spec, profile, count) in wanted.items():
         run.vms.expect(key, spec, count, warmup_for(profile))
+
+
+def _pool_request(run: _Run, step: Step) -> tuple[PoolKey, VmSpec, VmProfile] | None:
+    try:
+        profile = _profile(run, step)
+        if profile.network is not None:
+            return None
+        key, spec = vm_request(run.request.config, run.request.pipeline, step, profile)
+    except LgError:
+        return None
+    return key, spec, profile
 
 
 def _conclude(run: _Run, states: Mapping[str, StepState]) -> RunOutcome:
