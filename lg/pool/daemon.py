@@ -53,6 +53,13 @@ class PoolDaemon:
         return self.reaped
 
     def bind(self) -> None:
+        try:
+            self._bind()
+        except OSError as error:
+            raise EnvironmentUnfit(f"cannot serve the pool on {self.socket_path}: {error.strerror or error}",
+                                   fix="give --socket a path in a directory you own") from None
+
+    def _bind(self) -> None:
         directory = self.socket_path.parent
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         directory.chmod(0o700)

@@ -176,6 +176,9 @@ def test_pool_commands_without_a_daemon(lg: Callable[..., Any], tmp_path: Path,
     assert "no pool daemon answers" in lg("pool", "status").out
     bad = lg("pool", "serve", "--metrics", "not an address")
     assert bad.code == 2 and "--metrics 'not an address': expected [HOST]:PORT" in bad.err
+    (tmp_path / "file").write_text("not a directory")
+    unusable = lg("pool", "serve", "--socket", tmp_path / "file" / "pool.sock")
+    assert unusable.code == 5 and "cannot serve the pool on" in unusable.err
 
 
 def test_a_withdrawn_announcement_stops_the_refill(spec: VmSpec) -> None:
