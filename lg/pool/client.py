@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from lg.model import ProjectConfig
 from lg.pool.key import PoolKey
 from lg.pool.pool import Lease, WarmPool
@@ -19,6 +17,8 @@ from lg.vm.agent_client import AgentClient
 from lg.vm.api import AgentUnresponsive, ExecRequest, GuestCrashed, VmSpec
 from lg.vm.base import AgentVm
 from lg.vm.channel import ChannelError, UnixSocketConnector
+from lg.vm.host import process_alive
+from lg.vm.qemu import read_console_tail
 
 CONNECT_SECONDS = 2.0
 AGENT_CONNECT_SECONDS = 30.0
@@ -157,11 +157,7 @@ class RemoteVm(AgentVm):
         self.attach(client, info, self._boot)
 
     def check_alive(self) -> None:
-        try:
-            alive = psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            alive = False
-        if not alive:
+        if not process_alive(self.pid):
             raise GuestCrashed(f"VM {self.id}: its VMM (pid {self.pid}) is gone; did the pool daemon stop?",
                                self.console_tail())
 
@@ -172,11 +168,7 @@ class RemoteVm(AgentVm):
             time.sleep(0.1)
 
     def console_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.console_log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return read_console_tail(self.console_log, lines) or ""
 
     def _terminate(self) -> None:
         with contextlib.suppress(PoolDaemonError):

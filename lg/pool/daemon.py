@@ -49,7 +49,7 @@ class PoolDaemon:
         """What a crashed lg or daemon left: VM run directories (and any VMM still alive), VMM cgroups,
         network namespaces, template staging directories."""
         self.reaped = {"vms": reap_leftovers(self.run_parent), "cgroups": vmm_cgroup.reap(),
-                       "namespaces": network.reap() if network.NETNS_DIR.is_dir() else []}
+                       "namespaces": network.reap()}
         return self.reaped
 
     def bind(self) -> None:

@@ -119,12 +119,14 @@ class TemplateStore:
                 vm.save_snapshot(state)
             _punch_zero_pages(state / RAM_FILE)
             (state / RAM_FILE).chmod(0o444)  # clones map it privately; nothing may write it after this
+            files = _describe(staging)
             manifest = {"format": FORMAT, "digest": digest, "image_digest": spec.image.digest,
                         "accelerator": accelerator, "fingerprint": self.fingerprint, "created": time.time(),
-                        "build_seconds": round(time.monotonic() - started, 3), "files": _describe(staging)}
+                        "build_seconds": round(time.monotonic() - started, 3), "files": files}
             _write_synced(staging / MANIFEST, json.dumps(manifest, indent=2))
             _fsync_dir(staging)
-            self._publish(staging, self.root / digest)
+            if self._publish(staging, self.root / digest):
+                self._remember_verified(self.root / digest, files)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(error, OSError):
@@ -132,6 +134,13 @@ class TemplateStore:
             raise
         self._remove_stale(spec, digest)
         return self.get(spec, warmup)
+
+    def _remember_verified(self, path: Path, files: dict[str, Any]) -> None:
+        """The files `_describe` just hashed need no second hash in `get` (the rename kept their inodes)."""
+        for relative in files:
+            with contextlib.suppress(OSError):
+                stat = (path / relative).stat()
+                self._verified[path / relative] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     def _check_space(self, spec: VmSpec) -> None:
         """The template's RAM lives in a file while it is built: a disk that fills up then kills the template VM
@@ -144,12 +153,8 @@ class TemplateStore:
 
     def discard(self, path: Path) -> None:
         """Remove a template (corrupt, or failing to restore), atomically: renamed aside first, then deleted."""
-        if not path.exists():
-            return
-        doomed = path.with_name(f".doomed-{path.name[:12]}-{secrets.token_hex(3)}")
-        with contextlib.suppress(OSError):
-            path.rename(doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+        if path.exists():
+            _remove_template(path)
         self._verified = {p: v for p, v in self._verified.items() if path not in p.parents}
 
     def reap(self) -> list[str]:
@@ -211,13 +216,16 @@ class TemplateStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _publish(self, staging: Path, final: Path) -> None:
+    def _publish(self, staging: Path, final: Path) -> bool:
+        """True if `staging` became `final`; False if another process published the same template first."""
         try:
             staging.rename(final)
         except OSError:
             if not (final / MANIFEST).exists():
                 raise
-            shutil.rmtree(staging, ignore_errors=True)  # another process published the same template first
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        return True
 
     def _remove_stale(self, spec: VmSpec, keep: str) -> None:
         """Older templates of the same image and shape (built by another QEMU or host kernel)."""
@@ -238,13 +246,20 @@ def prune_templates(root: Path, image_digests: set[str]) -> list[dict[str, Any]]
             fmt = json.loads((path / MANIFEST).read_text()).get("format")
         except (OSError, ValueError):
             fmt = None
-        if entry["image_digest"] not in image_digests or fmt != FORMAT:
-            doomed = path.with_name(f".doomed-{path.name[:12]}-{secrets.token_hex(3)}")
-            with contextlib.suppress(OSError):
-                path.rename(doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
-                removed.append(entry)
+        if (entry["image_digest"] not in image_digests or fmt != FORMAT) and _remove_template(path):
+            removed.append(entry)
     return removed
+
+
+def _remove_template(path: Path) -> bool:
+    """Renamed aside first, then deleted: a template is never seen half-removed. False if it could not be."""
+    doomed = path.with_name(f".doomed-{path.name[:12]}-{secrets.token_hex(3)}")
+    try:
+        path.rename(doomed)
+    except OSError:
+        return False
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True
 
 
 def _describe_warmup(warmup: ExecRequest | None) -> Any:

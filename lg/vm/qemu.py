@@ -363,6 +363,19 @@ class QemuHypervisor:
         return vm
 
 
+def read_console_tail(path: Path, lines: int) -> str | None:
+    """The last lines of a serial console log, terminal control sequences removed; None if it is gone."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - 65536))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    cleaned = [_CONTROL.sub("", line.rstrip("\r")) for line in text.splitlines()]
+    return "\n".join(cleaned[-lines:])
+
+
 def _option_int(argv: list[str], option: str, default: int) -> int:
     """The number after `option` on a qemu command line (`-m 512`, `-smp 2`)."""
     with contextlib.suppress(ValueError, IndexError):
@@ -494,16 +507,8 @@ class QemuVm(AgentVm):
         return " / ".join(line.strip() for line in text.strip().splitlines()[-5:])
 
     def console_tail(self, lines: int = 30) -> str:
-        path = self.run_dir / CONSOLE_LOG
-        try:
-            with path.open("rb") as handle:
-                handle.seek(0, 2)
-                handle.seek(max(0, handle.tell() - 65536))
-                text = handle.read().decode(errors="replace")
-        except OSError:
-            return "\n".join(self._last_console.splitlines()[-lines:])
-        cleaned = [_CONTROL.sub("", line.rstrip("\r")) for line in text.splitlines()]
-        return "\n".join(cleaned[-lines:])
+        tail = read_console_tail(self.run_dir / CONSOLE_LOG, lines)
+        return tail if tail is not None else "\n".join(self._last_console.splitlines()[-lines:])
 
     def _terminate(self) -> None:
         self._last_console = self.console_tail(200)
