@@ -135,7 +135,7 @@ class WarmPool:
         source = "warm" if ready is not None else ""
         if ready is None:
             try:
-                ready = self._spawn(key, _pool_spec(spec))  # this lease's own spec: never another key's
+                ready = self._spawn(key, _pool_spec(spec), for_pool=False)  # this lease's own spec only
             except BaseException:
                 with self._cond:
                     self._active -= 1
@@ -217,7 +217,20 @@ class WarmPool:
                 self._backends[name] = (hypervisor, store)
             return self._backends[name]
 
-    def _spawn(self, key: PoolKey, spec: VmSpec) -> ReadyVm:
+    def _spawn(self, key: PoolKey, spec: VmSpec, for_pool: bool) -> ReadyVm:
+        """A VM of `key`. One made `for_pool` waits idle and niced; a restored one is warmed up while it waits,
+        unless a lease is queued already: warming costs more CPU (about 0.7 s under TCG) than it saves the step
+        (about 0.4 s), so it pays only off the critical path."""
+        ready = self._make(key, spec)
+        if for_pool:
+            _renice(ready.vm, REFILL_NICE)
+            with self._cond:
+                wanted_now = self._queued > 0
+            if ready.source == "restored" and not wanted_now:
+                _warm_up(ready.vm, self._warmups.get(key))
+        return ready
+
+    def _make(self, key: PoolKey, spec: VmSpec) -> ReadyVm:
         hypervisor, templates = self.backend(key.backend)
         if templates is None:
             return self._cold(hypervisor, spec, "no template snapshots: every VM is cold-booted")
@@ -244,7 +257,6 @@ class WarmPool:
         self._restore_failures[key] = 0
         seconds = time.monotonic() - started
         self.metrics.spawned("restore", seconds)
-        _warm_up(vm, self._warmups.get(key))
         return ReadyVm(vm, "restored", seconds)
 
     def _cold(self, hypervisor: Hypervisor, spec: VmSpec, why: str) -> ReadyVm:
@@ -276,7 +288,7 @@ class WarmPool:
                 spec = self._specs[key]
             ready: ReadyVm | None = None
             try:
-                ready = self._spawn(key, spec)
+                ready = self._spawn(key, spec, for_pool=True)
             except Exception as problem:  # a failed refill must not kill the worker
                 self.metrics.failed("refill", str(problem).splitlines()[0] if str(problem) else repr(problem))
                 time.sleep(1.0)  # do not spin on a key that cannot be built
@@ -347,8 +359,8 @@ def _pool_spec(spec: VmSpec) -> VmSpec:
 
 
 def _renice(vm: Vm, value: int) -> None:
-    """Set the nice value of every thread of the VM's VMM (nice is per thread on Linux). Lowering it needs
-    CAP_SYS_NICE: without it a leased VM stays niced, which costs speed, never isolation."""
+    """Set the nice value of every thread of the VM's VMM (nice is per thread on Linux), and of its autogroup.
+    Lowering it needs CAP_SYS_NICE: without it a leased VM stays niced, which costs speed, never isolation."""
     pid = getattr(vm, "pid", None)
     if not isinstance(pid, int):
         return
@@ -356,6 +368,18 @@ def _renice(vm: Vm, value: int) -> None:
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError, ValueError):
                 os.setpriority(os.PRIO_PROCESS, int(task.name), value)
+    _renice_autogroup(pid, value)
+
+
+def _renice_autogroup(pid: int, value: int) -> None:
+    """With sched_autogroup (Debian's default) the scheduler first shares the CPU between sessions, and a VMM
+    is a session of its own: thread nice values alone then left a refilling VM an equal share with the step's
+    VM (measured: steps of a 20-step pipeline took 0.5-0.9 s instead of 0.33 s while the pool refilled). The
+    session's autogroup nice is what counts; it is changed only when the VMM's session is not lg's own."""
+    with contextlib.suppress(OSError):
+        theirs = Path(f"/proc/{pid}/autogroup")
+        if theirs.read_text().split()[0] != Path("/proc/self/autogroup").read_text().split()[0]:
+            theirs.write_text(str(value))
 
 
 def _warm_up(vm: Vm, warmup: ExecRequest | None) -> None:

@@ -122,3 +122,22 @@ def die_with_parent(parent_pid: int) -> Callable[[], None]:
 
     return preexec
 
+
+def session_keeps_nice() -> None:
+    """A preexec_fn part, after setsid: give the child's new session (its scheduler autogroup) the nice value
+    of the thread that spawned it. Under sched_autogroup the CPU is shared between sessions first, so a VMM
+    started niced by a pool refill would otherwise compete as an equal with the VM running a step."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice <= 0:
+        return
+    try:
+        fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+    except OSError:
+        return  # no autogroup support: thread nice values apply as they are
+    try:
+        os.write(fd, str(nice).encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+

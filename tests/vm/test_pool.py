@@ -17,7 +17,7 @@ import pytest
 
 from lg.model import PoolSettings
 from lg.pool.key import key_for, profile_digest
-from lg.pool.pool import PoolExhausted, WarmPool
+from lg.pool.pool import REFILL_NICE, PoolExhausted, WarmPool
 from lg.pool.templates import MANIFEST, TemplateStore, file_digest
 from lg.vm.api import ExecRequest, VmSpec
 from lg.vm.qemu import QemuHypervisor
@@ -88,6 +88,39 @@ def test_leases_are_fresh_distinct_vms_never_served_twice(template_root: Path, p
     metrics = status["metrics"]
     assert metrics["leases"].get("cold", 0) == 0 and metrics["spawn_seconds"]["restore"]["count"] >= 4
     assert not qemu_pids_under(pool_spec.run_dir or Path("/nonexistent"))  # close() took the idle ones too
+
+
+def scheduling(pid: int) -> tuple[set[int], int]:
+    """The nice values of a process's threads, and of its scheduler autogroup (its session)."""
+    threads = {os.getpriority(os.PRIO_PROCESS, int(task.name)) for task in Path(f"/proc/{pid}/task").iterdir()}
+    return threads, int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+def test_idle_vms_wait_niced_and_tickless_and_a_lease_restores_their_priority(template_root: Path,
+                                                                              pool_spec: VmSpec) -> None:
+    """An idle VM must not take CPU from the step running now: its VMM is niced (threads and session, since
+    the scheduler shares the CPU between sessions first), and its guest kernel stops its tick when idle."""
+    if not Path("/proc/self/autogroup").exists():
+        pytest.skip("this kernel has no scheduler autogroups")
+    key = key_for("qemu", pool_spec, profile_digest({}))
+    with make_pool(template_root, max_idle=1, max_active=2, lease_timeout=60) as pool:
+        pool.expect(key, pool_spec, 1)
+        deadline = time.monotonic() + 120
+        while pool.status()["idle"] < 1:
+            assert time.monotonic() < deadline, f"the pool did not fill: {pool.status()}"
+            time.sleep(0.1)
+        with pool._cond:
+            idle_pid = pool._idle[key][0].vm.pid  # type: ignore[attr-defined]
+        assert scheduling(idle_pid) == ({REFILL_NICE}, REFILL_NICE)
+        with pool.lease(key, pool_spec) as lease:
+            assert lease.vm.pid == idle_pid  # type: ignore[attr-defined]
+            assert scheduling(idle_pid) == ({0}, 0)
+            output: list[bytes] = []
+            lease.vm.exec(ExecRequest(argv=("/bin/cat", "/proc/timer_list"), timeout=30),
+                          on_output=lambda stream, chunk: output.append(chunk))
+            modes = [line.split(":")[1].strip() for line in b"".join(output).decode().splitlines()
+                     if line.strip().startswith(".nohz_mode")]
+            assert modes and all(mode != "0" for mode in modes), modes  # 0 would be a periodic tick
 
 
 def test_a_corrupt_template_falls_back_to_a_cold_boot_and_is_rebuilt(template_root: Path, pool_spec: VmSpec) -> None:
