@@ -259,7 +259,10 @@ def _tar_info(archive: tarfile.TarFile, path: str, relative: str) -> tarfile.Tar
         return None
     info = tarfile.TarInfo(relative)
     info.mode = stat.S_IMODE(status.st_mode) & 0o777
-    info.mtime = status.st_mtime
+    # Whole seconds, as ustar tar keeps them: a fractional mtime made tarfile write a PAX header for every
+    # member, and parsing those tripled the guest's cost of extracting a file (4.3 ms against 1.4 ms under TCG).
+    # Names that need PAX (long, non-ASCII) still get it.
+    info.mtime = int(status.st_mtime)
     if stat.S_ISDIR(status.st_mode):
         info.type = tarfile.DIRTYPE
     elif stat.S_ISLNK(status.st_mode):
