@@ -1,8 +1,10 @@
 """Confining one command in the guest before it runs: cgroup v2 limits, capability bounding set, no_new_privs,
 and the switch to the step's uid/gid, in that order (each needs the privileges the next one takes away).
 
-Runs inside the guest agent (stdlib only). The child does its own setup between fork and exec, as root, and
-only then becomes the step's user: a command never runs a single instruction with more than its profile allows.
+Runs inside the guest agent (stdlib only). The agent works out the setup (limits written to the cgroup, the
+capabilities to drop, the seccomp filter compiled to BPF) and spawns the command through a small helper
+(confine_exec.c, started with vfork), which makes the system calls as root and only then execs the command as
+the step's user: a command never runs a single instruction with more than its profile allows.
 Afterwards the agent reads the child's /proc status to report what the kernel actually enforces, and the
 cgroup's event counters to say whether a limit was hit. Whatever cannot be enforced refuses the command.
 """
@@ -18,7 +20,6 @@ from lg.guest.protocol import ErrorCode, ProtocolError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -191,103 +192,55 @@ def remove_cgroup(path: str) -> None:
             time.sleep(0.01)  # processes are still exiting
 
 
-# --- in the child, between fork and exec -------------------------------------------------------------------
+# --- the command's own setup, by the helper between exec and exec -------------------------------------------
+
+HELPER = "/opt/lg/bin/lg-confine-exec"  # compiled from confine_exec.c when the image is built
 
 
-def child_setup(confinement: Confinement, cgroup: str, uid: int | None, gid: int | None) -> Callable[[], None]:
-    """The preexec function. Order matters: join the cgroup and drop capabilities while still root, then take
-    the step's identity, then forbid gaining privileges through exec (setuid binaries, file capabilities).
-
-    Everything that can be worked out beforehand is, here in the parent: under TCG each Python operation in
-    the forked child costs a copy-on-write fault besides its own time, and the setup took 50 ms of a 100 ms
-    confined exec before."""
+def helper_argv(confinement: Confinement, cgroup: str, uid: int | None, gid: int | None, status_fd: int,
+                seccomp_fd: int | None) -> list[str]:
+    """The helper's options (see confine_exec.c), everything it needs worked out here, in the agent: the
+    helper only makes the system calls, in the order that matters (cgroup and capabilities while still root,
+    then the step's identity, then no_new_privs). Refuses when the image has no helper: unconfined is not
+    an option."""
+    if not os.access(HELPER, os.X_OK):
+        raise ProtocolError(ErrorCode.FAILED, f"the confinement helper {HELPER} is not in the guest image: "
+                                              "cannot confine (rebuild the image)")
     keep = {CAPABILITIES.index(name) for name in confinement.keep_caps}
-    drop = [number for number in range(_last_cap() + 1) if number not in keep]
-    program = seccomp_program(confinement.seccomp) if confinement.seccomp is not None else None
-    libc = _libc()
-    prctl = libc.prctl
-    procs = os.path.join(cgroup, "cgroup.procs").encode()
-    attr = _attr_path("exec") if confinement.apparmor is not None else None
-    apparmor_exec = f"exec {confinement.apparmor['name']}".encode() if confinement.apparmor is not None else b""
-    private_mounts = bool(confinement.read_only_paths or confinement.tmpfs)
-
-    def setup() -> None:
-        _write_bytes(procs, b"0")
-        if attr is not None:  # entered at exec: lg's own code here stays unconfined
-            _write_bytes(attr, apparmor_exec)
-        if private_mounts:
-            _private_mounts(libc, confinement)
-        for number in drop:
-            if prctl(PR_CAPBSET_DROP, number, 0, 0, 0) != 0:
-                _fail(f"prctl(PR_CAPBSET_DROP, {number})")
-        if prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
-            _fail("prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
-        if program is not None:
-            # While still root: loading needs no no_new_privs then, and the filter covers all that follows.
-            load_program(libc, program)
-        if gid is not None:
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)
-        if uid is not None:
-            os.setresuid(uid, uid, uid)
-        if confinement.no_new_privs and prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            _fail("prctl(PR_SET_NO_NEW_PRIVS)")
-
-    return setup
+    drop = [str(number) for number in range(_last_cap() + 1) if number not in keep]
+    argv = [HELPER, f"--status-fd={status_fd}", f"--cgroup-procs={os.path.join(cgroup, 'cgroup.procs')}"]
+    if drop:
+        argv.append(f"--drop-caps={','.join(drop)}")
+    if confinement.apparmor is not None:  # entered at exec: the helper itself runs unconfined
+        argv += [f"--apparmor-attr={_attr_path('exec')}", f"--apparmor-exec=exec {confinement.apparmor['name']}"]
+    argv += [f"--tmpfs={path}" for path in confinement.tmpfs]
+    argv += [f"--read-only={path}" for path in confinement.read_only_paths]
+    if seccomp_fd is not None:
+        argv.append(f"--seccomp-fd={seccomp_fd}")
+    if gid is not None:
+        argv.append(f"--gid={gid}")
+    if uid is not None:
+        argv.append(f"--uid={uid}")
+    if confinement.no_new_privs:
+        argv.append("--no-new-privs")
+    return argv
 
 
-_LIBC: list[ctypes.CDLL] = []
+class SetupFailed(OSError):
+    """The helper could not confine the command (exit 126): reported as "cannot execute", never as "not
+    found", whatever the errno (a bind mount of a missing path fails with ENOENT too)."""
 
 
-def _libc() -> ctypes.CDLL:
-    """libc with prctl's argument types declared (once per agent): plain ints then pass as unsigned longs."""
-    if not _LIBC:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-        libc.prctl.restype = ctypes.c_int
-        _LIBC.append(libc)
-    return _LIBC[0]
-
-
-def _write_bytes(path: bytes, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+def helper_failure(report: bytes, exit_code: int | None) -> OSError:
+    """The helper's "<errno> <what>: <reason>" as the OSError the agent reports: FileNotFoundError (127)
+    only when the command itself was not found."""
+    code, _, message = report.decode(errors="replace").partition(" ")
     try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _fail(what: str) -> None:
-    errno = ctypes.get_errno()
-    raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-def _private_mounts(libc: ctypes.CDLL, confinement: Confinement) -> None:
-    """A mount namespace of the command's own (while still root): read-only binds and fresh tmpfs mounts that
-    nothing else in the guest sees, and that the step cannot undo (no CAP_SYS_ADMIN, seccomp denies mount)."""
-    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
-    for path in confinement.tmpfs:
-        os.makedirs(path, exist_ok=True)
-        _mount(libc, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    for path in confinement.read_only_paths:
-        _mount(libc, path, path, None, MS_BIND | MS_REC)
-        _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-
-
-def _mount(libc: ctypes.CDLL, source: str | None, target: str, kind: str | None, flags: int,
-           data: str | None = None) -> None:
-    status = libc.mount(_bytes(source), _bytes(target), _bytes(kind), ctypes.c_ulong(flags), _bytes(data))
-    _check(status, f"mount {target}")
-
-
-def _bytes(text: str | None) -> bytes | None:
-    return text.encode() if text is not None else None
-
-
-def _check(status: int, what: str) -> None:
-    if status != 0:
-        _fail(what)
+        number = int(code)
+    except ValueError:
+        number, message = 0, report.decode(errors="replace")
+    message = message.strip() or "the confinement helper failed"
+    return OSError(number, message) if exit_code == 127 else SetupFailed(number, message)
 
 
 def mounts_seen(pid: int, confinement: Confinement) -> dict[str, str]:
@@ -341,12 +294,13 @@ def load_apparmor(profile: dict[str, str]) -> None:
     _loaded_apparmor.add(profile["digest"])
 
 
-def _attr_path(name: str) -> bytes:
-    """The AppArmor attribute file of this process: the per-LSM one where the kernel has it."""
+def _attr_path(name: str) -> str:
+    """The AppArmor attribute file of a process (the helper's own, through /proc/self): the per-LSM one
+    where the kernel has it. Refuses when there is none: the profile could not be entered."""
     for path in (f"/proc/self/attr/apparmor/{name}", f"/proc/self/attr/{name}"):
         if os.path.exists(path):
-            return path.encode()
-    raise OSError(2, f"no AppArmor {name} attribute in /proc/self/attr")
+            return path
+    raise ProtocolError(ErrorCode.FAILED, f"no AppArmor {name} attribute in /proc/self/attr: cannot confine")
 
 
 # --- seccomp, through libseccomp (the library container runtimes use) --------------------------------------
@@ -368,17 +322,12 @@ def _scmp_action(action: list[Any]) -> int:
     return SCMP_ACT_ERRNO | (int(errno) & 0xFFFF) if name == "SCMP_ACT_ERRNO" else SCMP_ACTIONS[name]
 
 
-PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 _compiled_filters: dict[str, bytes] = {}  # BPF programs by filter text: libseccomp runs once per profile
-
-
-class SockFprog(ctypes.Structure):
-    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
 def seccomp_program(compiled: dict[str, Any]) -> bytes:
     """The filter as a BPF program, compiled by libseccomp in the agent (once per filter, since building it
-    rule by rule costs about 0.1 s under TCG) and loaded in each command's child by `load_program`. A syscall
+    rule by rule costs about 0.1 s under TCG) and loaded by the helper in each command before it execs. A syscall
     the guest's libseccomp does not know on this architecture cannot be called here either: skipped."""
     import json  # noqa: PLC0415
 
@@ -434,14 +383,6 @@ def _compile(compiled: dict[str, Any]) -> bytes:
     return program
 
 
-def load_program(libc: ctypes.CDLL, program: bytes) -> None:
-    """Install the BPF filter on this process (while root: no no_new_privs needed), for all it execs."""
-    buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
-        _fail("prctl(PR_SET_SECCOMP)")
-
-
 def _last_cap() -> int:
     try:
         return int(_read("/proc/sys/kernel", "cap_last_cap"))
@@ -488,4 +429,8 @@ def _read(directory: str, name: str) -> str:
 
 
 def _write(directory: str, name: str, text: str) -> None:
-    _write_bytes(os.path.join(directory, name).encode(), text.encode())
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)

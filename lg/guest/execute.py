@@ -151,25 +151,91 @@ class Reaper:
 
 
 def spawn(command: Command, cgroup: str | None = None) -> subprocess.Popen[bytes]:
-    identity: dict[str, Any] = {}
     gid = command.gid if command.gid is not None else _primary_gid(command.uid)
     if command.confinement is not None and cgroup is not None:
-        # The child changes its own identity, after the steps that need root (confine.child_setup).
-        identity["preexec_fn"] = confine.child_setup(command.confinement, cgroup, command.uid, gid)
-    else:
-        if command.uid is not None:
-            identity["user"] = command.uid
-        if gid is not None:
-            identity["group"] = gid
-            identity["extra_groups"] = []
+        return _spawn_confined(command, command.confinement, cgroup, gid)
+    identity: dict[str, Any] = {}
+    if command.uid is not None:
+        identity["user"] = command.uid
+    if gid is not None:
+        identity["group"] = gid
+        identity["extra_groups"] = []
+    return _popen(command, command.argv, (), identity)
+
+
+def _spawn_confined(command: Command, confinement: confine.Confinement, cgroup: str,
+                    gid: int | None) -> subprocess.Popen[bytes]:
+    """The command through the confinement helper. Returns once the command itself runs (the helper's exec
+    closed the status pipe), so what /proc shows of it then is what it runs with; raises OSError when the
+    helper could not confine it, and nothing ran."""
+    program = confine.seccomp_program(confinement.seccomp) if confinement.seccomp is not None else None
+    status_read, status_write = os.pipe()
+    passed = [status_write]
+    try:
+        seccomp_fd = None
+        if program is not None:  # at most 32 KiB (BPF_MAXINSNS): the pipe holds it all
+            seccomp_fd, seccomp_write = os.pipe()
+            passed.append(seccomp_fd)
+            try:
+                os.write(seccomp_write, program)
+            finally:
+                os.close(seccomp_write)
+        argv = confine.helper_argv(confinement, cgroup, command.uid, gid, status_write, seccomp_fd)
+        process = _popen(command, [*argv, "--", *command.argv], tuple(passed), {})
+    except BaseException:
+        os.close(status_read)
+        raise
+    finally:
+        for fd in passed:
+            os.close(fd)
+    with contextlib.closing(_Pipe(status_read)) as status:
+        report = status.read_all(HELPER_DEADLINE)
+    if report is None or report:
+        kill_group(process.pid)
+        process.communicate()  # reaps it and closes its pipes
+        if not report:
+            raise confine.SetupFailed(0, "the confinement helper did not finish")
+        raise confine.helper_failure(report, process.returncode)
+    return process
+
+
+HELPER_DEADLINE = 60.0  # the helper makes a few dozen system calls; this only guards against a wedged guest
+
+
+class _Pipe:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def read_all(self, timeout: float) -> bytes | None:
+        """Everything until end of file, or None if the writer still holds it open after `timeout`."""
+        data = bytearray()
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(int(remaining * 1000) + 1):
+                return None
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                return bytes(data)
+            data += chunk
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _popen(command: Command, argv: list[str], pass_fds: tuple[int, ...],
+           identity: dict[str, Any]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        command.argv,
+        argv,
         stdin=subprocess.PIPE if command.stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=command.cwd,
         env=command.env,
         start_new_session=True,
+        pass_fds=pass_fds,
         **identity,
     )
 

@@ -260,6 +260,29 @@ def _finish_root(root: Path, prune: tuple[str, ...]) -> None:
         subprocess.run(["ldconfig", "-r", str(root)], capture_output=True, check=False)
 
 
+def helper_name(relative: str) -> str:
+    """lg/guest/confine_exec.c -> lg-confine-exec: the guest's native helpers, under /opt/lg/bin."""
+    return "lg-" + Path(relative).stem.replace("_", "-")
+
+
+def compile_helper(source: bytes, target: Path) -> None:
+    """A static binary for the guest (same architecture as the host: the guests are x86_64 like it). Static,
+    so it needs nothing from the image but the kernel."""
+    compiler = shutil.which("gcc")
+    if compiler is None:
+        raise EnvironmentUnfit("gcc is needed to build the guest's confinement helper",
+                               fix="apt-get install gcc libc6-dev (scripts/setup does)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [compiler, "-O2", "-static", "-Wall", "-Wextra", "-Werror", "-x", "c", "-o", str(target), "-"],
+        input=source, capture_output=True, timeout=300, check=False,
+    )
+    if done.returncode != 0:
+        raise EnvironmentUnfit(f"compiling {target.name} failed: {done.stderr.decode(errors='replace').strip()}",
+                               fix="apt-get install gcc libc6-dev (static libc); scripts/setup does")
+    target.chmod(0o755)
+
+
 def compile_bytecode(root: Path, directory: Path) -> None:
     """Ship .pyc files: an emulated guest compiling the standard library at every boot costs about a second.
 
@@ -331,6 +354,9 @@ def _assemble(recipe: Recipe, base_dir: Path, digest: str, agent_digest: str, st
     with _staging(final) as out, tempfile.TemporaryDirectory(prefix="lg-agent-") as scratch:
         agent_root = Path(scratch)
         for relative, content in agent_sources():
+            if relative.endswith(".c"):
+                compile_helper(content, agent_root / "opt/lg/bin" / helper_name(relative))
+                continue
             path = agent_root / "opt/lg" / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)

@@ -45,7 +45,8 @@ def agent_sources() -> list[tuple[str, bytes]]:
     """The guest agent's files as they go into an image: (path under /opt/lg, content), sorted."""
     files = [("lg/__init__.py", (_LG_PACKAGE / "__init__.py").read_bytes())]
     files += [(f"lg/guest/{path.name}", path.read_bytes()) for path in sorted((_LG_PACKAGE / "guest").glob("*.py"))]
-    return files
+    files += [(f"lg/guest/{path.name}", path.read_bytes()) for path in sorted((_LG_PACKAGE / "guest").glob("*.c"))]
+    return files  # C sources are compiled into bin/ when the image is assembled (lg.images.build)
 
 
 def recipe_key(recipe: Recipe) -> str:

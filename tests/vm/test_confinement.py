@@ -152,3 +152,22 @@ def test_read_only_paths_and_tmpfs_hold_even_for_root(shared_vm: Vm) -> None:
     assert seen_mounts["/scratch"] == "tmpfs rw" and seen_mounts["/srv/data"].endswith(" ro")
     _, seen = run(shared_vm, "cat /srv/data/f; ls /scratch/x 2>&1 || echo GONE", profile=None, uid=0)
     assert "original" in seen and "GONE" in seen  # the mounts were the command's own: nothing else sees them
+
+
+def test_a_confined_command_that_cannot_start_is_reported_and_nothing_runs(shared_vm: Vm) -> None:
+    """The confinement helper's own failures: a command that does not exist (127, as a shell says), and a
+    setup step the kernel refuses (126, naming it): the command never runs unconfined instead."""
+    def attempt(argv: tuple[str, ...], profile: VmProfile) -> tuple[ExecResult, str]:
+        output: list[bytes] = []
+        result = shared_vm.exec(ExecRequest(argv=argv, uid=1000, gid=1000, timeout=60, confine=profile.confinement()),
+                                on_output=lambda stream, chunk: output.append(chunk))
+        return result, b"".join(output).decode(errors="replace")
+
+    missing, said = attempt(("/no/such/tool",), DEFAULT)
+    assert missing.exit_code == 127 and "/no/such/tool: No such file or directory" in said
+    marker = "/tmp/ran-unconfined"
+    bad_mount = replace(DEFAULT, read_only_paths=("/no/such/dir",))  # a bind mount of nothing fails
+    refused, said = attempt(("/bin/sh", "-c", f"touch {marker}"), bad_mount)
+    assert refused.exit_code == 126 and "/no/such/dir: No such file or directory" in said
+    check, listing = run(shared_vm, f"ls {marker} 2>&1 || true", profile=None, uid=0)
+    assert check.ok and "No such file" in listing
