@@ -179,7 +179,7 @@ class WarmPool:
             room = self._active < self.settings.max_active
             idle = self._idle.get(key)
             if room and idle:
-                return idle.popleft()
+                return idle.pop()  # the newest: the most recently warmed
             if room and not self._starting[key]:
                 return None
             remaining = deadline - time.monotonic()

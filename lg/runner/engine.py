@@ -295,8 +295,9 @@ def _profile(run: _Run, step: Step) -> VmProfile:
 
 def _grade_before(run: _Run, step: Step, script: str, profile: VmProfile) -> Assessment:
     assessment = grade_script(run.request.policy, script, profile.relaxations())
-    run.store.update_step(run.record.id, step.id, grade=assessment.to_json())
-    run.store.audit("step.graded", run.record.id, step=step.id, **assessment.to_json())
+    with run.store.transaction():  # one commit (an fsync) for the grade and its audit record
+        run.store.update_step(run.record.id, step.id, grade=assessment.to_json())
+        run.store.audit("step.graded", run.record.id, step=step.id, **assessment.to_json())
     return assessment
 
 
@@ -331,8 +332,11 @@ def _pass(run: _Run, step: Step, gate: Gate, waiting_status: str) -> StepState |
 def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile: VmProfile) -> StepState:
     request, store, record = run.request, run.store, run.record
     log_path = store.run_dir(record.id) / f"{step.id}.log"
-    store.update_step(record.id, step.id, status="running", started=time.time(), log_path=str(log_path))
-    store.audit("step.started", record.id, step=step.id, script_sha256=hashlib.sha256(script.encode()).hexdigest())
+    with store.transaction():
+        store.update_step(record.id, step.id, status="running", started=time.time(), log_path=str(log_path),
+                          attempts=1)
+        store.audit("step.started", record.id, step=step.id,
+                    script_sha256=hashlib.sha256(script.encode()).hexdigest())
     mask = request.secrets.masker()
     held = effects_dir(store.run_dir(record.id), step.id)
     result: AttemptResult | None = None
@@ -341,7 +345,7 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
         for attempt in range(1, step.retries + 2):
             if attempt > 1:
                 output.note(f"retry {attempt - 1} of {step.retries} in a fresh VM")
-            store.update_step(record.id, step.id, attempts=attempt)
+                store.update_step(record.id, step.id, attempts=attempt)
             context = StepContext(request.pipeline, request.config, step, request.workspace, script,
                                   {**request.pipeline.env, **env, **request.secrets.values},
                                   _step_timeout(step, run.deadline), record.id, store.run_dir(record.id), output,
