@@ -27,14 +27,7 @@ STEP_PARENT = "lg"  # every confined command gets /sys/fs/cgroup/lg/cmd-<request
 CONTROLLERS = ("cpu", "memory", "pids")
 IO_KEYS = {"read_bps": "rbps", "write_bps": "wbps", "read_iops": "riops", "write_iops": "wiops"}
 WORKSPACE = "/workspace"
-CLONE_NEWNS = 0x00020000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 CPU_PERIOD_US = 100_000
-
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAPBSET_DROP = 24
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
@@ -192,7 +185,7 @@ def remove_cgroup(path: str) -> None:
             time.sleep(0.01)  # processes are still exiting
 
 
-# --- the command's own setup, by the helper between exec and exec -------------------------------------------
+# --- the command's own setup, made by the helper (lg-confine-exec) ---------------------------------------
 
 HELPER = "/opt/lg/bin/lg-confine-exec"  # compiled from confine_exec.c when the image is built
 
