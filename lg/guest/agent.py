@@ -175,11 +175,13 @@ def op_exec(agent: Agent, session: Session, request_id: int, body: dict[str, Any
 
 
 def op_put(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
-    stats = files.receive_tree(session, request_id, body)
+    wants_manifest = get_bool(body, "manifest", True)
+    stats, written = files.receive_tree(session, request_id, body, hash_files=wants_manifest)
     answer: dict[str, Any] = {"files": stats.files, "bytes": stats.bytes}
-    if get_bool(body, "manifest", True):
+    if wants_manifest:
         dest = files.check_guest_dir(get_str(body, "dest"))
-        agent.manifests[dest] = manifest.take(dest)
+        # The files just written were hashed as they were written: not read again unless they changed since.
+        agent.manifests[dest] = manifest.take(dest, previous=manifest.known_files(written))
         answer["manifest"] = manifest.summary(agent.manifests[dest])
     return answer
 

@@ -90,16 +90,18 @@ class OutgoingStream:
         self.link.send(encode_data(self.request_id, Stream.TAR, b""))
 
 
-def receive_tree(link: Link, request_id: int, body: dict[str, Any]) -> TreeStats:
-    """Extract the tar stream that follows a put request into its `dest`."""
+def receive_tree(link: Link, request_id: int, body: dict[str, Any],
+                 hash_files: bool = False) -> tuple[TreeStats, dict[str, tuple[tuple[int, int, int, int], str]]]:
+    """Extract the tar stream that follows a put request into its `dest`; with `hash_files`, also the
+    SHA-256 of each file written, by path (see Extractor)."""
     incoming = IncomingStream(link, request_id)
     try:
         dest = check_guest_dir(get_str(body, "dest"))
         uid, gid = get_opt_int(body, "uid"), get_opt_int(body, "gid")
         owner = (uid, gid if gid is not None else uid) if uid is not None else None
-        extractor = Extractor(dest, owner=owner)
+        extractor = Extractor(dest, owner=owner, hash_files=hash_files)
         with tarfile.open(fileobj=incoming, mode="r|", bufsize=DATA_CHUNK) as archive:  # type: ignore[call-overload]
-            return extractor.extract_all(archive)
+            return extractor.extract_all(archive), extractor.digests or {}
     except tarfile.TarError as problem:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"not a valid tar stream: {problem}") from problem
     finally:

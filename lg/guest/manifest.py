@@ -61,6 +61,11 @@ def _entry(path: str, status: os.stat_result, previous: Entry | None) -> Entry:
     return Entry("file", status.st_size, mode, file_sha256(path), None, key)
 
 
+def known_files(digests: dict[str, tuple[tuple[int, int, int, int], str]]) -> Manifest:
+    """Files whose content hash is known already, by path: reused by `take` only where the key matches."""
+    return {name: Entry("file", key[1], 0, sha256, None, key) for name, (key, sha256) in digests.items()}
+
+
 def take(root: str, previous: Manifest | None = None) -> Manifest:
     """Every entry under `root` by POSIX relative path; symlinks are recorded, never followed."""
     manifest: Manifest = {}
