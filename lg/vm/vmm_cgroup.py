@@ -79,13 +79,21 @@ def release(cgroup: VmmCgroup) -> None:
                 time.sleep(0.02)
 
 
+REAP_AFTER_SECONDS = 60.0
+
+
 def reap() -> list[str]:
-    """Remove empty VMM cgroups left by an lg that died (their VMM died with it)."""
+    """Remove empty VMM cgroups left by an lg that died (their VMM died with it). An empty one younger than a
+    minute is left alone: it may be a VMM's being set up right now by another thread or lg (created, its pid
+    not written yet); removing it made that VMM fail to start."""
     removed = []
+    now = time.time()
     for parent in _parents():
         with contextlib.suppress(OSError):
             for path in parent.iterdir():
-                if path.is_dir() and not _read(path / "cgroup.procs").strip():
+                if not path.is_dir() or now - path.stat().st_mtime < REAP_AFTER_SECONDS:
+                    continue
+                if not _read(path / "cgroup.procs").strip():
                     with contextlib.suppress(OSError):
                         path.rmdir()
                         removed.append(path.name)

@@ -14,7 +14,7 @@ import pytest
 
 from lg.errors import EnvironmentUnfit
 from lg.guest.protocol import encode_message
-from lg.vm import host, qemu
+from lg.vm import host, qemu, vmm_cgroup
 from lg.vm.agent_client import AgentClient
 from lg.vm.api import AgentUnresponsive, ExecRequest, VmSpec
 from lg.vm.base import file_change
@@ -357,3 +357,26 @@ def test_auto_fallback_records_a_verdict_only_when_tcg_proves_the_image(
     assert tried == ["kvm", "tcg"]
     verdict = qemu.load_verdict(hv.verdict_path, "host-a")
     assert (verdict.usable if verdict else None) == expected_verdict
+
+
+def test_reaping_leaves_a_fresh_empty_vmm_cgroup_alone() -> None:
+    """A VMM's cgroup is empty between its creation and the write of the VMM's pid: a concurrent reap (every
+    boot and restore reaps) must not remove it then. Old empty ones, left by a dead lg, do go."""
+    if os.geteuid() != 0 or vmm_cgroup.self_check() is not None:
+        pytest.skip("needs root and writable cgroups")
+    parents = vmm_cgroup._parents()
+    created = []
+    try:
+        for parent in parents:
+            parent.mkdir(parents=True, exist_ok=True)
+            (parent / "vm-reaptest").mkdir()
+            created.append(parent / "vm-reaptest")
+        assert "vm-reaptest" not in vmm_cgroup.reap() and all(path.exists() for path in created)
+        for path in created:
+            old = time.time() - 2 * vmm_cgroup.REAP_AFTER_SECONDS
+            os.utime(path, (old, old))
+        assert "vm-reaptest" in vmm_cgroup.reap() and not any(path.exists() for path in created)
+    finally:
+        for path in created:
+            if path.exists():
+                path.rmdir()
