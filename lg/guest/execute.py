@@ -188,41 +188,36 @@ def _spawn_confined(command: Command, confinement: confine.Confinement, cgroup: 
     finally:
         for fd in passed:
             os.close(fd)
-    with contextlib.closing(_Pipe(status_read)) as status:
-        report = status.read_all(HELPER_DEADLINE)
-    if report is None or report:
-        kill_group(process.pid)
-        process.communicate()  # reaps it and closes its pipes
-        if not report:
-            raise confine.SetupFailed(0, "the confinement helper did not finish")
-        raise confine.helper_failure(report, process.returncode)
-    return process
+    report = _read_to_end(status_read, HELPER_DEADLINE)
+    if report == b"":
+        return process
+    kill_group(process.pid)
+    process.communicate()  # reaps it and closes its pipes
+    if report is None:
+        raise confine.SetupFailed(0, "the confinement helper did not finish")
+    raise confine.helper_failure(report, process.returncode)
 
 
 HELPER_DEADLINE = 60.0  # the helper makes a few dozen system calls; this only guards against a wedged guest
 
 
-class _Pipe:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def read_all(self, timeout: float) -> bytes | None:
-        """Everything until end of file, or None if the writer still holds it open after `timeout`."""
-        data = bytearray()
-        deadline = time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
+def _read_to_end(fd: int, timeout: float) -> bytes | None:
+    """Everything until end of file, or None if the writer still holds it open after `timeout`; closes `fd`."""
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not poller.poll(int(remaining * 1000) + 1):
                 return None
-            chunk = os.read(self.fd, 4096)
+            chunk = os.read(fd, 4096)
             if not chunk:
                 return bytes(data)
             data += chunk
-
-    def close(self) -> None:
-        os.close(self.fd)
+    finally:
+        os.close(fd)
 
 
 def _popen(command: Command, argv: list[str], pass_fds: tuple[int, ...],

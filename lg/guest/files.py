@@ -19,7 +19,7 @@ from lg.guest.protocol import (
     get_str,
     get_str_list,
 )
-from lg.guest.tarsafe import Extractor, TreeStats, add_paths
+from lg.guest.tarsafe import Extractor, TreeStats, Written, add_paths
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class OutgoingStream:
 
 
 def receive_tree(link: Link, request_id: int, body: dict[str, Any],
-                 hash_files: bool = False) -> tuple[TreeStats, dict[str, tuple[tuple[int, int, int, int], str]]]:
+                 hash_files: bool = False) -> tuple[TreeStats, Written]:
     """Extract the tar stream that follows a put request into its `dest`; with `hash_files`, also the
     SHA-256 of each file written, by path (see Extractor)."""
     incoming = IncomingStream(link, request_id)

@@ -16,6 +16,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from lg.guest.tarsafe import Written
+
 HASH_CHUNK = 1 << 20
 
 
@@ -61,7 +63,7 @@ def _entry(path: str, status: os.stat_result, previous: Entry | None) -> Entry:
     return Entry("file", status.st_size, mode, file_sha256(path), None, key)
 
 
-def known_files(digests: dict[str, tuple[tuple[int, int, int, int], str]]) -> Manifest:
+def known_files(digests: Written) -> Manifest:
     """Files whose content hash is known already, by path: reused by `take` only where the key matches."""
     return {name: Entry("file", key[1], 0, sha256, None, key) for name, (key, sha256) in digests.items()}
 

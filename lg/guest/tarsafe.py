@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from lg.guest.protocol import ErrorCode, ProtocolError, check_relative_path
 
 COPY_CHUNK = 1 << 20
+Written = dict[str, tuple[tuple[int, int, int, int], str]]  # path -> ((inode, size, mtime_ns, ctime_ns), sha256)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -59,7 +60,7 @@ class Extractor:
         """`hash_files`: keep each regular file's SHA-256 as it is written, with the (inode, size, mtime_ns,
         ctime_ns) it was left with (`digests`), so a manifest taken right after need not read it again."""
         os.makedirs(dest, exist_ok=True)
-        self.digests: dict[str, tuple[tuple[int, int, int, int], str]] | None = {} if hash_files else None
+        self.digests: Written | None = {} if hash_files else None
         self.root = os.open(dest, _DIR_FLAGS & ~os.O_NOFOLLOW)
         self.owner = owner
         if owner:

@@ -33,14 +33,14 @@ from lg.pool.templates import TemplateProblem, TemplateStore
 from lg.pool.warmup import exercise
 from lg.vm.api import ExecRequest, Hypervisor, Vm, VmError, VmSpec
 
-RESTORE_FAILURES_BEFORE_COLD = 2
+RESTORE_FAILURES_BEFORE_COLD = 2  # consecutive failed restores after which a key cold-boots for good
 REFILL_NICE = 10
 
 
 def refill_workers() -> int:
     """VMs made at once in the background: making one is CPU-bound (a restore, then a warm-up that under TCG
     is mostly code translation), so one per core, at most two, leaves the running step its nice-0 share."""
-    return max(1, min(2, os.cpu_count() or 1))  # consecutive failed restores after which a key cold-boots for good
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 class PoolExhausted(LgError):
@@ -218,12 +218,12 @@ class WarmPool:
             return self._backends[name]
 
     def _spawn(self, key: PoolKey, spec: VmSpec, for_pool: bool) -> ReadyVm:
-        """A VM of `key`. One made `for_pool` waits idle and niced; a restored one is warmed up while it waits,
-        unless a lease is queued already: warming costs more CPU (about 0.7 s under TCG) than it saves the step
-        (about 0.4 s), so it pays only off the critical path."""
+        """A VM of `key`. One made `for_pool` (by a niced refill worker, whose nice its VMM and the VMM's session
+        inherit: lg.vm.host.session_keeps_nice) waits idle; a restored one is warmed up while it waits, unless a
+        lease is queued already: warming costs more CPU (about 0.7 s under TCG) than it saves the step (about
+        0.4 s), so it pays only off the critical path."""
         ready = self._make(key, spec)
         if for_pool:
-            _renice(ready.vm, REFILL_NICE)
             with self._cond:
                 wanted_now = self._queued > 0
             if ready.source == "restored" and not wanted_now:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lg.errors import LgError
-from lg.pool import warmup as warmup_routine
+from lg.pool.warmup import ROUTINE as WARMUP_ROUTINE
 from lg.pool.warmup import exercise
 from lg.vm.api import ExecRequest, Hypervisor, VmSpec
 from lg.vm.host import process_alive
@@ -69,7 +69,7 @@ class TemplateStore:
         inputs = {"format": FORMAT, "backend": self.hypervisor.name, "fingerprint": self.fingerprint,
                   "image": spec.image.digest, "vcpus": spec.vcpus, "memory_mib": spec.memory_mib,
                   "accelerator": spec.accelerator, "warmup": _describe_warmup(warmup),
-                  "warmup_routine": warmup_routine.ROUTINE,
+                  "warmup_routine": WARMUP_ROUTINE,
                   "command_line": signature(replace(spec, hostname=TEMPLATE_HOSTNAME, network=None))
                   if callable(signature) else None}
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
