@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,14 @@ import pytest
 from lg.cli.main import run
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def no_pool_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Runs use their own pool unless a test starts a daemon: a daemon serving on the host's default socket
+    (a user's, or one left by a benchmark) must not decide what the suite tests. CI runs on the machine the
+    team works on, so this is not hypothetical."""
+    monkeypatch.setenv("LG_POOL_SOCKET", str(tmp_path_factory.getbasetemp() / "no-daemon" / "pool.sock"))
 
 
 @dataclass(frozen=True)
@@ -29,9 +38,22 @@ def lg(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
         capsys.readouterr()
         code = run([str(arg) for arg in args])
         captured = capsys.readouterr()
+        print(_crash_report(captured.err), end="")  # unread capture: pytest shows it if the test then fails
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+def _crash_report(err: str) -> str:
+    """The traceback an internal error left in its crash log, for the report of a failing test (CI shows the
+    report, not the machine's files)."""
+    found = re.search(r"The traceback is in (\S+?);", err)
+    if found is None:
+        return ""
+    try:
+        return "\n" + Path(found.group(1)).read_text()
+    except OSError:
+        return ""
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from lg.model import PoolSettings
 from lg.pool.key import PoolKey, key_for, profile_digest
 from lg.pool.metrics import PoolMetrics, prometheus_collector
-from lg.pool.pool import PoolExhausted, WarmPool
+from lg.pool.pool import PoolExhausted, WarmPool, _renice_autogroup
 from lg.pool.wire import exec_from_json, exec_to_json, spec_from_json, spec_to_json
 from lg.vm.api import ExecRequest, VmSpec
 from tests.vm.conftest import ImageFiles
@@ -201,3 +201,22 @@ def test_prune_removes_templates_of_gone_images_and_old_formats(tmp_path: Path) 
     removed = prune_templates(tmp_path, {"kept"})
     assert sorted(entry["digest"][0] for entry in removed) == ["b", "c"]
     assert [entry["digest"][0] for entry in TemplateStore.list_at(tmp_path)] == ["a"]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "renices"), [
+    ("/autogroup-7 nice 0\n", "/autogroup-9 nice 10\n", True),   # the VMM is a session of its own
+    ("", "/autogroup-9 nice 10\n", True),                        # lg in the root autogroup (as in CI)
+    ("/autogroup-7 nice 0\n", "/autogroup-7 nice 0\n", False),   # the VMM shares lg's session
+    ("/autogroup-7 nice 0\n", "", False),                        # the VMM in the root autogroup: never touched
+    ("", None, False),                                           # the VMM is gone
+])
+def test_a_lease_renices_only_the_vmm_s_own_autogroup(tmp_path: Path, ours: str, theirs: str | None,
+                                                      renices: bool) -> None:
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "autogroup").write_text(ours)
+    (tmp_path / "42").mkdir()
+    if theirs is not None:
+        (tmp_path / "42" / "autogroup").write_text(theirs)
+    _renice_autogroup(42, 0, proc=tmp_path)
+    after = (tmp_path / "42" / "autogroup").read_text() if theirs is not None else None
+    assert (after == "0") is renices
