@@ -175,14 +175,12 @@ def op_exec(agent: Agent, session: Session, request_id: int, body: dict[str, Any
 
 
 def op_put(agent: Agent, session: Session, request_id: int, body: dict[str, Any]) -> dict[str, Any]:
-    wants_manifest = get_bool(body, "manifest", True)
-    stats, written = files.receive_tree(session, request_id, body, hash_files=wants_manifest)
+    stats, taken = files.receive_tree(session, request_id, body)
     answer: dict[str, Any] = {"files": stats.files, "bytes": stats.bytes}
-    if wants_manifest:
-        dest = files.check_guest_dir(get_str(body, "dest"))
-        # The files just written were hashed as they were written: not read again unless they changed since.
-        agent.manifests[dest] = manifest.take(dest, previous=manifest.known_files(written))
-        answer["manifest"] = manifest.summary(agent.manifests[dest])
+    if get_bool(body, "manifest", True):
+        # lg-tree hashed the files as it wrote them: the manifest cost no second read.
+        agent.manifests[files.check_guest_dir(get_str(body, "dest"))] = taken
+        answer["manifest"] = manifest.summary(taken)
     return answer
 
 

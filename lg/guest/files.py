@@ -6,6 +6,7 @@ import os
 import select
 import tarfile
 
+from lg.guest import tree
 from lg.guest.channel import Disconnected
 from lg.guest.protocol import (
     DATA_CHUNK,
@@ -19,13 +20,15 @@ from lg.guest.protocol import (
     get_str,
     get_str_list,
 )
-from lg.guest.tarsafe import Extractor, TreeStats, Written, add_paths
+from lg.guest.tarsafe import TreeStats, add_paths
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
     from lg.guest.execute import Link
+    from lg.guest.manifest import Manifest
 
 
 def check_guest_dir(path: str) -> str:
@@ -50,6 +53,14 @@ class IncomingStream:
         chunk = bytes(self.buffer[:count])
         del self.buffer[:count]
         return chunk
+
+    def chunks(self) -> Iterator[bytes]:
+        """The stream's bytes as they arrive, until its end."""
+        while not self.ended:
+            self._fill()
+            if self.buffer:
+                yield bytes(self.buffer)
+                self.buffer.clear()
 
     def drain(self) -> None:
         """Consume the rest of the stream, so the connection stays in step after an error."""
@@ -90,20 +101,15 @@ class OutgoingStream:
         self.link.send(encode_data(self.request_id, Stream.TAR, b""))
 
 
-def receive_tree(link: Link, request_id: int, body: dict[str, Any],
-                 hash_files: bool = False) -> tuple[TreeStats, Written]:
-    """Extract the tar stream that follows a put request into its `dest`; with `hash_files`, also the
-    SHA-256 of each file written, by path (see Extractor)."""
+def receive_tree(link: Link, request_id: int, body: dict[str, Any]) -> tuple[TreeStats, Manifest]:
+    """Extract the tar stream that follows a put request into its `dest` (lg-tree does the per-file work:
+    lg.guest.tree), and the manifest of `dest` after it."""
     incoming = IncomingStream(link, request_id)
     try:
         dest = check_guest_dir(get_str(body, "dest"))
         uid, gid = get_opt_int(body, "uid"), get_opt_int(body, "gid")
         owner = (uid, gid if gid is not None else uid) if uid is not None else None
-        extractor = Extractor(dest, owner=owner, hash_files=hash_files)
-        with tarfile.open(fileobj=incoming, mode="r|", bufsize=DATA_CHUNK) as archive:  # type: ignore[call-overload]
-            return extractor.extract_all(archive), extractor.digests or {}
-    except tarfile.TarError as problem:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"not a valid tar stream: {problem}") from problem
+        return tree.put(dest, owner, incoming.chunks())
     finally:
         incoming.drain()
 

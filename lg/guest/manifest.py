@@ -16,8 +16,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from lg.guest.tarsafe import Written
-
 HASH_CHUNK = 1 << 20
 
 
@@ -61,11 +59,6 @@ def _entry(path: str, status: os.stat_result, previous: Entry | None) -> Entry:
     if previous is not None and previous.kind == "file" and previous.key == key:
         return Entry("file", status.st_size, mode, previous.sha256, None, key)
     return Entry("file", status.st_size, mode, file_sha256(path), None, key)
-
-
-def known_files(digests: Written) -> Manifest:
-    """Files whose content hash is known already, by path: reused by `take` only where the key matches."""
-    return {name: Entry("file", key[1], 0, sha256, None, key) for name, (key, sha256) in digests.items()}
 
 
 def take(root: str, previous: Manifest | None = None) -> Manifest:

@@ -179,6 +179,10 @@ class FrameDecoder:
         self._skip = 0
         self.broken = False
 
+    def pending(self) -> bool:
+        """Bytes of a frame not complete yet (or of one being skipped)."""
+        return bool(self._buffer) or bool(self._skip)
+
     def feed(self, data: bytes) -> list[Frame]:
         if self.broken:
             return []

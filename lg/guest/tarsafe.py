@@ -11,7 +11,6 @@ Python (3.11.2 in Debian 12) predates it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import posixpath
 import stat
@@ -21,7 +20,6 @@ from collections.abc import Callable, Iterable
 from lg.guest.protocol import ErrorCode, ProtocolError, check_relative_path
 
 COPY_CHUNK = 1 << 20
-Written = dict[str, tuple[tuple[int, int, int, int], str]]  # path -> ((inode, size, mtime_ns, ctime_ns), sha256)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -55,12 +53,8 @@ def check_link_target(name: str, target: str) -> None:
 class Extractor:
     """Extracts the members of one archive under `dest` (created if missing)."""
 
-    def __init__(self, dest: str, owner: tuple[int, int] | None = None, max_bytes: int | None = None,
-                 hash_files: bool = False) -> None:
-        """`hash_files`: keep each regular file's SHA-256 as it is written, with the (inode, size, mtime_ns,
-        ctime_ns) it was left with (`digests`), so a manifest taken right after need not read it again."""
+    def __init__(self, dest: str, owner: tuple[int, int] | None = None, max_bytes: int | None = None) -> None:
         os.makedirs(dest, exist_ok=True)
-        self.digests: Written | None = {} if hash_files else None
         self.root = os.open(dest, _DIR_FLAGS & ~os.O_NOFOLLOW)
         self.owner = owner
         if owner:
@@ -153,20 +147,13 @@ class Extractor:
         source = archive.extractfile(member)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         out = os.open(leaf, flags, 0o600, dir_fd=parent)
-        digest = hashlib.sha256() if self.digests is not None else None
         try:
             while source is not None and (chunk := source.read(COPY_CHUNK)):
                 os.write(out, chunk)
-                if digest is not None:
-                    digest.update(chunk)
             if self.owner:
                 os.fchown(out, *self.owner)
             os.fchmod(out, member.mode & 0o777)
             _set_mtime(out, member.mtime)
-            if digest is not None and self.digests is not None:
-                left = os.fstat(out)  # after the last change to it: what a manifest's lstat will see
-                self.digests[name] = ((left.st_ino, left.st_size, left.st_mtime_ns, left.st_ctime_ns),
-                                      digest.hexdigest())
         finally:
             os.close(out)
         self.stats.files += 1

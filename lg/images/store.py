@@ -49,6 +49,9 @@ def agent_sources() -> list[tuple[str, bytes]]:
     return files  # C sources are compiled into bin/ when the image is assembled (lg.images.build)
 
 
+_required: dict[tuple[Path, str, str], BuiltImage] = {}
+
+
 def recipe_key(recipe: Recipe) -> str:
     digest = hashlib.sha256()
     for part in (BUILDER_VERSION, recipe.text, INITRAMFS_INIT, DISK_INIT, DISK_STAGE2):
@@ -141,10 +144,16 @@ class ImageStore:
 
 
 def require_image(config: ProjectConfig, name: str) -> BuiltImage:
-    """The newest image built from recipe `name` as it is now (recipe, init scripts and agent unchanged)."""
+    """The newest image built from recipe `name` as it is now (recipe, init scripts and agent unchanged).
+    Found once per process and recipe version: every step asks, and listing the cache reads each image's
+    manifest (about 6 ms a step with a few dozen cached builds)."""
     key = recipe_key(find_recipe(config, name))
+    known = _required.get((config.cache_dir, name, key))
+    if known is not None and (known.directory / MANIFEST).is_file():  # not pruned since
+        return known
     for image in ImageStore(config.cache_dir).list():
         if image.name == name and image.recipe_key == key:
+            _required[(config.cache_dir, name, key)] = image
             return image
     raise EnvironmentUnfit(f"image {name!r} is not built (or its recipe or the guest agent changed)",
                            fix=f"lg image build {name}")

@@ -153,10 +153,15 @@ class PoolDaemon:
                     answer = {"ok": False, "error": str(error), "exit_code": int(error.exit_code)}
                 except (KeyError, TypeError, ValueError) as error:
                     answer = {"ok": False, "error": f"bad request: {error!r}", "exit_code": 2}
+                leased = answer.get("vm")  # a lease passes the VM's agent connection as a file descriptor
+                channel = leased.pop("_channel", None) if isinstance(leased, dict) else None
                 try:
-                    link.send(answer)
+                    link.send(answer, fds=(channel.fileno(),) if channel is not None else ())
                 except OSError:
                     return
+                finally:
+                    if channel is not None:
+                        channel.close()  # the client's copy is the connection now
         finally:
             for vm_id in mine:  # the client went away (or was killed): its VMs go too, never to another
                 self.release(vm_id)
@@ -192,6 +197,7 @@ class PoolDaemon:
         lease = self.pool.lease(key, spec, float(timeout) if timeout is not None else None,
                                 exec_from_json(message.get("warmup")))
         try:
+            channel = lease.vm.hand_over_channel()  # type: ignore[attr-defined]
             handover = lease.vm.handover()  # type: ignore[attr-defined]
         except BaseException:
             lease.release()
@@ -199,8 +205,10 @@ class PoolDaemon:
         with self._lock:
             self.leases[lease.vm.id] = lease
         mine.add(lease.vm.id)
-        return {**lease.to_json(), **handover, "accelerator": lease.vm.accelerator,
-                "host_confinement": dict(lease.vm.host_confinement), "boot_seconds": lease.vm.boot_seconds}
+        answer = {**lease.to_json(), **handover, "accelerator": lease.vm.accelerator,
+                  "host_confinement": dict(lease.vm.host_confinement), "boot_seconds": lease.vm.boot_seconds,
+                  "channel_passed": channel is not None}
+        return {**answer, "_channel": channel} if channel is not None else answer
 
     def release(self, vm_id: str) -> None:
         with self._lock:

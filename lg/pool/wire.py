@@ -83,19 +83,25 @@ def exec_from_json(data: dict[str, Any] | None) -> ExecRequest | None:
 
 
 class LineSocket:
-    """JSON lines over a stream socket."""
+    """JSON lines over a unix stream socket; a line may carry file descriptors (SCM_RIGHTS)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buffer = b""
+        self.fds: list[int] = []  # received and not taken yet, in order
 
-    def send(self, message: dict[str, Any]) -> None:
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
+    def send(self, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+        data = json.dumps(message).encode() + b"\n"
+        if fds:
+            sent = socket.send_fds(self.sock, [data], list(fds))
+            data = data[sent:]
+        self.sock.sendall(data)
 
     def receive(self) -> dict[str, Any] | None:
         """The next message; None at end of stream."""
         while b"\n" not in self._buffer:
-            chunk = self.sock.recv(65536)
+            chunk, fds, _, _ = socket.recv_fds(self.sock, 65536, 4)
+            self.fds += fds
             if not chunk:
                 return None
             self._buffer += chunk
@@ -107,5 +113,11 @@ class LineSocket:
             raise PoolDaemonError("a pool message was not a JSON object")
         return message
 
+    def take_fd(self) -> int | None:
+        return self.fds.pop(0) if self.fds else None
+
     def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
         self.sock.close()

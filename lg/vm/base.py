@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -146,6 +147,15 @@ class AgentVm(abc.ABC):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def hand_over_channel(self) -> socket.socket | None:
+        """The open agent connection itself, for another process (sent as a file descriptor): it goes on
+        where this one stopped, with no reconnect for the guest agent to notice and wait out. This process
+        stops using it; the caller closes this copy once sent."""
+        client, self._client = self._client, None
+        if client is None or client.inbox or client.decoder.pending():
+            return None  # half-read frames would be lost: the other process connects afresh instead
+        return client.sock
 
     def set_identity(self, hostname: str, machine_id: str) -> dict[str, Any]:
         """A fresh hostname and machine id, the host's clock and new entropy, in one round trip (a VM restored

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from lg.guest.protocol import Frame, FrameDecoder, Message, request
+from lg.guest.tree import BIN_DIR_ENV
+from lg.images.build import compile_helper, helper_name
+from lg.images.store import agent_sources
 from lg.vm.agent_client import AgentClient
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -24,7 +31,19 @@ def agent_command(*args: str) -> list[str]:
 
 
 def agent_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+    return {**os.environ, "PYTHONPATH": str(REPO), BIN_DIR_ENV: str(guest_bin())}
+
+
+@functools.cache
+def guest_bin() -> Path:
+    """The guest's native helpers compiled for this host as the image build compiles them (the agent runs
+    lg-tree for every put and changes). Compiled once per test session, removed at exit."""
+    directory = Path(tempfile.mkdtemp(prefix="lg-guest-bin-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    for relative, source in agent_sources():
+        if relative.endswith(".c"):
+            compile_helper(source, directory / helper_name(relative))
+    return directory
 
 
 class RawPeer:

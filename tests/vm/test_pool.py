@@ -210,6 +210,7 @@ def test_the_daemon_serves_leases_and_leaves_nothing_when_killed(daemon: tuple[s
     key = key_for("qemu", pool_spec, profile_digest({}))
     lease = remote.lease(key, pool_spec, timeout=120)
     assert probe(lease.vm)[0] == "lg-test-step"  # this process talks to the daemon's VM directly
+    assert lease.vm.channel_passed  # type: ignore[attr-defined] # over the daemon's connection, handed over
     vm_pid = lease.vm.pid  # type: ignore[attr-defined]
     assert psutil.Process(vm_pid).ppid() == process.pid
 
