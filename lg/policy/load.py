@@ -5,11 +5,13 @@ A policy that does not load stops everything that depends on it: there is no "no
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lg.config import verdicts
 from lg.config.durations import parse_duration
 from lg.config.project import load_project_config, resolve_named_file
 from lg.config.schema_check import check_schema
@@ -247,8 +249,13 @@ _MATCHERS: dict[str, Callable[[SourceDoc, KeyPath, Any], Any]] = {
 
 
 def _check_examples(doc: SourceDoc, policy: RiskPolicy, own: list[Rule | None]) -> None:
+    """Every rule matches its `match` examples and none of its `no_match` ones. A policy whose rules passed
+    once, in this exact content and with this lg, is not checked again (lg.config.verdicts)."""
     from lg.policy.grade import rule_matches_example  # noqa: PLC0415 - grade imports this module's users
 
+    subject = json.dumps(doc.data, sort_keys=True, default=str).encode()
+    if verdicts.passed("policy-examples", subject, verdicts.lg_source_digest()):
+        return
     problems: list[InvalidInput] = []
     for index, raw in enumerate(doc.data.get("rules", [])):
         rule = own[index]
@@ -267,6 +274,7 @@ def _check_examples(doc: SourceDoc, policy: RiskPolicy, own: list[Rule | None]) 
                     problems.append(doc.error(where, f"rule {rule.id} {verb} its own example {example!r}"))
     if problems:
         raise InvalidInputs(problems)
+    verdicts.remember("policy-examples", subject, verdicts.lg_source_digest())
 
 
 def _example(doc: SourceDoc, where: KeyPath, rule: Rule, example: Any) -> Any:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lg.config import verdicts
 from lg.errors import EnvironmentUnfit, InvalidInput, Location
 
 PARSER_TIMEOUT = 60.0
@@ -43,19 +44,26 @@ def load_apparmor(path: Path) -> AppArmorProfile:
     if len(names) != 1:
         raise InvalidInput("an lg AppArmor profile file declares exactly one `profile NAME { ... }` "
                            f"(found {len(names)})", Location(path, 1))
-    _compile_check(path)
+    _compile_check(path, text)
     return AppArmorProfile(names[0], path, text, hashlib.sha256(text.encode()).hexdigest())
 
 
-def _compile_check(path: Path) -> None:
+def _compile_check(path: Path, text: str) -> None:
+    """apparmor_parser accepts the profile (without loading it). A text this parser accepted before is not
+    parsed again (lg.config.verdicts); what it includes from /etc/apparmor.d is not part of that key, and
+    the guest compiles the profile again before a step runs under it, refusing the step if that fails."""
     parser = shutil.which("apparmor_parser") or ("/usr/sbin/apparmor_parser"
                                                   if Path("/usr/sbin/apparmor_parser").exists() else None)
     if parser is None:
         raise EnvironmentUnfit("apparmor_parser is not installed; it checks AppArmor profiles before a step runs",
                                fix="apt-get install apparmor (scripts/setup does)")
+    checker = verdicts.file_identity(parser)
+    if verdicts.passed("apparmor-parse", text.encode(), checker):
+        return
     result = subprocess.run(
         [parser, "--skip-kernel-load", "--skip-cache", "--quiet", "--skip-bad-cache", str(path)],
         capture_output=True, text=True, timeout=PARSER_TIMEOUT, check=False)
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(_NOISE)]
         raise InvalidInput(f"apparmor_parser: {' '.join(lines) or f'exit {result.returncode}'}", Location(path))
+    verdicts.remember("apparmor-parse", text.encode(), checker)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from lg.errors import InvalidInput
 from lg.security.profile import load_vm_profile_file
 
 
@@ -128,3 +129,28 @@ def test_selinux_is_refused_unless_optional_and_then_said_not_enforced(write: Ca
     optional = load_vm_profile_file(write("se2.yaml", "selinux: {label: 'system_u:system_r:container_t:s0'}\n"
                                                       "optional: [selinux]\n"))
     assert plan_for(optional).selinux.startswith("not enforced (no policy in image)")
+
+
+def test_an_apparmor_text_the_parser_accepted_is_not_parsed_again_and_a_broken_one_always_is(
+        write: Callable[[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from lg.security import apparmor
+
+    monkeypatch.setenv("LG_CACHE_DIR", str(tmp_path / "cache"))
+    runs: list[list[str]] = []
+    real = subprocess.run
+
+    def counted(argv: list[str], **options: Any) -> Any:
+        runs.append(argv)
+        return real(argv, **options)
+
+    monkeypatch.setattr(apparmor.subprocess, "run", counted)
+    good = "profile lg-verdict-test {\n  file,\n}\n"
+    for name in ("one.aa", "two.aa"):
+        apparmor.load_apparmor(write(name, good))
+    assert len(runs) == 1  # the same text, accepted once, is not parsed again
+    for name in ("bad1.aa", "bad2.aa"):
+        with pytest.raises(InvalidInput, match="apparmor_parser"):
+            apparmor.load_apparmor(write(name, "profile lg-verdict-test {\n  nonsense here\n}\n"))
+    assert len(runs) == 3

@@ -110,3 +110,40 @@ def test_cli_explain(lg: Callable[..., Any], write: Write) -> None:
     assert data["matches"][0]["rule"] == "effects.dependencies"
     assert lg("policy", "explain").code == 2
     assert "RED" in lg("policy", "explain", "--", "rm -rf /").out
+
+
+EXAMPLED = """\
+    rules:
+      - id: exec.rm
+        level: red
+        reason: r
+        command: {program: rm, flags: [[-r]]}
+        examples:
+          match: ["rm -r x"]
+          no_match: ["%s"]
+    """
+
+
+def test_examples_that_passed_are_not_checked_again_and_failures_always_are(
+        write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lg.config.verdicts: a pass is remembered for exactly that content and that lg; a failure never is."""
+    from lg.config import verdicts
+    from lg.policy import grade
+
+    monkeypatch.setenv("LG_CACHE_DIR", str(tmp_path / "cache"))
+    checked: list[object] = []
+    real = grade.rule_matches_example
+    def counted(rule: Any, example: Any) -> bool:
+        checked.append(example)
+        return real(rule, example)
+
+    monkeypatch.setattr(grade, "rule_matches_example", counted)
+    load_policy_file(write("a.yaml", EXAMPLED % "rm y"))
+    assert checked == ["rm -r x", "rm y"]
+    load_policy_file(write("b.yaml", EXAMPLED % "rm y"))  # the same rules in another file: not checked again
+    assert len(checked) == 2
+    monkeypatch.setattr(verdicts, "lg_source_digest", lambda: "another lg")
+    load_policy_file(write("c.yaml", EXAMPLED % "rm y"))  # another lg may match differently: checked
+    assert len(checked) == 4
+    for name in ("d.yaml", "e.yaml"):  # a failing example is found, with its line, every time
+        assert errors_of(write(name, EXAMPLED % "rm -r y"))[0].endswith("matches its own example 'rm -r y'")
