@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib.util
+import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-from jsonschema.exceptions import ValidationError
-
+from lg.config import verdicts
 from lg.config.yamlsource import KeyPath, SourceDoc
 from lg.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -20,11 +24,42 @@ def suggest(word: str, choices: Iterable[str]) -> str:
 
 
 def check_schema(doc: SourceDoc, schema: Mapping[str, Any]) -> list[InvalidInput]:
-    """Every schema violation in `doc`, in file order. An empty list means the document is valid."""
+    """Every schema violation in `doc`, in file order. An empty list means the document is valid.
+
+    A document found valid once, with this content, schema and jsonschema, is not validated again
+    (lg.config.verdicts): importing jsonschema alone cost every `lg run` and `lg validate` about 0.1 s."""
+    subject, checker = _canonical(doc.data), _checker(schema)
+    if subject is not None and checker is not None and verdicts.passed("schema", subject, checker):
+        return []
+    import jsonschema  # noqa: PLC0415 - only when something is validated
+
     validator = jsonschema.Draft202012Validator(schema)
     errors = [_to_input_error(doc, error) for error in _leaf_errors(validator.iter_errors(doc.data))]
     unique = {str(error): error for error in errors}
+    if not unique and subject is not None and checker is not None:
+        verdicts.remember("schema", subject, checker)
     return sorted(unique.values(), key=_file_order)
+
+
+def _canonical(value: Any) -> bytes | None:
+    """The document as canonical JSON, or None when it holds anything JSON cannot say exactly (then it is
+    always validated)."""
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError):
+        return None
+
+
+def _checker(schema: Mapping[str, Any]) -> str | None:
+    text = _canonical(schema)
+    return None if text is None else f"{_jsonschema_identity()}\0{text.decode()}"
+
+
+@functools.cache
+def _jsonschema_identity() -> str:
+    """The installed jsonschema, found without importing it (its metadata lookup alone cost 70 ms)."""
+    spec = importlib.util.find_spec("jsonschema")
+    return verdicts.file_identity(spec.origin) if spec is not None and spec.origin else "unknown"
 
 
 def _file_order(error: InvalidInput) -> tuple[int, int]:

@@ -11,14 +11,13 @@ import functools
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import jinja2
-from jinja2 import meta
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 from lg.config.schema_check import suggest
+
+if TYPE_CHECKING:
+    from jinja2 import UndefinedError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 RUNTIME_NAMES = frozenset({"steps"})
 FORBIDDEN_NAMES = {"secrets": "secrets reach a step as environment variables ($NAME), never through templates"}
@@ -33,29 +32,41 @@ class TemplateProblem(Exception):
         self.line = line
 
 
-class _Undefined(jinja2.StrictUndefined):
-    """StrictUndefined whose message names what *is* defined, with a suggestion."""
+@functools.cache
+def _jinja() -> types.ModuleType:
+    """jinja2, imported on first use: a pipeline without templates never pays for it (about 50 ms a run)."""
+    import jinja2  # noqa: PLC0415
+    import jinja2.meta  # noqa: PLC0415
+    import jinja2.sandbox  # noqa: PLC0415
 
-    @property
-    def _undefined_message(self) -> str:
-        owner = self._undefined_obj
-        name = self._undefined_name
-        if isinstance(owner, Scope) and isinstance(name, str):
-            known = ", ".join(sorted(owner)) or "nothing"
-            return f"{owner.label}.{name} is not defined{suggest(name, owner)} ({owner.label} has: {known})"
-        if isinstance(name, str) and owner is jinja2.utils.missing:
-            return f"{name!r} is not defined (templates can use: vars, env, matrix, pipeline, steps)"
-        return str(super()._undefined_message)
+    return jinja2
 
 
 @functools.cache
 def environment() -> ImmutableSandboxedEnvironment:
+    jinja2 = _jinja()
+
+    class Undefined(jinja2.StrictUndefined):  # type: ignore[misc,name-defined]
+        """StrictUndefined whose message names what *is* defined, with a suggestion."""
+
+        @property
+        def _undefined_message(self) -> str:
+            owner = self._undefined_obj
+            name = self._undefined_name
+            if isinstance(owner, Scope) and isinstance(name, str):
+                known = ", ".join(sorted(owner)) or "nothing"
+                return f"{owner.label}.{name} is not defined{suggest(name, owner)} ({owner.label} has: {known})"
+            if isinstance(name, str) and owner is jinja2.utils.missing:
+                return f"{name!r} is not defined (templates can use: vars, env, matrix, pipeline, steps)"
+            return str(super()._undefined_message)
+
     # Immutable sandbox: a template can read what it is given and call safe filters, nothing else.
-    return ImmutableSandboxedEnvironment(
-        undefined=_Undefined,
+    sandboxed: ImmutableSandboxedEnvironment = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        undefined=Undefined,
         autoescape=False,
         keep_trailing_newline=True,
     )
+    return sandboxed
 
 
 def is_template(text: str) -> bool:
@@ -74,8 +85,9 @@ class ParsedTemplate:
 
 @functools.lru_cache(maxsize=4096)
 def parse(text: str) -> ParsedTemplate:
+    jinja2 = _jinja()
     try:
-        names = frozenset(meta.find_undeclared_variables(environment().parse(text)))
+        names = frozenset(jinja2.meta.find_undeclared_variables(environment().parse(text)))
     except jinja2.TemplateSyntaxError as error:  # also unknown filters and tests (TemplateAssertionError)
         raise TemplateProblem(f"template syntax error: {error.message}", error.lineno) from error
     for name, why in FORBIDDEN_NAMES.items():
@@ -87,8 +99,10 @@ def parse(text: str) -> ParsedTemplate:
 def render(text: str, context: Mapping[str, Any]) -> str:
     """Render `text`; raises TemplateProblem with the template line for syntax and undefined names."""
     parse(text)
+    jinja2 = _jinja()
     try:
-        return environment().from_string(text).render(context)
+        rendered: str = environment().from_string(text).render(context)
+        return rendered
     except jinja2.TemplateSyntaxError as error:
         raise TemplateProblem(f"template syntax error: {error.message}", error.lineno) from error
     except TemplateProblem as problem:  # raised by a probe standing in for `steps`
@@ -97,7 +111,7 @@ def render(text: str, context: Mapping[str, Any]) -> str:
     except jinja2.UndefinedError as error:
         raise TemplateProblem(f"undefined in template: {_explain_undefined(error)}", _template_line(error)) \
             from error
-    except SecurityError as error:
+    except jinja2.exceptions.SecurityError as error:
         raise TemplateProblem(f"not allowed in a template: {error}", _template_line(error)) from error
     except (TypeError, ValueError, ArithmeticError, LookupError) as error:
         raise TemplateProblem(f"template failed: {error}", _template_line(error)) from error
@@ -105,6 +119,7 @@ def render(text: str, context: Mapping[str, Any]) -> str:
 
 def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     """Evaluate an `if:` expression."""
+    jinja2 = _jinja()
     try:
         compiled = environment().compile_expression(expression, undefined_to_none=False)
         return compiled(**context)
@@ -112,13 +127,14 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
         raise TemplateProblem(f"expression syntax error: {error.message}", None) from error
     except jinja2.UndefinedError as error:
         raise TemplateProblem(f"undefined in expression: {_explain_undefined(error)}", None) from error
-    except (TypeError, ValueError, ArithmeticError, LookupError, SecurityError) as error:
+    except (TypeError, ValueError, ArithmeticError, LookupError, jinja2.exceptions.SecurityError) as error:
         raise TemplateProblem(f"expression failed: {error}", None) from error
 
 
 def expression_names(expression: str) -> frozenset[str]:
+    jinja2 = _jinja()
     try:
-        names = frozenset(meta.find_undeclared_variables(environment().parse("{{ (" + expression + ") }}")))
+        names = frozenset(jinja2.meta.find_undeclared_variables(environment().parse("{{ (" + expression + ") }}")))
     except jinja2.TemplateSyntaxError as error:
         raise TemplateProblem(f"expression syntax error: {error.message}", None) from error
     for name, why in FORBIDDEN_NAMES.items():
@@ -139,7 +155,7 @@ class Scope(dict[str, Any]):
         return f"{self.label} (defined: {known})"
 
 
-def _explain_undefined(error: jinja2.UndefinedError) -> str:
+def _explain_undefined(error: UndefinedError) -> str:
     return error.message or str(error)
 
 

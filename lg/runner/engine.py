@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lg.approvals.card import CardInput, build
 from lg.approvals.decide import current_user
@@ -371,8 +372,9 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
             output.note(result.detail or result.status)
     assert result is not None  # noqa: S101 - the loop runs at least once
     if result.status != "succeeded":
-        store.update_step(record.id, step.id, status=result.status, finished=time.time())
-        store.audit("step.finished", record.id, step=step.id, status=result.status, exit_code=result.exit_code)
+        with store.transaction():
+            store.update_step(record.id, step.id, status=result.status, finished=time.time())
+            store.audit("step.finished", record.id, step=step.id, status=result.status, exit_code=result.exit_code)
         request.echo(f"[{step.id}] {mask(f'{result.status}: {result.detail}')}")
         return StepState(result.status, continued=step.continue_on_error)
     return _settle_effects(run, step, store.step(record.id, step.id), script)
@@ -383,16 +385,20 @@ def _settle_effects(run: _Run, step: Step, record: StepRecord, script: str) -> S
     changes = tuple(FileChange(**change) for change in record.changes)
     held = effects_dir(run.store.run_dir(run.record.id), step.id)
     base: dict[str, str | None] | None = None
+    graded: dict[str, Any] | None = None
     if record.status != "applying":
         effects = grade_effects(run.request.policy, changes)
-        run.store.update_step(run.record.id, step.id, effects_grade=effects.to_json())
+        need = effects_gate(run.request.policy, step, effects, changes)
+        graded = effects.to_json()
+        if effects.denied or need is not None:  # else the grade commits with "applying" (one fsync fewer)
+            run.store.update_step(run.record.id, step.id, effects_grade=graded)
+            graded = None
         if effects.denied:
             rules = ", ".join(m.rule_id for m in effects.matches if m.level >= run.request.policy.thresholds.effects)
             discard(held)
             _end_step(run, step, "failed", f"effects denied by {rules}; nothing was applied")
             run.store.audit("effects.discarded", run.record.id, step=step.id, reason="denied by policy")
             return StepState("failed", continued=step.continue_on_error)
-        need = effects_gate(run.request.policy, step, effects, changes)
         if need is not None:
             gate = _effects_gate(run, step, record, need, effects, changes, held, script)
             base = {c["path"]: c["base_sha256"] for c in gate.subject.get("changes", [])}
@@ -406,7 +412,7 @@ def _settle_effects(run: _Run, step: Step, record: StepRecord, script: str) -> S
         gate_record = run.gates.gate(run.record.id, gate_id_for(step.id, "effects"))
         if gate_record is not None:
             base = {c["path"]: c["base_sha256"] for c in gate_record.subject.get("changes", [])}
-    return _apply(run, step, changes, held, base, dict(record.outputs))
+    return _apply(run, step, changes, held, base, dict(record.outputs), graded)
 
 
 def _effects_gate(run: _Run, step: Step, record: StepRecord, need: GateNeed, effects: Assessment,
@@ -422,9 +428,11 @@ def _effects_gate(run: _Run, step: Step, record: StepRecord, need: GateNeed, eff
 
 
 def _apply(run: _Run, step: Step, changes: tuple[FileChange, ...], held: Path,
-           base: Mapping[str, str | None] | None, outputs: dict[str, str]) -> StepState:
+           base: Mapping[str, str | None] | None, outputs: dict[str, str],
+           effects_grade: dict[str, Any] | None = None) -> StepState:
     store, record = run.store, run.record
-    store.update_step(record.id, step.id, status="applying")
+    graded = {"effects_grade": effects_grade} if effects_grade is not None else {}
+    store.update_step(record.id, step.id, status="applying", **graded)  # durable before the workspace changes
     try:
         if not already_applied(run.request.workspace, changes):
             apply_held(run.request.workspace, changes, held, base)
