@@ -153,8 +153,11 @@ class AgentVm(abc.ABC):
         where this one stopped, with no reconnect for the guest agent to notice and wait out. This process
         stops using it; the caller closes this copy once sent."""
         client, self._client = self._client, None
-        if client is None or client.inbox or client.decoder.pending():
-            return None  # half-read frames would be lost: the other process connects afresh instead
+        if client is None:
+            return None
+        if client.inbox or client.decoder.pending():  # frames read half or not delivered would be lost:
+            client.close()  # close it, and the other process connects afresh (the agent reopens its port)
+            return None
         return client.sock
 
     def set_identity(self, hostname: str, machine_id: str) -> dict[str, Any]:
