@@ -43,11 +43,28 @@ def check_schema(doc: SourceDoc, schema: Mapping[str, Any]) -> list[InvalidInput
 
 def _canonical(value: Any) -> bytes | None:
     """The document as canonical JSON, or None when it holds anything JSON cannot say exactly (then it is
-    always validated)."""
+    always validated): a key that is not a string (JSON would turn `1:` into "1"), NaN, a date."""
+    if not _plain_json(value):
+        return None
     try:
         return json.dumps(value, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError):
         return None
+
+
+def _plain_json(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(key, str) for key in item):
+                return False
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif item is not None and not isinstance(item, str | int | float):  # bool is an int
+            return False
+    return True
 
 
 def _checker(schema: Mapping[str, Any]) -> str | None:
