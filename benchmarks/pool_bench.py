@@ -296,6 +296,13 @@ def main() -> None:
         "per_step_overhead_under_0_3_s_in_process_pool": pipelines["in_process"]["in_process_per_step_s"] < 0.3,
         "idle_rss_at_most_touched_plus_30_mib": leases["idle_rss_minus_guest_in_use_mib"] <= 30,
     }
+    results["notes"] = [
+        "per-step targets: the warm pool (a daemon holding ready VMs) is the pool the target is judged on; the "
+        "run's own pool starts empty, and under TCG each VM costs about one CPU-second to make (restore, then the "
+        "warm-up that fills QEMU's translation cache, or the same translation during the step), so on "
+        f"{os.cpu_count()} cores it cannot make 20 VMs much faster than 20 / cores seconds",
+        "pipeline numbers vary run to run on a shared host by 10-15%: compare ratios taken in one run",
+    ]
     print(json.dumps(results, indent=2))
 
 
