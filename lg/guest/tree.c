@@ -1274,7 +1274,9 @@ static int serve_one(char *arguments, size_t length) {
     int out_fd = memfd_create("lg-tree-out", MFD_CLOEXEC), err_fd = memfd_create("lg-tree-err", MFD_CLOEXEC);
     int feed[2];
     if (out_fd < 0 || err_fd < 0 || pipe2(feed, O_CLOEXEC) != 0) {
-        relay_frames(-1);
+        if (out_fd >= 0) close(out_fd);
+        if (err_fd >= 0) close(err_fd);
+        if (relay_frames(-1) != 0) return -1;
         return answer(FAILED, -1, -1, "lg-tree: serve: cannot make the pipes of a command");
     }
     pid_t child = argc < 2 ? -1 : fork();
