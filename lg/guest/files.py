@@ -38,21 +38,13 @@ def check_guest_dir(path: str) -> str:
 
 
 class IncomingStream:
-    """A read-only file object over the data frames of one request's tar stream."""
+    """The data frames of one request's tar stream, as the bytes they carry (lg-tree extracts them)."""
 
     def __init__(self, link: Link, request_id: int) -> None:
         self.link = link
         self.request_id = request_id
         self.buffer = bytearray()
         self.ended = False
-
-    def read(self, size: int = -1) -> bytes:
-        while not self.ended and (size < 0 or len(self.buffer) < size):
-            self._fill()
-        count = len(self.buffer) if size < 0 else min(size, len(self.buffer))
-        chunk = bytes(self.buffer[:count])
-        del self.buffer[:count]
-        return chunk
 
     def chunks(self) -> Iterator[bytes]:
         """The stream's bytes as they arrive, until its end."""

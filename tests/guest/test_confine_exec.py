@@ -12,19 +12,17 @@ from pathlib import Path
 import pytest
 
 from lg.guest import confine
-from lg.images.build import compile_helper, helper_name
-from lg.images.store import agent_sources
+from lg.images.build import helper_name
+from tests.guest.conftest import guest_bin
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("gcc") is None,
                                 reason="needs root and gcc (scripts/setup installs gcc)")
 
 
 @pytest.fixture(scope="module")
-def helper(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    (relative, source), = [(r, c) for r, c in agent_sources() if r == "lg/guest/confine_exec.c"]
-    target = tmp_path_factory.mktemp("helper") / helper_name(relative)
-    compile_helper(source, target)
-    return target
+def helper() -> Path:
+    """Compiled as the image build compiles it, once per test session (tests/guest/conftest.py)."""
+    return guest_bin() / helper_name("lg/guest/confine_exec.c")
 
 
 def run(helper: Path, *options: str, command: tuple[str, ...] = ("/bin/cat", "/proc/self/status")

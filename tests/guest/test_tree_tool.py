@@ -18,8 +18,8 @@ import pytest
 
 from lg.guest import manifest, tarsafe, tree
 from lg.guest.protocol import ErrorCode, ProtocolError
-from lg.images.build import compile_helper, helper_name
-from lg.images.store import agent_sources
+from lg.images.build import helper_name
+from tests.guest.conftest import guest_bin
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("gcc") is None,
                                 reason="needs root and gcc (scripts/setup installs gcc)")
@@ -30,11 +30,9 @@ FIELDS = ("kind", "path", "mode", "ino", "size", "mtime_ns", "ctime_ns", "sha256
 
 
 @pytest.fixture(scope="module")
-def tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    relative, source = next((r, c) for r, c in agent_sources() if r == "lg/guest/tree.c")
-    target = tmp_path_factory.mktemp("helper") / helper_name(relative)
-    compile_helper(source, target)
-    return target
+def tool() -> Path:
+    """Compiled as the image build compiles it, once per test session (tests/guest/conftest.py)."""
+    return guest_bin() / helper_name("lg/guest/tree.c")
 
 
 # --- helpers --------------------------------------------------------------------------------------------
