@@ -15,10 +15,11 @@ import psutil
 
 from lg.cli.output import color_enabled, emit_json, json_option, state_store
 from lg.errors import ExitCode, InvalidInput, LgError
-from lg.model import Pipeline, ProjectConfig
+from lg.model import Pipeline
 from lg.runs.store import RunRecord, RunStore
 
 if TYPE_CHECKING:
+    from lg.inputs.run_inputs import RunInputs
     from lg.runner.engine import RunOutcome, RunRequest
 
 CANCEL_GRACE_SECONDS = 30.0
@@ -44,60 +45,51 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, 
     decide (lg show / lg approve / lg reject) and to continue (lg resume); with --wait it
     waits for the decision and goes on.
     """
-    from lg.config.pipeline import load_pipeline  # noqa: PLC0415
-    from lg.config.project import load_project_config  # noqa: PLC0415
-    from lg.config.references import check_pipeline_references  # noqa: PLC0415
+    from lg.inputs.run_inputs import load_run_inputs  # noqa: PLC0415
     from lg.runner.plan import build_plan, preflight, render_plan  # noqa: PLC0415
 
-    config = load_project_config(pipeline_file.parent)
-    pipeline = load_pipeline(pipeline_file, config)
-    check_pipeline_references(pipeline)
-    root = (workspace or pipeline.path.parent).resolve()
-    if not root.is_dir():
-        raise InvalidInput(f"--workspace {root}: not a directory")
-    plan = build_plan(pipeline, config, root)
     if dry_run:
+        inputs = load_run_inputs(pipeline_file)
+        plan = build_plan(inputs, _workspace(workspace, inputs.pipeline))
         if as_json:
             emit_json(plan)
         else:
             click.echo(render_plan(plan))
         return ExitCode.OK
-    preflight(pipeline, config)
+    inputs = load_run_inputs(pipeline_file, with_images=True)
+    root = _workspace(workspace, inputs.pipeline)
+    preflight(inputs.pipeline, inputs.config)
     from lg.runner.engine import run_pipeline  # noqa: PLC0415
 
-    store = RunStore(config.state_dir)
+    store = RunStore(inputs.config.state_dir)
     store.require_intact_audit()
-    request = _request(pipeline, config, root, as_json, wait)
+    request = _request(inputs, root, as_json, wait)
     return _reported(store, as_json, lambda: run_pipeline(request, store))
 
 
 @click.command()
 @click.argument("run_id", metavar="RUN")
+@click.option("--accept-changed", "accepted", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Go on although FILE (a risk policy, VM profile, seccomp or AppArmor file, image recipe or "
+                   "lg.yaml) changed since the run started; recorded in the audit log. Repeat for each file.")
 @wait_option
 @json_option
-def resume(run_id: str, wait: bool, as_json: bool) -> int:
+def resume(run_id: str, accepted: tuple[Path, ...], wait: bool, as_json: bool) -> int:
     """Continue RUN, paused at a gate, interrupted, or left behind by a killed lg.
 
     Steps that ended stay as they ended; a step that was running runs again in a fresh VM
     (nothing of it was applied); approved held effects are applied, rejected ones discarded.
+    A run goes on with the files it started with: if any changed since, resume refuses
+    (exit 2, naming each) unless --accept-changed names it.
     """
-    from lg.config.pipeline import load_pipeline  # noqa: PLC0415
-    from lg.config.project import load_project_config  # noqa: PLC0415
-    from lg.runner.effects import file_sha256  # noqa: PLC0415
     from lg.runner.engine import claim_run, resume_run  # noqa: PLC0415
+    from lg.runner.resume import bind_unchanged_inputs  # noqa: PLC0415
 
     store = state_store()
     store.require_intact_audit()
     record = store.run(run_id)
-    path = Path(record.pipeline_path)
-    if not path.is_file():
-        raise InvalidInput(f"run {record.id}: its pipeline file {path} is gone; it cannot be resumed")
-    if record.pipeline_sha256 is not None and file_sha256(path) != record.pipeline_sha256:
-        raise InvalidInput(f"run {record.id}: {path} changed since the run started; resuming would run "
-                           "something else than was started (start a new run instead)")
-    config = load_project_config(path.parent)
-    pipeline = load_pipeline(path, config)
-    request = _request(pipeline, config, Path(record.workspace), as_json, wait)
+    inputs = bind_unchanged_inputs(store, record, accepted)
+    request = _request(inputs, Path(record.workspace), as_json, wait)
     record = claim_run(store, record.id)
     return _reported(store, as_json, lambda: resume_run(request, store, record))
 
@@ -148,19 +140,23 @@ def _interrupt(pid: int, record: RunRecord) -> None:
                            "try again, or kill it (its VM dies with it)") from None
 
 
-def _request(pipeline: Pipeline, config: ProjectConfig, root: Path, as_json: bool, wait: bool) -> RunRequest:
+def _workspace(option: Path | None, pipeline: Pipeline) -> Path:
+    root = (option or pipeline.path.parent).resolve()
+    if not root.is_dir():
+        raise InvalidInput(f"--workspace {root}: not a directory")
+    return root
+
+
+def _request(inputs: RunInputs, root: Path, as_json: bool, wait: bool) -> RunRequest:
     from lg.config.secrets import resolve_secrets  # noqa: PLC0415
-    from lg.policy.load import load_policy  # noqa: PLC0415
     from lg.runner.console import echo_stdout  # noqa: PLC0415
     from lg.runner.engine import RunRequest  # noqa: PLC0415
 
-    policy = load_policy(pipeline.policy, config, pipeline.path.parent)
-    secrets = resolve_secrets(pipeline, os.environ)
+    secrets = resolve_secrets(inputs.pipeline, os.environ)
     for name in secrets.too_short_to_mask():
         click.echo(f"lg: warning: secret {name} is too short to be masked in output", err=True)
     echo = (lambda text: click.echo(text, err=True)) if as_json else echo_stdout
-    return RunRequest(pipeline, config, root, secrets, echo, policy, wait=wait,
-                      colour=color_enabled() and not as_json)
+    return RunRequest(inputs, root, secrets, echo, wait=wait, colour=color_enabled() and not as_json)
 
 
 def _reported(store: RunStore, as_json: bool, go: Callable[[], RunOutcome]) -> int:

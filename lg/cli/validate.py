@@ -19,7 +19,7 @@ def validate(files: tuple[Path, ...], as_json: bool) -> int:
 
     Every error in every file is reported, each as FILE:LINE:COLUMN: KEY: MESSAGE. Exit 2 if any.
     """
-    from lg.config.files import validate_file  # noqa: PLC0415
+    from lg.inputs.validate import validate_file  # noqa: PLC0415
 
     reports = [validate_file(path) for path in files]
     if as_json:
@@ -52,17 +52,11 @@ def render(file: Path, as_json: bool) -> int:
 
     Templates that read step outputs (steps.ID.outputs.NAME) are resolved at run time and shown as written.
     """
-    from lg.config.pipeline import load_pipeline  # noqa: PLC0415
-    from lg.config.project import load_project_config  # noqa: PLC0415
-    from lg.config.references import check_pipeline_references  # noqa: PLC0415
-    from lg.policy.load import load_policy  # noqa: PLC0415
+    from lg.inputs.run_inputs import load_run_inputs  # noqa: PLC0415
     from lg.render.plan import pipeline_view, step_grades  # noqa: PLC0415
 
-    pipeline = load_pipeline(file)
-    check_pipeline_references(pipeline)
-    config = load_project_config(pipeline.path.parent)
-    policy = load_policy(pipeline.policy, config, pipeline.path.parent)
-    view = pipeline_view(pipeline, step_grades(pipeline, policy, config))
+    inputs = load_run_inputs(file)
+    view = pipeline_view(inputs.pipeline, step_grades(inputs.pipeline, inputs.policy, inputs.profiles))
     if as_json:
         emit_json(view)
     else:
@@ -79,7 +73,7 @@ def schema(name: str | None, list_names: bool) -> int:
     Point an editor at it with a first line such as
     `# yaml-language-server: $schema=../schemas/pipeline.schema.json`.
     """
-    from lg.config.schemas import schema_names, schema_text  # noqa: PLC0415
+    from lg.inputs.schemas import schema_names, schema_text  # noqa: PLC0415
 
     if list_names or name is None:
         click.echo("\n".join(schema_names()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lg.vm.registry import HYPERVISOR_NAMES
+from lg.model import HYPERVISOR_NAMES
 
 STEP_ID_PATTERN = "^[a-z0-9_-]+$"
 ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"

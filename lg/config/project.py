@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lg.config.locations import default_cache_dir, default_state_dir
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
-from lg.model import PoolSettings, ProjectConfig, ProjectPaths
-from lg.vm.registry import HYPERVISOR_NAMES
+from lg.model import HYPERVISOR_NAMES, PoolSettings, ProjectConfig, ProjectPaths
 
 PROJECT_FILE = "lg.yaml"
 
@@ -80,23 +80,18 @@ def find_project_file(start: Path) -> Path | None:
     return None
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "luminaguard"
-
-
-def default_state_dir() -> Path:
-    """Without an lg.yaml there is no project root, so runs must not land wherever lg was started."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "luminaguard"
-
-
 def load_project_config(start: Path | None = None) -> ProjectConfig:
     """The project configuration for `start` (default: the working directory); built-in defaults if none."""
     path = find_project_file(start or Path.cwd())
     if path is None:
         return _build(None, {}, (start or Path.cwd()).resolve())
     return load_project_file(path)
+
+
+def project_paths_for(directory: Path) -> ProjectPaths:
+    """Where names used by a file in `directory` are looked up: the lg.yaml around it says (a file loaded on its
+    own, by `lg validate FILE`; a run passes its project's paths instead)."""
+    return load_project_config(directory).paths
 
 
 def load_project_file(path: Path) -> ProjectConfig:

@@ -16,6 +16,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from lg.config.locations import default_cache_dir
+
 
 def passed(kind: str, subject: bytes, checker: str) -> bool:
     return _path(kind, subject, checker).is_file()
@@ -49,8 +51,6 @@ def file_identity(path: str) -> str:
 
 
 def _path(kind: str, subject: bytes, checker: str) -> Path:
-    from lg.config.project import default_cache_dir  # noqa: PLC0415 - project validates with schema_check, which uses us
-
     key = hashlib.sha256(kind.encode() + b"\0" + checker.encode() + b"\0" + subject).hexdigest()
     root = Path(os.environ["LG_CACHE_DIR"]) if os.environ.get("LG_CACHE_DIR") else default_cache_dir()
     return root / "verdicts" / key[:2] / key

@@ -13,11 +13,11 @@ from typing import Any
 
 from lg.config import verdicts
 from lg.config.durations import parse_duration
-from lg.config.project import load_project_config, resolve_named_file
+from lg.config.project import project_paths_for, resolve_named_file
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import KeyPath, SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
-from lg.model import FileChange, ProjectConfig
+from lg.model import FileChange, ProjectConfig, ProjectPaths
 from lg.policy.levels import RiskLevel
 from lg.policy.model import (
     ApprovalRules,
@@ -37,40 +37,34 @@ from lg.policy.schema import policy_schema
 _FLAG = re.compile(r"^(-[A-Za-z0-9]|--[A-Za-z0-9][A-Za-z0-9-]*)$")
 MATCH_KINDS: tuple[RuleKind, ...] = ("command", "redirect", "allow", "effects", "relaxation")
 
-_cache: dict[tuple[Path, int, int], RiskPolicy] = {}
 
 
 def load_policy(name_or_path: str, config: ProjectConfig, relative_to: Path) -> RiskPolicy:
     """A policy by name (profiles/risk/NAME.yaml, the project's first) or by path."""
-    return load_policy_file(resolve_named_file(name_or_path, config.paths.risk_policies, relative_to, "risk policy"))
+    path = resolve_named_file(name_or_path, config.paths.risk_policies, relative_to, "risk policy")
+    return load_policy_file(path, config.paths)
 
 
-def load_policy_file(path: Path) -> RiskPolicy:
-    return _load(path.resolve(), ())
+def load_policy_file(path: Path, paths: ProjectPaths | None = None) -> RiskPolicy:
+    """The policy in `path`; `extends: NAME` is looked up in `paths` (default: the project around the file)."""
+    return _load(path.resolve(), (), paths or project_paths_for(path.parent))
 
 
-def _load(path: Path, chain: tuple[Path, ...]) -> RiskPolicy:
+def _load(path: Path, chain: tuple[Path, ...], paths: ProjectPaths) -> RiskPolicy:
     if path in chain:
         cycle = " -> ".join(p.name for p in (*chain, path))
         raise InvalidInput(f"extends cycle: {cycle}", load_yaml(chain[-1]).location(("extends",)))
-    stat = path.stat() if path.is_file() else None
-    key = (path, stat.st_mtime_ns, stat.st_size) if stat else None
-    if key is not None and key in _cache and not chain:
-        return _cache[key]
-    policy = _build(load_yaml(path), chain)
-    if key is not None and not chain:
-        _cache[key] = policy
-    return policy
+    return _build(load_yaml(path), chain, paths)
 
 
-def _build(doc: SourceDoc, chain: tuple[Path, ...]) -> RiskPolicy:
+def _build(doc: SourceDoc, chain: tuple[Path, ...], paths: ProjectPaths) -> RiskPolicy:
     if not isinstance(doc.data, dict):
         raise doc.error((), "a risk policy must be a mapping with 'rules'")
     errors = check_schema(doc, policy_schema())
     if errors:
         raise InvalidInputs(errors)
     data = doc.data
-    parent = _parent(doc, chain) if "extends" in data else None
+    parent = _parent(doc, chain, paths) if "extends" in data else None
     if "disable" in data and parent is None:
         raise doc.error(("disable",), "'disable' needs 'extends' (there are no inherited rules to disable)")
     problems: list[InvalidInput] = []
@@ -139,13 +133,12 @@ def _required_gates(doc: SourceDoc, inherited: tuple[RequiredGate, ...],
     return tuple(gates)
 
 
-def _parent(doc: SourceDoc, chain: tuple[Path, ...]) -> RiskPolicy:
-    config = load_project_config(doc.path.parent)
+def _parent(doc: SourceDoc, chain: tuple[Path, ...], paths: ProjectPaths) -> RiskPolicy:
     try:
-        path = resolve_named_file(doc.data["extends"], config.paths.risk_policies, doc.path.parent, "risk policy")
+        path = resolve_named_file(doc.data["extends"], paths.risk_policies, doc.path.parent, "risk policy")
     except InvalidInput as error:
         raise doc.error(("extends",), error.message) from None
-    return _load(path, (*chain, doc.path))
+    return _load(path, (*chain, doc.path), paths)
 
 
 def _merge(doc: SourceDoc, parent: RiskPolicy | None, own: list[Rule],

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from lg.model import ApprovalSpec, Pipeline, ProjectConfig, Step
+from lg.model import ApprovalSpec, Pipeline, Step
 from lg.policy.grade import grade_step
 from lg.policy.model import RiskPolicy
+from lg.security.profile import VmProfile
 
 
-def step_grades(pipeline: Pipeline, policy: RiskPolicy, config: ProjectConfig) -> dict[str, dict[str, Any]]:
+def step_grades(pipeline: Pipeline, policy: RiskPolicy, profiles: Mapping[str, VmProfile]) -> dict[str, dict[str, Any]]:
     """Each step's pre-run grade, as a reviewer sees it in a pull request (output templates unrendered):
-    its script, and how its VM profile relaxes the default one."""
-    from lg.security.profile import load_vm_profile  # noqa: PLC0415 - profiles import the policy model
-
+    its script, and how its VM profile (`profiles`, by the names steps use) relaxes the default one."""
     grades = {}
     for step in pipeline.steps:
-        profile = load_vm_profile(step.profile or pipeline.profile, config, pipeline.path.parent)
+        profile = profiles[step.profile or pipeline.profile]
         grades[step.id] = grade_step(policy, step, profile.relaxations()).to_json()
     return grades
 

@@ -36,6 +36,7 @@ from lg.errors import (
     RunCancelled,
     StepFailed,
 )
+from lg.inputs.run_inputs import RunInputs
 from lg.model import FileChange, Pipeline, ProjectConfig, Step
 from lg.policy.grade import grade_effects, grade_script
 from lg.policy.model import Assessment, RiskPolicy
@@ -47,7 +48,7 @@ from lg.runner.gating import GateNeed, Waiter, before_gate, effects_gate
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
 from lg.runner.workspace import UnsafeChange
 from lg.runs.store import RunRecord, RunStore, StepRecord
-from lg.security.profile import VmProfile, load_vm_profile
+from lg.security.profile import VmProfile
 from lg.vm.api import VmSpec
 
 DEFAULT_STEP_TIMEOUT = 3600.0
@@ -58,16 +59,26 @@ ENDED = frozenset({"succeeded", "failed", "skipped", "timed_out", "rejected", "e
 
 @dataclass(frozen=True)
 class RunRequest:
-    pipeline: Pipeline
-    config: ProjectConfig
+    inputs: RunInputs  # everything the run reads from files, loaded once (nothing is read again after)
     workspace: Path
     secrets: SecretValues
     echo: Callable[[str], None]
-    policy: RiskPolicy
     wait: bool = False  # at a gate: wait for the decision (True) or record the pause and exit 3
     colour: bool = False
     clock: Clock = time.time
     vms: VmProvider | None = None  # None: the pool daemon if one runs, else a pool of the run's own
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.inputs.pipeline
+
+    @property
+    def config(self) -> ProjectConfig:
+        return self.inputs.config
+
+    @property
+    def policy(self) -> RiskPolicy:
+        return self.inputs.policy
 
 
 @dataclass
@@ -100,7 +111,8 @@ def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
     pipeline = request.pipeline
     order = topological_order(pipeline)
     record = store.create_run(pipeline.name, pipeline.path, request.workspace, current_user(),
-                              [(step.id, step.display_name) for step in order], file_sha256(pipeline.path))
+                              [(step.id, step.display_name) for step in order], file_sha256(pipeline.path),
+                              request.inputs.files_json())
     store.update_run(record.id, status="running", started=time.time())
     request.echo(f"run {record.id}: {pipeline.name} ({len(order)} steps) in {request.workspace}")
     return _drive(request, store, record)
@@ -164,7 +176,7 @@ def _pool_request(run: _Run, step: Step) -> tuple[PoolKey, VmSpec, VmProfile] | 
         profile = _profile(run, step)
         if profile.network is not None:
             return None
-        key, spec = vm_request(run.request.config, run.request.pipeline, step, profile)
+        key, spec = vm_request(run.request.inputs, step, profile)
     except LgError:
         return None
     return key, spec, profile
@@ -290,8 +302,7 @@ def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepSta
 
 
 def _profile(run: _Run, step: Step) -> VmProfile:
-    request = run.request
-    return load_vm_profile(step.profile or request.pipeline.profile, request.config, request.pipeline.path.parent)
+    return run.request.inputs.profile_for(step)
 
 
 def _grade_before(run: _Run, step: Step, script: str, profile: VmProfile) -> Assessment:
@@ -347,7 +358,7 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
             if attempt > 1:
                 output.note(f"retry {attempt - 1} of {step.retries} in a fresh VM")
                 store.update_step(record.id, step.id, attempts=attempt)
-            context = StepContext(request.pipeline, request.config, step, request.workspace, script,
+            context = StepContext(request.inputs, step, request.workspace, script,
                                   {**request.pipeline.env, **env, **request.secrets.values},
                                   _step_timeout(step, run.deadline), record.id, store.run_dir(record.id), output,
                                   profile, held, run.vms)

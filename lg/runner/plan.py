@@ -10,14 +10,14 @@ from lg.config.durations import format_duration
 from lg.config.pipeline import topological_order
 from lg.errors import EnvironmentUnfit
 from lg.images.store import require_image
+from lg.inputs.run_inputs import RunInputs
 from lg.model import Pipeline, ProjectConfig
-from lg.policy.load import load_policy
 from lg.render.plan import approval_view, step_grades
 
 
-def build_plan(pipeline: Pipeline, config: ProjectConfig, workspace: Path) -> dict[str, Any]:
-    policy = load_policy(pipeline.policy, config, pipeline.path.parent)
-    grades = step_grades(pipeline, policy, config)
+def build_plan(inputs: RunInputs, workspace: Path) -> dict[str, Any]:
+    pipeline, config = inputs.pipeline, inputs.config
+    grades = step_grades(pipeline, inputs.policy, inputs.profiles)
     steps = []
     for position, step in enumerate(topological_order(pipeline), start=1):
         steps.append({

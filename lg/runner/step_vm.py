@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lg.errors import LgError
-from lg.images.store import require_image
-from lg.model import FileChange, Pipeline, ProjectConfig, Step
+from lg.inputs.run_inputs import RunInputs
+from lg.model import FileChange, Step
 from lg.pool.key import PoolKey, key_for, profile_digest
 from lg.pool.pool import Lease
 from lg.pool.provider import VmProvider
@@ -36,8 +36,7 @@ MAX_OUTPUT_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class StepContext:
-    pipeline: Pipeline
-    config: ProjectConfig
+    inputs: RunInputs
     step: Step
     workspace: Path
     script: str
@@ -66,11 +65,11 @@ class AttemptResult:
 
 
 def run_attempt(context: StepContext) -> AttemptResult:
-    step, pipeline = context.step, context.pipeline
+    step = context.step
     host_plan = plan_for(context.profile)  # refuses (exit 5) what cannot be enforced here, before any VM starts
     if host_plan.network_note:
         context.output.note(f"network: {host_plan.network_note}")
-    key, spec = vm_request(context.config, pipeline, step, context.profile, host_plan.network)
+    key, spec = vm_request(context.inputs, step, context.profile, host_plan.network)
     image = spec.image
     try:
         # The lease resyncs the guest's clock (microvm has no RTC) and RNG, and gives it the step's identity.
@@ -92,11 +91,12 @@ def run_attempt(context: StepContext) -> AttemptResult:
         return AttemptResult("failed", None, str(error), image_digest=image.digest)
 
 
-def vm_request(config: ProjectConfig, pipeline: Pipeline, step: Step, profile: VmProfile,
+def vm_request(inputs: RunInputs, step: Step, profile: VmProfile,
                network: NetworkSpec | None = None) -> tuple[PoolKey, VmSpec]:
     """The VM a step needs, and the pool key of VMs interchangeable with it."""
+    config, pipeline = inputs.config, inputs.pipeline
     spec = VmSpec(
-        image=require_image(config, step.image or pipeline.image),
+        image=inputs.image_for(step),
         vcpus=profile.machine.vcpus,
         memory_mib=profile.machine.memory_mib,
         accelerator=config.accelerator,

@@ -22,7 +22,7 @@ import psutil
 from lg.errors import EnvironmentUnfit, InvalidInput
 from lg.runs.audit import AuditLog, AuditRecord
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _GATES = """
 CREATE TABLE IF NOT EXISTS gates (
@@ -65,6 +65,7 @@ _MIGRATIONS = {  # from version N to N+1
     3: ("ALTER TABLE runs ADD COLUMN pipeline_sha256 TEXT", *_GATES.split(";")),
     4: ("ALTER TABLE steps ADD COLUMN security TEXT",),
     5: ("ALTER TABLE steps ADD COLUMN vm TEXT",),
+    6: ("ALTER TABLE runs ADD COLUMN inputs TEXT",),
 }
 
 _SCHEMA = """
@@ -82,7 +83,8 @@ CREATE TABLE IF NOT EXISTS runs (
     initiator TEXT NOT NULL,
     pid INTEGER,
     pid_started REAL,
-    pipeline_sha256 TEXT
+    pipeline_sha256 TEXT,
+    inputs TEXT
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -135,6 +137,8 @@ class RunRecord:
     pid: int | None = None  # the lg process running it
     pid_started: float | None = None  # that process's start time, so a reused pid is not mistaken for it
     pipeline_sha256: str | None = None  # of the pipeline file as it was run; a resume refuses a changed file
+    # Every file the run's inputs were bound from, as [{kind, path, sha256}] (lg.inputs); None before schema 7
+    inputs: list[dict[str, Any]] | None = None
 
     @property
     def finished_for_good(self) -> bool:
@@ -185,6 +189,12 @@ class StepRecord:
     @property
     def duration(self) -> float | None:
         return self.finished - self.started if self.started and self.finished else None
+
+
+def _run_record(row: sqlite3.Row) -> RunRecord:
+    data = dict(row)
+    data["inputs"] = json.loads(data["inputs"]) if data["inputs"] is not None else None
+    return RunRecord(**data)
 
 
 JSON_COLUMNS = ("outputs", "changes", "grade", "effects_grade", "security", "vm")
@@ -285,15 +295,16 @@ class RunStore:
     # --- runs --------------------------------------------------------------------------------------------
 
     def create_run(self, pipeline: str, pipeline_path: Path, workspace: Path, initiator: str,
-                   steps: list[tuple[str, str]], pipeline_sha256: str | None = None) -> RunRecord:
+                   steps: list[tuple[str, str]], pipeline_sha256: str | None = None,
+                   inputs: list[dict[str, Any]] | None = None) -> RunRecord:
         run_id = new_run_id()
         now = time.time()
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs (id, pipeline, pipeline_path, workspace, status, created, initiator, pid,"
-                " pid_started, pipeline_sha256) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                " pid_started, pipeline_sha256, inputs) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
                 (run_id, pipeline, str(pipeline_path), str(workspace), now, initiator, os.getpid(),
-                 psutil.Process().create_time(), pipeline_sha256),
+                 psutil.Process().create_time(), pipeline_sha256, json.dumps(inputs) if inputs is not None else None),
             )
             db.executemany(
                 "INSERT INTO steps (run_id, step_id, position, name, status) VALUES (?, ?, ?, ?, 'pending')",
@@ -302,8 +313,16 @@ class RunStore:
             self.audit_log.append("run.created", run_id, {
                 "pipeline": pipeline, "file": str(pipeline_path), "workspace": str(workspace),
                 "initiator": initiator, "steps": [step_id for step_id, _ in steps], "pipeline_sha256": pipeline_sha256,
+                **({"inputs": inputs} if inputs is not None else {}),
             })
         return self.run(run_id)
+
+    def accept_inputs(self, run_id: str, inputs: list[dict[str, Any]], changes: list[dict[str, Any]],
+                      by: str) -> None:
+        """The run goes on with inputs that changed since it started, because `by` accepted `changes`."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET inputs = ? WHERE id = ?", (json.dumps(inputs), run_id))
+            self.audit_log.append("run.inputs_accepted", run_id, {"by": by, "changes": changes})
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         self._update("runs", "id = ?", (run_id,), fields)
@@ -315,16 +334,16 @@ class RunStore:
         ).fetchall()
         exact = [row for row in rows if row["id"] == run_id]
         if exact:
-            return RunRecord(**dict(exact[0]))
+            return _run_record(exact[0])
         if len(rows) == 1:
-            return RunRecord(**dict(rows[0]))
+            return _run_record(rows[0])
         if not rows:
             raise InvalidInput(f"no run {run_id!r} (see `lg runs`)")
         raise InvalidInput(f"run id prefix {run_id!r} is ambiguous")
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
-        return [RunRecord(**dict(row)) for row in rows]
+        return [_run_record(row) for row in rows]
 
     # --- steps -------------------------------------------------------------------------------------------
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lg.config.project import resolve_named_file
+from lg.config.project import project_paths_for, resolve_named_file
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
 from lg.guest.confine import CAPABILITIES as CAPABILITY_NAMES
-from lg.model import ProjectConfig
+from lg.model import ProjectConfig, ProjectPaths
 from lg.policy.model import Relaxation
 from lg.security.apparmor import AppArmorProfile, load_apparmor
 from lg.security.egress import Egress, network_schema, parse_network
@@ -211,27 +211,14 @@ def vm_profile_schema() -> dict[str, Any]:
 
 def load_vm_profile(name: str, config: ProjectConfig, relative_to: Path) -> VmProfile:
     path = resolve_named_file(name, config.paths.vm_profiles, relative_to, "VM profile")
-    return load_vm_profile_file(path)
+    return load_vm_profile_file(path, config.paths)
 
 
-def load_vm_profile_file(path: Path) -> VmProfile:
-    """Loaded once per file version: a run asks for the same profile at every step, and checking its AppArmor
-    part runs apparmor_parser."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return _load_vm_profile(path)
-    key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
-    if key not in _cache:
-        _cache[key] = _load_vm_profile(path)
-    return _cache[key]
-
-
-_cache: dict[tuple[Path, int, int], VmProfile] = {}
-
-
-def _load_vm_profile(path: Path) -> VmProfile:
+def load_vm_profile_file(path: Path, paths: ProjectPaths | None = None) -> VmProfile:
+    """The profile in `path` with its seccomp and AppArmor parts, looked up by name in `paths` (default: the
+    project around the file). A run loads each of its profiles once (lg.inputs), so nothing is cached here."""
     doc = load_yaml(path)
+    paths = paths or project_paths_for(path.parent)
     if not isinstance(doc.data, dict):
         raise doc.error((), "a VM profile must be a mapping")
     errors = check_schema(doc, vm_profile_schema())
@@ -248,8 +235,8 @@ def _load_vm_profile(path: Path) -> VmProfile:
         keep_capabilities=tuple(doc.data.get("capabilities", {}).get("keep", ())),
         no_new_privileges=doc.data.get("no_new_privileges", True),
         limits=_limits(doc, machine),
-        seccomp=_seccomp(doc, path),
-        apparmor=_apparmor(doc, path),
+        seccomp=_seccomp(doc, path, paths.seccomp),
+        apparmor=_apparmor(doc, path, paths.apparmor),
         network=parse_network(doc),
         selinux=_selinux(doc),
         read_only_paths=_guest_paths(doc, "read_only_paths"),
@@ -274,13 +261,10 @@ def _guest_paths(doc: SourceDoc, key: str) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def _apparmor(doc: SourceDoc, path: Path) -> AppArmorProfile | None:
+def _apparmor(doc: SourceDoc, path: Path, directories: tuple[Path, ...]) -> AppArmorProfile | None:
     name = doc.data.get("apparmor", DEFAULT_APPARMOR)
     if name == UNCONFINED:
         return None
-    from lg.config.project import load_project_config  # noqa: PLC0415
-
-    directories = load_project_config(path.parent).paths.apparmor
     candidate = (path.parent / name) if "/" in name else next(
         (directory / name for directory in directories if (directory / name).is_file()), None)
     if candidate is None or not candidate.is_file():
@@ -289,15 +273,12 @@ def _apparmor(doc: SourceDoc, path: Path) -> AppArmorProfile | None:
     return load_apparmor(candidate.resolve())
 
 
-def _seccomp(doc: SourceDoc, path: Path) -> SeccompProfile | None:
+def _seccomp(doc: SourceDoc, path: Path, directories: tuple[Path, ...]) -> SeccompProfile | None:
     name = doc.data.get("seccomp", DEFAULT_SECCOMP)
     if name == UNCONFINED:
         return None
-    from lg.config.project import load_project_config  # noqa: PLC0415
-
-    config = load_project_config(path.parent)
     try:
-        return load_seccomp(resolve_named_file(name, config.paths.seccomp, path.parent, "seccomp profile"))
+        return load_seccomp(resolve_named_file(name, directories, path.parent, "seccomp profile"))
     except InvalidInput as error:
         if isinstance(error, InvalidInputs) or error.location is not None:
             raise  # problems inside the seccomp file: they name its own file and line

@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from lg.config.schemas import build_schema, schema_filename, schema_names, schema_text
+from lg.inputs.schemas import build_schema, schema_filename, schema_names, schema_text
 from tests.conftest import REPO
 
 

@@ -6,15 +6,15 @@ No VM boots here: every step either waits at a gate or is decided before it woul
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from lg.approvals.gates import GateStore
-from lg.config.pipeline import load_pipeline
-from lg.config.project import load_project_config
 from lg.config.secrets import SecretValues
 from lg.errors import ApprovalRejected, AwaitingApproval
+from lg.inputs.run_inputs import load_run_inputs
 from lg.model import FileChange
 from lg.policy.grade import grade_effects, grade_script
 from lg.policy.load import load_policy, load_policy_file
@@ -60,10 +60,9 @@ def request(project: Path, body: str, clock: Clock, on_timeout: str = "reject") 
     (project / "gated.yaml").write_text(textwrap.dedent(POLICY.format(on_timeout=on_timeout)))
     path = project / "pipeline.yaml"
     path.write_text(textwrap.dedent(body))
-    config = load_project_config(project)
-    pipeline = load_pipeline(path, config)
-    policy = load_policy("./gated.yaml", config, project)
-    return RunRequest(pipeline, config, project, SecretValues({}), lambda line: None, policy, clock=clock)
+    inputs = load_run_inputs(path)
+    inputs = replace(inputs, policy=load_policy("./gated.yaml", inputs.config, project))
+    return RunRequest(inputs, project, SecretValues({}), lambda line: None, clock=clock)
 
 
 def paused(project: Path, req: RunRequest) -> tuple[RunStore, str]:

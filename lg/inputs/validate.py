@@ -58,11 +58,9 @@ def validate_file(path: Path) -> FileReport:
 
 
 def _validate_pipeline(path: Path) -> str:
-    from lg.config.pipeline import load_pipeline  # noqa: PLC0415 - keeps kind detection import-light
-    from lg.config.references import check_pipeline_references  # noqa: PLC0415
+    from lg.inputs.run_inputs import load_run_inputs  # noqa: PLC0415 - keeps kind detection import-light
 
-    pipeline = load_pipeline(path)
-    check_pipeline_references(pipeline)
+    pipeline = load_run_inputs(path).pipeline
     gates = sum(1 for step in pipeline.steps if step.approve is not None)
     return f"{len(pipeline.steps)} steps, {gates} explicit gate(s)"
 

@@ -5,19 +5,24 @@ schemas/<name>.schema.json are generated from these with `scripts/gen-schemas`; 
 
 from __future__ import annotations
 
-import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lg.config.pipeline_schema import pipeline_schema
+from lg.config.project import project_schema
 from lg.errors import InvalidInput
+from lg.images.recipe import recipe_schema
+from lg.policy.schema import policy_schema
+from lg.security.profile import vm_profile_schema
 
-SCHEMAS: dict[str, str] = {
-    "pipeline": "lg.config.pipeline_schema:pipeline_schema",
-    "lg": "lg.config.project:project_schema",
-    "risk-policy": "lg.policy.schema:policy_schema",
-    "image-recipe": "lg.images.recipe:recipe_schema",
-    "vm-profile": "lg.security.profile:vm_profile_schema",
+SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {
+    "pipeline": pipeline_schema,
+    "lg": project_schema,
+    "risk-policy": policy_schema,
+    "image-recipe": recipe_schema,
+    "vm-profile": vm_profile_schema,
 }
 
 
@@ -26,12 +31,10 @@ def schema_names() -> list[str]:
 
 
 def build_schema(name: str) -> dict[str, Any]:
-    target = SCHEMAS.get(name)
-    if target is None:
+    builder = SCHEMAS.get(name)
+    if builder is None:
         raise InvalidInput(f"unknown schema {name!r} (known: {', '.join(schema_names())})")
-    module_name, _, attribute = target.partition(":")
-    schema: dict[str, Any] = getattr(importlib.import_module(module_name), attribute)()
-    return schema
+    return builder()
 
 
 def schema_text(name: str) -> str:
