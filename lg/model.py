@@ -18,6 +18,11 @@ def frozen_map(data: dict[str, str] | None = None) -> FrozenMap:
 
 # --- lg.yaml ---------------------------------------------------------------------------------------------
 
+HYPERVISOR_NAMES: tuple[str, ...] = ("qemu",)
+"""The `hypervisor:` values the schemas accept: the keys of lg.vm.registry.HYPERVISORS, which a test keeps equal
+to this (the config layer must not import lg.vm, which would load the backends' code to validate a file)."""
+
+
 
 @dataclass(frozen=True)
 class PoolSettings:

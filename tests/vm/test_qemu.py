@@ -14,7 +14,8 @@ import pytest
 
 from lg.vm.api import BootFailed, ExecRequest, GuestCrashed, Vm, VmSpec
 from lg.vm.host import process_alive
-from lg.vm.qemu import QemuHypervisor, QemuVm
+from lg.vm.qemu import QemuHypervisor
+from lg.vm.qemu_vm import QemuVm
 from lg.vm.rundir import reap_leftovers
 from tests.vm import conformance
 from tests.vm.conftest import REPO, ImageFiles, accelerator
@@ -121,7 +122,7 @@ def test_snapshot_restores_independent_clones(hypervisor: QemuHypervisor, spec: 
     snapshot = tmp_path / "snapshot"
     with hypervisor.boot(spec) as vm:
         assert conformance.run(vm, "echo before > /tmp/marker")[0] == 0
-        vm.save_snapshot(snapshot)
+        hypervisor.save_snapshot(vm, snapshot)
         cold = vm.boot_seconds
     assert {p.name for p in snapshot.iterdir()} >= {"memory.state", "snapshot.json"}
     with hypervisor.restore(snapshot, spec) as first, hypervisor.restore(snapshot, spec) as second:
