@@ -260,8 +260,8 @@ class Hypervisor(Protocol):
 
 
 # --- optional capabilities ------------------------------------------------------------------------------
-# Only methods: isinstance() on a runtime protocol calls hasattr() on every member in Python 3.11, which
-# would run a property (and a property of a dead VM may raise).
+# Their members are methods (and a backend's name): isinstance() on a runtime protocol calls hasattr() on every
+# member in Python 3.11, which would run a property, and a property of a dead VM may raise.
 
 
 @runtime_checkable

@@ -48,3 +48,51 @@ def test_qemu_declares_what_the_pool_and_daemon_use(tmp_path: Path) -> None:
     assert isinstance(QemuHypervisor(state_dir=tmp_path), SnapshotBackend)
     vm = QemuVm("vm-x", "tcg", tmp_path)
     assert isinstance(vm, HandOverVm) and isinstance(vm, IdentityVm) and isinstance(vm, ProcessVm)
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Every lg module under `package` and the lg modules it imports, lazily inside functions included."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for path in (REPO / "lg").rglob("*.py"):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        if not module.startswith(package):
+            continue
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        found[module] = {target for target in targets if target.startswith("lg.") and target != module}
+    return found
+
+
+def test_no_backend_module_is_imported_outside_lg_vm() -> None:
+    backends = ("lg.vm.qemu",)  # and every module of one: lg.vm.qemu_vm, lg.vm.qemu_snapshot, ...
+    offenders = {module: sorted(t for t in targets if t.startswith(backends))
+                 for module, targets in _imports("lg").items() if not module.startswith("lg.vm.")}
+    assert {module: found for module, found in offenders.items() if found} == {}
+
+
+def test_lg_vm_imports_nothing_of_the_layers_above_it() -> None:
+    above = ("lg.pool", "lg.runner", "lg.cli", "lg.testing")
+    offenders = {module: sorted(t for t in targets if t.startswith(above))
+                 for module, targets in _imports("lg.vm").items()}
+    assert {module: found for module, found in offenders.items() if found} == {}
+
+
+@pytest.mark.parametrize("package", ["lg.vm", "lg.pool", "lg.testing"])
+def test_no_import_cycle_between_files(package: str) -> None:
+    graph = _imports(package)
+    edges = {module: {t for t in targets if t in graph} for module, targets in graph.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for step in edges[start] - seen:
+            seen.add(step)
+            if step == goal or reaches(step, goal, seen):
+                return True
+        return False
+
+    assert sorted(module for module in edges if reaches(module, module, set())) == []
