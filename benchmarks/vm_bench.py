@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lg.vm.api import ExecRequest, GuestImage, VmSpec  # noqa: E402
-from lg.vm.qemu import QemuHypervisor, QemuVm  # noqa: E402
+from lg.vm.qemu import QemuHypervisor  # noqa: E402
+from lg.vm.qemu_vm import QemuVm  # noqa: E402
 
 GUEST_DIR = "/tmp/lg-bench"  # noqa: S108 - a path inside the throwaway guest
 
@@ -46,7 +47,7 @@ def snapshot_numbers(hypervisor: QemuHypervisor, vm: QemuVm, spec: VmSpec, count
     with tempfile.TemporaryDirectory(prefix="lg-bench-snap-") as scratch:
         snapshot = Path(scratch, "snapshot")
         started = time.monotonic()
-        vm.save_snapshot(snapshot)
+        hypervisor.save_snapshot(vm, snapshot)
         saved = time.monotonic() - started
         size = sum(path.stat().st_size for path in snapshot.iterdir())
         restores, rss = [], 0.0

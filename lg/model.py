@@ -23,6 +23,11 @@ factory for each; a test keeps the two equal. Here, not there, so that validatin
 
 # --- lg.yaml ---------------------------------------------------------------------------------------------
 
+HYPERVISOR_NAMES: tuple[str, ...] = ("qemu",)
+"""The `hypervisor:` values the schemas accept: the keys of lg.vm.registry.HYPERVISORS, which a test keeps equal
+to this (the config layer must not import lg.vm, which would load the backends' code to validate a file)."""
+
+
 
 @dataclass(frozen=True)
 class PoolSettings:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lg.cli.main import run
+pytest.register_assert_rewrite("lg.testing")  # the shipped conformance checks are assertions: explain failures
+
+from lg.cli.main import run  # noqa: E402 - after the rewrite hook, which must come before lg.testing loads
 
 REPO = Path(__file__).resolve().parent.parent
 

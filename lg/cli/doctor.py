@@ -19,9 +19,11 @@ def doctor(no_boot: bool, as_json: bool) -> int:
     Exit 0 if VMs can run (even if only under TCG), 5 if they cannot run at all.
     """
     from lg.config.project import load_project_config  # noqa: PLC0415
+    from lg.pool.doctor import pool_check  # noqa: PLC0415
     from lg.vm.hostcheck import host_report  # noqa: PLC0415
 
-    report = host_report(load_project_config(), boot_test=not no_boot)
+    config = load_project_config()
+    report = host_report(config, boot_test=not no_boot).including(pool_check(config))
     if as_json:
         emit_json(report.as_dict())
     else:

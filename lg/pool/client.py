@@ -11,14 +11,15 @@ from typing import Any
 
 from lg.model import ProjectConfig
 from lg.pool.key import PoolKey
+from lg.pool.local import local_pool
 from lg.pool.pool import Lease, WarmPool
 from lg.pool.wire import LineSocket, PoolDaemonError, default_socket, exec_to_json, spec_to_json
 from lg.vm.agent_client import AgentClient
 from lg.vm.api import AgentUnresponsive, ExecRequest, GuestCrashed, VmSpec
 from lg.vm.base import AgentVm
 from lg.vm.channel import ChannelError, UnixSocketConnector
+from lg.vm.console import read_console_tail
 from lg.vm.host import process_alive
-from lg.vm.qemu import read_console_tail
 
 CONNECT_SECONDS = 2.0
 AGENT_CONNECT_SECONDS = 30.0
@@ -112,8 +113,6 @@ class DaemonClient:
 
     def _local_pool(self) -> WarmPool:
         if self._local is None:
-            from lg.pool.provider import local_pool  # noqa: PLC0415
-
             self._local = local_pool(self.config)
         return self._local
 

@@ -27,7 +27,8 @@ from lg.pool.metrics import prometheus_collector
 from lg.pool.pool import Lease, WarmPool
 from lg.pool.wire import LineSocket, exec_from_json, spec_from_json
 from lg.vm import network, vmm_cgroup
-from lg.vm.api import hypervisor_for
+from lg.vm.api import HandOverVm
+from lg.vm.registry import hypervisor_for
 from lg.vm.rundir import reap_leftovers
 
 
@@ -196,17 +197,21 @@ class PoolDaemon:
         timeout = message.get("timeout")
         lease = self.pool.lease(key, spec, float(timeout) if timeout is not None else None,
                                 exec_from_json(message.get("warmup")))
+        vm = lease.vm
         try:
-            channel = lease.vm.hand_over_channel()  # type: ignore[attr-defined]
-            handover = lease.vm.handover()  # type: ignore[attr-defined]
+            if not isinstance(vm, HandOverVm):
+                raise EnvironmentUnfit(f"hypervisor {key.backend!r} cannot hand its VMs to another process",
+                                       fix="run lg without the pool daemon (stop `lg pool serve`)")
+            channel = vm.hand_over_channel()
+            handover = vm.handover()
         except BaseException:
             lease.release()
             raise
         with self._lock:
-            self.leases[lease.vm.id] = lease
-        mine.add(lease.vm.id)
-        answer = {**lease.to_json(), **handover, "accelerator": lease.vm.accelerator,
-                  "host_confinement": dict(lease.vm.host_confinement), "boot_seconds": lease.vm.boot_seconds,
+            self.leases[vm.id] = lease
+        mine.add(vm.id)
+        answer = {**lease.to_json(), **handover.to_json(), "accelerator": vm.accelerator,
+                  "host_confinement": dict(vm.host_confinement), "boot_seconds": vm.boot_seconds,
                   "channel_passed": channel is not None}
         return {**answer, "_channel": channel} if channel is not None else answer
 

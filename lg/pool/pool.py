@@ -31,7 +31,7 @@ from lg.pool.key import PoolKey
 from lg.pool.metrics import PoolMetrics
 from lg.pool.templates import TemplateProblem, TemplateStore
 from lg.pool.warmup import exercise
-from lg.vm.api import ExecRequest, Hypervisor, Vm, VmError, VmSpec
+from lg.vm.api import ExecRequest, Hypervisor, IdentityVm, ProcessVm, SnapshotBackend, Vm, VmError, VmSpec
 
 RESTORE_FAILURES_BEFORE_COLD = 2  # consecutive failed restores after which a key cold-boots for good
 REFILL_NICE = 10
@@ -211,7 +211,7 @@ class WarmPool:
             if name not in self._backends:
                 hypervisor = self._make_backend(name)
                 store = None
-                if self.template_root is not None and callable(getattr(hypervisor, "restore", None)):
+                if self.template_root is not None and isinstance(hypervisor, SnapshotBackend):
                     store = TemplateStore(self.template_root, hypervisor)
                     store.reap()
                 self._backends[name] = (hypervisor, store)
@@ -246,7 +246,7 @@ class WarmPool:
             return self._cold(hypervisor, spec, f"no template: {problem.message.splitlines()[0]}")
         started = time.monotonic()
         try:
-            vm = hypervisor.restore(template.path / "state", spec)
+            vm = templates.hypervisor.restore(template.path / "state", spec)  # the same backend, with snapshots
         except (VmError, OSError) as problem:
             self._restore_failures[key] += 1
             templates.discard(template.path)
@@ -361,8 +361,8 @@ def _pool_spec(spec: VmSpec) -> VmSpec:
 def _renice(vm: Vm, value: int) -> None:
     """Set the nice value of every thread of the VM's VMM (nice is per thread on Linux), and of its autogroup.
     Lowering it needs CAP_SYS_NICE: without it a leased VM stays niced, which costs speed, never isolation."""
-    pid = getattr(vm, "pid", None)
-    if not isinstance(pid, int):
+    pid = vm.vmm_pid() if isinstance(vm, ProcessVm) else None
+    if pid is None:
         return
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
@@ -405,10 +405,8 @@ def _warm_up(vm: Vm, warmup: ExecRequest | None) -> None:
 
 def _fresh_identity(vm: Vm, hostname: str) -> dict[str, Any]:
     """A new hostname and machine id, and the clock and RNG resynced, for the step about to use the VM."""
-    identity = getattr(vm, "set_identity", None)
-    if identity is None:
+    if not isinstance(vm, IdentityVm):
         vm.resync()
         return {}
     cleaned = re.sub(r"[^A-Za-z0-9-]", "-", hostname).strip("-")[:63] or "lg-guest"
-    answer: dict[str, Any] = identity(cleaned, secrets.token_hex(16))
-    return answer
+    return dict(vm.set_identity(cleaned, secrets.token_hex(16)))

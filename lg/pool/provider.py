@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Protocol
 
 from lg.model import ProjectConfig
+from lg.pool import client
 from lg.pool.key import PoolKey
-from lg.pool.pool import Lease, WarmPool
-from lg.vm.api import ExecRequest, VmSpec, hypervisor_for
+from lg.pool.local import local_pool
+from lg.pool.pool import Lease
+from lg.vm.api import ExecRequest, VmSpec
 
 
 class VmProvider(Protocol):
@@ -26,19 +27,8 @@ class VmProvider(Protocol):
     def close(self) -> None: ...
 
 
-def local_pool(config: ProjectConfig) -> WarmPool:
-    """Templates live beside the images, in the cache: shared by every project on the host, keyed by content.
-    With `pool.snapshots: false` nothing is made ahead and every lease cold-boots its VM."""
-    if not config.pool.snapshots:
-        return WarmPool(lambda name: hypervisor_for(config, name), replace(config.pool, min_idle=0, max_idle=0),
-                        None)
-    return WarmPool(lambda name: hypervisor_for(config, name), config.pool, config.cache_dir / "snapshots")
-
-
 def open_provider(config: ProjectConfig) -> VmProvider:
     """The daemon's pool if `lg pool serve` answers on its socket, else a pool living in this process."""
-    from lg.pool import client  # noqa: PLC0415
-
     remote: VmProvider | None = client.connect(config) if config.pool.snapshots else None
     if remote is not None:
         return remote

@@ -27,7 +27,7 @@ from typing import Any
 from lg.errors import LgError
 from lg.pool.warmup import ROUTINE as WARMUP_ROUTINE
 from lg.pool.warmup import exercise
-from lg.vm.api import ExecRequest, Hypervisor, VmSpec
+from lg.vm.api import ExecRequest, SnapshotBackend, VmSpec
 from lg.vm.host import process_alive
 
 FORMAT = 3  # bump when what a template holds changes
@@ -56,22 +56,20 @@ class Template:
 
 
 class TemplateStore:
-    def __init__(self, root: Path, hypervisor: Hypervisor) -> None:
+    def __init__(self, root: Path, hypervisor: SnapshotBackend) -> None:
         self.root = root
         self.hypervisor = hypervisor
-        fingerprint = getattr(hypervisor, "fingerprint", None)
-        self.fingerprint = fingerprint() if callable(fingerprint) else type(hypervisor).__name__
+        self.fingerprint = hypervisor.fingerprint()
         self._verified: dict[Path, tuple[int, int, int]] = {}  # files already hashed, by (inode, size, mtime)
         self._lock = threading.Lock()
 
     def digest_for(self, spec: VmSpec, warmup: ExecRequest | None = None) -> str:
-        signature = getattr(self.hypervisor, "boot_signature", None)
         inputs = {"format": FORMAT, "backend": self.hypervisor.name, "fingerprint": self.fingerprint,
                   "image": spec.image.digest, "vcpus": spec.vcpus, "memory_mib": spec.memory_mib,
                   "accelerator": spec.accelerator, "warmup": _describe_warmup(warmup),
                   "warmup_routine": WARMUP_ROUTINE,
-                  "command_line": signature(replace(spec, hostname=TEMPLATE_HOSTNAME, network=None))
-                  if callable(signature) else None}
+                  "command_line": self.hypervisor.boot_signature(
+                      replace(spec, hostname=TEMPLATE_HOSTNAME, network=None))}
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
     def get(self, spec: VmSpec, warmup: ExecRequest | None = None) -> Template:
@@ -118,9 +116,10 @@ class TemplateStore:
                 accelerator = vm.accelerator
                 if not exercise(vm, warmup):
                     raise TemplateProblem("the template's warm-up command failed")
-                vm.save_snapshot(state)
-            _punch_zero_pages(state / RAM_FILE)
-            (state / RAM_FILE).chmod(0o444)  # clones map it privately; nothing may write it after this
+                self.hypervisor.save_snapshot(vm, state)
+            if (state / RAM_FILE).exists():  # a backend that keeps no guest RAM in a file leaves none
+                _punch_zero_pages(state / RAM_FILE)
+                (state / RAM_FILE).chmod(0o444)  # clones map it privately; nothing may write it after this
             files = _describe(staging)
             manifest = {"format": FORMAT, "digest": digest, "image_digest": spec.image.digest,
                         "accelerator": accelerator, "fingerprint": self.fingerprint, "created": time.time(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from lg.images.store import require_image
 from lg.inputs.run_inputs import RunInputs
 from lg.model import Pipeline, ProjectConfig
 from lg.render.plan import approval_view, step_grades
+from lg.vm.registry import hypervisor_for
 
 
 def build_plan(inputs: RunInputs, workspace: Path) -> dict[str, Any]:
@@ -72,8 +72,19 @@ def render_plan(plan: dict[str, Any]) -> str:
 
 def preflight(pipeline: Pipeline, config: ProjectConfig) -> None:
     """Everything that can be known to fail before a VM boots fails here, with a fix (exit 5)."""
-    if shutil.which("qemu-system-x86_64") is None:
-        raise EnvironmentUnfit("qemu-system-x86_64 is not installed",
-                               fix="apt-get install qemu-system-x86 (or run scripts/setup)")
+    for name in sorted({step.hypervisor or pipeline.hypervisor or config.hypervisor for step in pipeline.steps}):
+        require_hypervisor(config, name)
     for image in sorted({step.image or pipeline.image for step in pipeline.steps}):
         require_image(config, image)
+
+
+def require_hypervisor(config: ProjectConfig, name: str) -> None:
+    """Refuse a backend that cannot run VMs on this host, as its own probe says (a missing VMM binary, say).
+    Its warnings (no KVM: TCG is slower) do not refuse: `lg doctor` shows them."""
+    probe = hypervisor_for(config, name).probe()
+    if probe.can_run:
+        return
+    fatal = [problem for problem in probe.problems if problem.fatal]
+    why = "; ".join(problem.message for problem in fatal) or "its probe found no way to run VMs here"
+    fix = next((problem.fix for problem in fatal if problem.fix), "run `lg doctor` for what is missing")
+    raise EnvironmentUnfit(f"hypervisor {name!r} cannot run VMs on this host: {why}", fix=fix)

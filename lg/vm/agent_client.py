@@ -177,19 +177,7 @@ class AgentClient:
 
     def exec(self, exec_request: ExecRequest, on_output: OutputCallback | None = None) -> ExecResult:
         request_id = self.new_id()
-        fields: dict[str, Any] = {
-            "env": dict(exec_request.env), "cwd": exec_request.cwd, "uid": exec_request.uid,
-            "gid": exec_request.gid, "timeout": exec_request.timeout, "stdin": exec_request.stdin is not None,
-        }
-        if exec_request.confine is not None:
-            fields["confine"] = dict(exec_request.confine)
-        if exec_request.mkdirs:
-            fields["mkdirs"] = list(exec_request.mkdirs)
-        if exec_request.script is not None:
-            fields["script"] = exec_request.script
-        else:
-            fields["argv"] = list(exec_request.argv or ())
-        self.send(request(request_id, "exec", **fields))
+        self.send(request(request_id, "exec", **exec_fields(exec_request)))
         if exec_request.stdin is not None:
             self._send_stream(request_id, Stream.STDIN, exec_request.stdin)
         deadline = time.monotonic() + exec_request.timeout + EXEC_GRACE if exec_request.timeout else None
@@ -260,6 +248,23 @@ class AgentClient:
             code = str(body.get("code", "failed"))
             raise AgentFailure(f"guest agent: {body.get('message', code)}", code)
         return body
+
+
+def exec_fields(exec_request: ExecRequest) -> dict[str, Any]:
+    """The exec request as the agent reads it (lg.guest.execute.parse_command)."""
+    fields: dict[str, Any] = {
+        "env": dict(exec_request.env), "cwd": exec_request.cwd, "uid": exec_request.uid,
+        "gid": exec_request.gid, "timeout": exec_request.timeout, "stdin": exec_request.stdin is not None,
+    }
+    if exec_request.confine is not None:
+        fields["confine"] = dict(exec_request.confine)
+    if exec_request.mkdirs:
+        fields["mkdirs"] = list(exec_request.mkdirs)
+    if exec_request.script is not None:
+        fields["script"] = exec_request.script
+    else:
+        fields["argv"] = list(exec_request.argv or ())
+    return fields
 
 
 def _check_count(answer: dict[str, Any], stats: tarsafe.TreeStats) -> None:

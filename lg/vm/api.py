@@ -5,6 +5,13 @@ Shaped after pyinfra's connectors and tox's execute API: a `Hypervisor` probes t
 `ExecResult`s. Backends (QEMU today; Firecracker, Cloud Hypervisor, Apple Virtualization later) differ in how
 they boot and reach the guest, not in this interface: most inherit `lg.vm.base.AgentVm`, which speaks the
 guest agent's protocol over whatever stream the backend connects.
+
+What every backend must do is small (`Hypervisor`: name, probe, boot; `Vm`). What only some can do is an
+optional capability, a protocol of its own that callers test for with isinstance, never with getattr:
+`SnapshotBackend` (save a VM, restore clones of it: the pool's templates), `HandOverVm` (give the agent
+connection to another process: the pool daemon), `IdentityVm` (a fresh hostname and machine id at lease time)
+and `ProcessVm` (the VMM is a host process, which the pool renices). Backends are found by name in
+lg.vm.registry; lg.testing.fake is a backend for tests that implements the contract without a VM.
 """
 
 from __future__ import annotations
@@ -13,13 +20,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
 
-from lg.errors import EnvironmentUnfit, ExitCode, LgError
-from lg.model import FileChange, ProjectConfig
-from lg.vm.registry import load_backend_class
+from lg.errors import ExitCode, LgError
+from lg.model import FileChange
 
-Accelerator = Literal["kvm", "tcg"]
+if TYPE_CHECKING:
+    import socket
+
+Accelerator = Literal["kvm", "tcg", "none"]
+"""What ran a VM: hardware virtualisation, software emulation, or nothing at all (lg.testing.fake runs commands
+on the host; no production backend reports it)."""
 ACCELERATOR_CHOICES = ("auto", "kvm", "tcg")
 
 OutputCallback = Callable[[str, bytes], None]
@@ -147,6 +158,7 @@ class AgentInfo:
 class Problem:
     message: str
     fix: str | None = None
+    fatal: bool = False  # VMs cannot run here until it is fixed (else: a warning, such as TCG for want of KVM)
 
 
 @dataclass(frozen=True)
@@ -219,10 +231,6 @@ class Vm(Protocol):
 
     def console_tail(self, lines: int = 30) -> str: ...
 
-    def save_snapshot(self, path: Path) -> None:
-        """Save the VM's full state under `path` (a directory). The VM stays paused afterwards."""
-        ...
-
     def destroy(self) -> None:
         """Stop the VM and remove everything it left on the host. Idempotent."""
         ...
@@ -235,7 +243,12 @@ class Vm(Protocol):
 
 
 class Hypervisor(Protocol):
-    name: str
+    """The contract every backend meets. Constructed by its lg.vm.registry factory from the project config."""
+
+    @property
+    def name(self) -> str:
+        """Its key in lg.vm.registry.HYPERVISORS (and in the pool's keys)."""
+        ...
 
     def probe(self, image: GuestImage | None = None) -> HostProbe:
         """What this host can do. With an image, an untested KVM is tested by booting it (and cached)."""
@@ -245,9 +258,82 @@ class Hypervisor(Protocol):
         """A booted VM whose agent answered, or an error carrying the guest's last console lines."""
         ...
 
+
+# --- optional capabilities ------------------------------------------------------------------------------
+# Their members are methods (and a backend's name): isinstance() on a runtime protocol calls hasattr() on every
+# member in Python 3.11, which would run a property, and a property of a dead VM may raise.
+
+
+@runtime_checkable
+class SnapshotBackend(Hypervisor, Protocol):
+    """A backend that saves a running VM's whole state and starts independent clones of it: the pool builds
+    template snapshots with it and restores VMs from them instead of booting them."""
+
+    def fingerprint(self) -> str:
+        """What saved state depends on beyond the VmSpec (VMM binary and version, host kernel and CPU): a
+        template saved under another fingerprint is stale."""
+        ...
+
+    def boot_signature(self, spec: VmSpec) -> str:
+        """What `boot(spec)` would start (a VMM command line, say): a snapshot restores only under the one it
+        was saved with, so it is part of a template's key."""
+        ...
+
+    def save_snapshot(self, vm: Vm, path: Path) -> None:
+        """Save `vm` (booted by this backend) under the directory `path`; the VM stays paused afterwards.
+        `vm.destroy()` is still the caller's."""
+        ...
+
     def restore(self, snapshot: Path, spec: VmSpec) -> Vm:
-        """A new VM resumed from a snapshot saved by `Vm.save_snapshot` (NotImplementedError if the backend
-        cannot), with its clock and RNG already resynced with the host."""
+        """A new VM resumed from a snapshot saved by `save_snapshot`, with its clock and RNG already resynced
+        with the host. The snapshot may be restored any number of times; it is never changed."""
+        ...
+
+
+@dataclass(frozen=True)
+class VmHandover:
+    """Where another process finds a VM whose VMM stays with this one (the pool daemon's answer to a lease)."""
+
+    run_dir: Path
+    agent_socket: Path  # connect here when the open connection could not be passed
+    console_log: Path
+    pid: int | None  # the VMM's process
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "agent_socket": str(self.agent_socket),
+                "console_log": str(self.console_log), "pid": self.pid}
+
+
+@runtime_checkable
+class HandOverVm(Protocol):
+    """A VM whose agent connection another process can take over (the pool daemon leases VMs this way)."""
+
+    def hand_over_channel(self) -> socket.socket | None:
+        """The open agent connection itself, to pass as a file descriptor (None: the other process connects
+        afresh). This process stops using it."""
+        ...
+
+    def handover(self) -> VmHandover:
+        """Let go of the agent connection and say where the VM is; this process keeps (and destroys) the VMM."""
+        ...
+
+
+@runtime_checkable
+class IdentityVm(Protocol):
+    """A VM that takes a new identity at lease time: a VM restored from a template starts as the template, with
+    its hostname, machine id, clock and RNG state."""
+
+    def set_identity(self, hostname: str, machine_id: str) -> Mapping[str, Any]:
+        """Set hostname and machine id, the host's clock and new entropy; what the guest now reports."""
+        ...
+
+
+@runtime_checkable
+class ProcessVm(Protocol):
+    """A VM run by a VMM process on this host (its scheduling priority can be changed)."""
+
+    def vmm_pid(self) -> int | None:
+        """The VMM's pid; None once it has stopped."""
         ...
 
 
@@ -288,11 +374,3 @@ class AgentFailure(VmError):
 
 class AgentUnresponsive(VmError):
     """The agent went silent or spoke something that is not the protocol."""
-
-
-def hypervisor_for(config: ProjectConfig, name: str | None = None) -> Hypervisor:
-    """The configured backend (or `name`), constructed for this project."""
-    backend = load_backend_class(name or config.hypervisor)(config)
-    if not hasattr(backend, "boot"):
-        raise EnvironmentUnfit(f"hypervisor backend {name or config.hypervisor!r} is not usable")
-    return backend  # type: ignore[no-any-return]

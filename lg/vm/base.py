@@ -2,8 +2,9 @@
 
 A backend boots its VMM, connects a socket to the agent (lg.vm.channel) and hands it to `attach`; everything
 a step does in the VM (exec, files, changes) then goes through this class, the same for QEMU, Firecracker or
-Cloud Hypervisor. The backend supplies the VMM side: `check_alive`, `_terminate`, `console_tail`,
-`save_snapshot`.
+Cloud Hypervisor. The backend supplies the VMM side: `check_alive`, `_terminate`, `console_tail`.
+Every AgentVm can take a new identity (lg.vm.api.IdentityVm) and give its agent connection away
+(`hand_over_channel`, half of lg.vm.api.HandOverVm: the backend says where the VM is).
 """
 
 from __future__ import annotations
@@ -66,9 +67,6 @@ class AgentVm(abc.ABC):
 
     @abc.abstractmethod
     def console_tail(self, lines: int = 30) -> str: ...
-
-    def save_snapshot(self, path: Path) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot save snapshots yet")
 
     # --- the Vm interface ----------------------------------------------------------------------------
 

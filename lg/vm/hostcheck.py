@@ -1,4 +1,8 @@
-"""What this host can do for lg, check by check, each problem with its fix (the core of `lg doctor`)."""
+"""What this host can do for VMs, check by check, each problem with its fix (the core of `lg doctor`).
+
+The hypervisor is probed through lg.vm.registry. What the pool adds (its daemon, its templates) is lg.pool's to
+check (lg.pool.doctor): lg.vm knows nothing of lg.pool, and `lg doctor` puts the two reports together.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,15 @@ import importlib
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from lg.errors import LgError
 from lg.model import ProjectConfig
 from lg.vm import host
-from lg.vm.api import GuestImage, HostProbe, hypervisor_for
+from lg.vm.api import GuestImage, HostProbe
+from lg.vm.registry import hypervisor_for
 from lg.vm.rundir import reap_leftovers
 
 Status = Literal["ok", "warn", "fail"]
@@ -33,6 +38,10 @@ class HostReport:
     checks: tuple[Check, ...]
     accelerator: str | None  # what `accelerator: auto` would use; None if VMs cannot run
     can_run_vms: bool
+
+    def including(self, *checks: Check) -> HostReport:
+        """This report with more checks, from a part of lg above lg.vm (the pool's)."""
+        return replace(self, checks=(*self.checks, *checks))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,7 +66,6 @@ def host_report(config: ProjectConfig, boot_test: bool = True) -> HostReport:
         image_check,
         state_dir_check(config.state_dir),
         leftovers_check(config.state_dir / "vms"),
-        pool_check(config),
         *tool_checks(),
     ]
     can_run = probe.can_run and bool(images)
@@ -66,7 +74,7 @@ def host_report(config: ProjectConfig, boot_test: bool = True) -> HostReport:
 
 def hypervisor_checks(probe: HostProbe) -> list[Check]:
     if probe.binary is None:
-        missing = next((p for p in probe.problems if "not installed" in p.message), None)
+        missing = next((p for p in probe.problems if p.fatal), None)
         return [Check(probe.backend, "fail", missing.message if missing else "not installed",
                       missing.fix if missing else None)]
     checks = [Check(probe.backend, "ok", f"{probe.binary} {probe.version or '(version unknown)'}")]
@@ -126,30 +134,6 @@ def leftovers_check(run_parent: Path) -> Check:
         return Check("leftovers", "warn", f"removed {len(reaped)} VM(s) left by killed lg processes: "
                      + ", ".join(reaped))
     return Check("leftovers", "ok", "no VM left behind by a killed lg")
-
-
-def pool_check(config: ProjectConfig) -> Check:
-    """Where `lg run` would get its VMs: the shared daemon, or a pool of its own; and the templates cached."""
-    from lg.pool import client  # noqa: PLC0415
-    from lg.pool.templates import TemplateStore  # noqa: PLC0415
-    from lg.pool.wire import default_socket  # noqa: PLC0415
-
-    templates = TemplateStore.list_at(config.cache_dir / "snapshots")
-    cached = f"{len(templates)} template snapshot(s) cached"
-    if not config.pool.snapshots:
-        return Check("pool", "ok", f"pool.snapshots is false: every step cold-boots; {cached}")
-    remote = client.connect(config)
-    if remote is None:
-        return Check("pool", "ok", f"no daemon on {default_socket()}: each lg run keeps a pool of its own; {cached}")
-    try:
-        status = remote.status()
-    except LgError as error:
-        return Check("pool", "warn", f"the daemon on {default_socket()} does not answer: {error}",
-                     "restart `lg pool serve`")
-    finally:
-        remote.close()
-    return Check("pool", "ok", f"daemon pid {status['daemon_pid']} on {status['socket']}: {status['active']} active, "
-                               f"{status['idle']} idle; {cached}")
 
 
 TOOLS = (

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lg.vm.api import BootFailed, VmError, VmSpec
-from lg.vm.qemu import OVERLAY, RAM_BACKEND, QemuVm, ram_backend
+from lg.vm.qemu_argv import OVERLAY, RAM_BACKEND, ram_backend
+from lg.vm.qemu_vm import QemuVm
 from lg.vm.qmp import QmpClient, QmpError
 from lg.vm.rundir import create_run_dir
 

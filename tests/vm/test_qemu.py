@@ -12,27 +12,28 @@ from pathlib import Path
 
 import pytest
 
+from lg.testing import conformance
 from lg.vm.api import BootFailed, ExecRequest, GuestCrashed, Vm, VmSpec
 from lg.vm.host import process_alive
-from lg.vm.qemu import QemuHypervisor, QemuVm
+from lg.vm.qemu import QemuHypervisor
+from lg.vm.qemu_vm import QemuVm
 from lg.vm.rundir import reap_leftovers
-from tests.vm import conformance
 from tests.vm.conftest import REPO, ImageFiles, accelerator
 
 pytestmark = pytest.mark.vm
 
 
-@pytest.mark.parametrize("check", conformance.SHARED_CHECKS, ids=lambda check: check.__name__[6:])
-def test_conformance(shared_vm: Vm, check: conformance.Check, tmp_path: Path) -> None:
+CAPABILITIES = conformance.ALL  # QEMU is held to every check
+
+
+@pytest.mark.parametrize("check", conformance.vm_params(CAPABILITIES))
+def test_conformance(shared_vm: Vm, check: conformance.VmCheck, tmp_path: Path) -> None:
     check(shared_vm, tmp_path)
 
 
-def test_destroy_leaves_nothing(hypervisor: QemuHypervisor, spec: VmSpec) -> None:
-    conformance.check_destroy_leaves_nothing(hypervisor, spec)
-
-
-def test_context_manager_destroys_on_error(hypervisor: QemuHypervisor, spec: VmSpec) -> None:
-    conformance.check_context_manager_destroys_on_error(hypervisor, spec)
+@pytest.mark.parametrize("check", conformance.backend_params(CAPABILITIES))
+def test_backend_conformance(hypervisor: QemuHypervisor, spec: VmSpec, check: conformance.BackendCheck) -> None:
+    check(hypervisor, spec)
 
 
 def test_guest_panic_reports_the_console(hypervisor: QemuHypervisor, spec: VmSpec) -> None:
@@ -121,7 +122,7 @@ def test_snapshot_restores_independent_clones(hypervisor: QemuHypervisor, spec: 
     snapshot = tmp_path / "snapshot"
     with hypervisor.boot(spec) as vm:
         assert conformance.run(vm, "echo before > /tmp/marker")[0] == 0
-        vm.save_snapshot(snapshot)
+        hypervisor.save_snapshot(vm, snapshot)
         cold = vm.boot_seconds
     assert {p.name for p in snapshot.iterdir()} >= {"memory.state", "snapshot.json"}
     with hypervisor.restore(snapshot, spec) as first, hypervisor.restore(snapshot, spec) as second:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -14,7 +15,7 @@ import pytest
 
 from lg.errors import EnvironmentUnfit
 from lg.guest.protocol import encode_message
-from lg.vm import host, qemu, vmm_cgroup
+from lg.vm import host, qemu, qemu_argv, qemu_vm, vmm_cgroup
 from lg.vm.agent_client import AgentClient
 from lg.vm.api import AgentUnresponsive, ExecRequest, VmSpec
 from lg.vm.base import file_change
@@ -29,21 +30,21 @@ IMAGE = ImageFiles("tiny", "sha256:x", Path("/k/vmlinux"), Path("/k/initrd"), No
 
 
 def test_kernel_cmdline_adds_tsc_panic_and_hostname() -> None:
-    line = qemu.kernel_cmdline(IMAGE, "step build/1", 2600000)
+    line = qemu_argv.kernel_cmdline(IMAGE, "step build/1", 2600000)
     assert line.split() == [
         "console=ttyS0", "quiet", "panic=-1", "tsc_early_khz=2600000", "tsc=reliable", "init_on_free=1",
         "lg.hostname=step-build-1",
     ]
-    assert "tsc_early_khz" not in qemu.kernel_cmdline(IMAGE, "x", None)
+    assert "tsc_early_khz" not in qemu_argv.kernel_cmdline(IMAGE, "x", None)
 
 
 def test_qemu_argv_is_a_confined_microvm() -> None:
     spec = VmSpec(image=IMAGE, vcpus=2, memory_mib=512)
-    argv = qemu.qemu_argv("/usr/bin/qemu-system-x86_64", spec, "tcg", "console=ttyS0", overlay=False)
+    argv = qemu_argv.qemu_argv("/usr/bin/qemu-system-x86_64", spec, "tcg", "console=ttyS0", overlay=False)
     joined = " ".join(argv)
     assert argv[argv.index("-M") + 1].startswith("microvm,")
     assert argv[argv.index("-accel") + 1] == "tcg"
-    assert argv[argv.index("-sandbox") + 1] == qemu.SANDBOX
+    assert argv[argv.index("-sandbox") + 1] == qemu_argv.SANDBOX
     for flag in ("-nodefaults", "-no-user-config", "-nographic", "-no-reboot"):
         assert flag in argv
     assert "name=lg.agent" in joined and "-drive" not in argv
@@ -53,27 +54,27 @@ def test_qemu_argv_is_a_confined_microvm() -> None:
 def test_qemu_argv_attaches_the_rootfs_through_an_overlay() -> None:
     with_disk = ImageFiles("default", "d", IMAGE.kernel, IMAGE.initrd, Path("/k/root.ext4"), IMAGE.kernel_args)
     spec = VmSpec(image=with_disk)
-    overlay = qemu.qemu_argv("qemu", spec, "kvm", "", overlay=True)
-    assert overlay[overlay.index("-drive") + 1].startswith(f"id=root,file={qemu.OVERLAY},format=qcow2")
-    fallback = qemu.qemu_argv("qemu", spec, "kvm", "", overlay=False)
+    overlay = qemu_argv.qemu_argv("qemu", spec, "kvm", "", overlay=True)
+    assert overlay[overlay.index("-drive") + 1].startswith(f"id=root,file={qemu_argv.OVERLAY},format=qcow2")
+    fallback = qemu_argv.qemu_argv("qemu", spec, "kvm", "", overlay=False)
     assert "snapshot=on" in fallback[fallback.index("-drive") + 1]
 
 
 def test_overlay_never_writes_the_base(tmp_path: Path) -> None:
-    if not qemu.shutil.which("qemu-img"):
+    if not shutil.which("qemu-img"):
         pytest.skip("qemu-img not installed")
     base = tmp_path / "base.ext4"
     base.write_bytes(b"\0" * (1 << 20))
-    assert qemu.create_overlay(tmp_path, base)
-    info = subprocess.run(["qemu-img", "info", "--output=json", str(tmp_path / qemu.OVERLAY)],
+    assert qemu_argv.create_overlay(tmp_path, base)
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(tmp_path / qemu_argv.OVERLAY)],
                           capture_output=True, text=True, check=True)
     assert json.loads(info.stdout)["backing-filename"] == str(base)
 
 
 def test_guest_panic_reason_is_found_in_the_console() -> None:
     console = "[ 1.0] ok\n[ 5.7] Kernel panic - not syncing: sysrq triggered crash\n[ 5.8] CPU: 0 PID: 1\n"
-    assert qemu.guest_panic(console) == "sysrq triggered crash"
-    assert qemu.guest_panic("[ 1.0] all fine\n") is None
+    assert qemu_vm.guest_panic(console) == "sysrq triggered crash"
+    assert qemu_vm.guest_panic("[ 1.0] all fine\n") is None
 
 
 # --- accelerator choice --------------------------------------------------------------------------------
