@@ -16,11 +16,6 @@ def frozen_map(data: dict[str, str] | None = None) -> FrozenMap:
     return MappingProxyType(dict(data or {}))
 
 
-HYPERVISOR_NAMES: tuple[str, ...] = ("qemu",)
-"""The hypervisor backends a file may name (the `hypervisor` enum of every schema). lg.vm.registry holds a
-factory for each; a test keeps the two equal. Here, not there, so that validating a file imports no VMM code."""
-
-
 # --- lg.yaml ---------------------------------------------------------------------------------------------
 
 HYPERVISOR_NAMES: tuple[str, ...] = ("qemu",)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lg.errors import InvalidInput
-from lg.model import HYPERVISOR_NAMES, ProjectConfig
+from lg.model import ProjectConfig
 from lg.vm.api import Hypervisor
 
 BackendFactory = Callable[[ProjectConfig], Hypervisor]
@@ -26,8 +26,6 @@ HYPERVISORS: dict[str, BackendFactory] = {
     "qemu": _qemu,
 }
 
-__all__ = ["HYPERVISORS", "HYPERVISOR_NAMES", "BackendFactory", "hypervisor_for"]
-# HYPERVISOR_NAMES is re-exported for lg.config until it imports lg.model's (then it goes from here).
 
 
 def hypervisor_for(config: ProjectConfig, name: str | None = None) -> Hypervisor:

@@ -17,17 +17,17 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
 from lg.approvals.decide import decide
 from lg.approvals.gates import GateStore
-from lg.config.pipeline import load_pipeline
 from lg.config.project import load_project_config
 from lg.config.secrets import SecretValues
 from lg.errors import ApprovalRejected, AwaitingApproval, ExitCode, InvalidInput, StepFailed
+from lg.inputs.run_inputs import load_run_inputs
 from lg.policy.load import load_policy
 from lg.pool.pool import WarmPool
 from lg.runner.engine import RunOutcome, RunRequest, claim_run, resume_run, run_pipeline
@@ -84,9 +84,9 @@ class Project:
     def request(self, body: str, policy: str = "default") -> RunRequest:
         path = self.root / "pipeline.yaml"
         path.write_text(textwrap.dedent(body))
-        config = load_project_config(self.root)
-        return RunRequest(load_pipeline(path, config), config, self.root, SecretValues({}), self.echoed.append,
-                          load_policy(policy, config, self.root), clock=self.clock, vms=self.pool)
+        inputs = load_run_inputs(path, with_images=True)
+        inputs = replace(inputs, policy=load_policy(policy, inputs.config, self.root))
+        return RunRequest(inputs, self.root, SecretValues({}), self.echoed.append, clock=self.clock, vms=self.pool)
 
     def run(self, body: str) -> RunOutcome:
         return run_pipeline(self.request(body), self.store)
@@ -357,9 +357,8 @@ KILLED_HELPER = """
 import sys, time
 from pathlib import Path
 from lg.config.pipeline import load_pipeline
-from lg.config.project import load_project_config
 from lg.config.secrets import SecretValues
-from lg.policy.load import load_policy
+from lg.inputs.run_inputs import load_run_inputs
 from lg.runner.engine import RunRequest, run_pipeline
 from lg.runs.store import RunStore
 from lg.testing.fake import FakeHypervisor, fake_pool
@@ -371,11 +370,9 @@ def hang_in_slow(vm, request, on_output):
     return None
 
 root = Path(sys.argv[1])
-config = load_project_config(root)
-pipeline = load_pipeline(root / "pipeline.yaml", config)
+inputs = load_run_inputs(root / "pipeline.yaml", with_images=True)
 with fake_pool(FakeHypervisor(Path(sys.argv[2]), handler=hang_in_slow)) as pool:
-    request = RunRequest(pipeline, config, root, SecretValues({}), lambda line: None,
-                         load_policy("default", config, root), vms=pool)
+    request = RunRequest(inputs, root, SecretValues({}), lambda line: None, vms=pool)
     run_pipeline(request, RunStore(root / ".lg"))
 """
 
@@ -385,7 +382,11 @@ def _wait_for_slow_step(project: Project, helper: subprocess.Popen[bytes], vms: 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert helper.poll() is None, helper.stderr.read() if helper.stderr else ""
-        if list(vms.rglob("workspace/started")):
-            return project.store.runs(1)[0].id
+        try:
+            if list(vms.rglob("workspace/started")):
+                return project.store.runs(1)[0].id
+        except FileNotFoundError:
+            pass  # a VM directory the pool removed while the walk was in it
+
         time.sleep(0.05)
     raise AssertionError("the helper's run never reached its slow step")
