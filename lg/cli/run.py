@@ -58,7 +58,7 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, 
         return ExitCode.OK
     inputs = load_run_inputs(pipeline_file, with_images=True)
     root = _workspace(workspace, inputs.pipeline)
-    preflight(inputs.pipeline, inputs.config)
+    preflight(inputs)
     from lg.runner.engine import run_pipeline  # noqa: PLC0415
 
     store = RunStore(inputs.config.state_dir)

@@ -8,9 +8,8 @@ from typing import Any
 from lg.config.durations import format_duration
 from lg.config.pipeline import topological_order
 from lg.errors import EnvironmentUnfit
-from lg.images.store import require_image
 from lg.inputs.run_inputs import RunInputs
-from lg.model import Pipeline, ProjectConfig
+from lg.model import ProjectConfig
 from lg.render.plan import approval_view, step_grades
 from lg.vm.registry import hypervisor_for
 
@@ -70,12 +69,12 @@ def render_plan(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def preflight(pipeline: Pipeline, config: ProjectConfig) -> None:
-    """Everything that can be known to fail before a VM boots fails here, with a fix (exit 5)."""
+def preflight(inputs: RunInputs) -> None:
+    """Everything that can be known to fail before a VM boots fails here, with a fix (exit 5). The images
+    were required when the inputs were bound (lg.inputs)."""
+    pipeline, config = inputs.pipeline, inputs.config
     for name in sorted({step.hypervisor or pipeline.hypervisor or config.hypervisor for step in pipeline.steps}):
         require_hypervisor(config, name)
-    for image in sorted({step.image or pipeline.image for step in pipeline.steps}):
-        require_image(config, image)
 
 
 def require_hypervisor(config: ProjectConfig, name: str) -> None:
