@@ -7,20 +7,34 @@ names, the step ids it names) and kept as text; the runner renders it with the r
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
+import threading
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lg.config.schema_check import suggest
+from lg.config.template_limits import TooLarge, check_binop, check_call, guarded_filters
 
 if TYPE_CHECKING:
     from jinja2 import UndefinedError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 RUNTIME_NAMES = frozenset({"steps"})
-FORBIDDEN_NAMES = {"secrets": "secrets reach a step as environment variables ($NAME), never through templates"}
+FORBIDDEN_NAMES = {
+    "secrets": "secrets reach a step as environment variables ($NAME), never through templates",
+    # A namespace carries a value from one loop iteration to the next: doubling a string 40 times in a loop
+    # took gigabytes while a pipeline was being validated.
+    "namespace": "a template may not keep state across loop iterations",
+}
+MAX_RENDERED_CHARS = 4_000_000
+"""The longest text one template may render to (a `run:` script longer than this is not a script)."""
+RENDER_SECONDS = 5.0
+"""How long one template may take to render or evaluate (when lg renders in its main thread) before it is
+refused: loops nested in loops can spin for hours without making anything the size bounds would see."""
 
 
 class TemplateProblem(Exception):
@@ -60,12 +74,28 @@ def environment() -> ImmutableSandboxedEnvironment:
                 return f"{name!r} is not defined (templates can use: vars, env, matrix, pipeline, steps)"
             return str(super()._undefined_message)
 
-    # Immutable sandbox: a template can read what it is given and call safe filters, nothing else.
-    sandboxed: ImmutableSandboxedEnvironment = jinja2.sandbox.ImmutableSandboxedEnvironment(
+    class Bounded(jinja2.sandbox.ImmutableSandboxedEnvironment):  # type: ignore[misc,name-defined]
+        """The immutable sandbox, with every operation that can make a huge result checked first."""
+
+        intercepted_binops = frozenset({"*", "**", "%"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            check_binop(operator, left, right)
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            check_call(__obj, args, kwargs)
+            return super().call(__context, __obj, *args, **kwargs)
+
+    # Immutable sandbox: a template can read what it is given and call safe filters, nothing else, and nothing
+    # it makes can outgrow lg.config.template_limits.
+    sandboxed: ImmutableSandboxedEnvironment = Bounded(
         undefined=Undefined,
         autoescape=False,
         keep_trailing_newline=True,
     )
+    sandboxed.filters = guarded_filters(sandboxed.filters)
+    sandboxed.globals.pop("namespace", None)  # see FORBIDDEN_NAMES: parse() then names it as forbidden
     return sandboxed
 
 
@@ -93,7 +123,19 @@ def parse(text: str) -> ParsedTemplate:
     for name, why in FORBIDDEN_NAMES.items():
         if name in names:
             raise TemplateProblem(f"'{name}' cannot be used in a template: {why}", None)
+    _refuse_recursion(environment().parse(text))
     return ParsedTemplate(text, names)
+
+
+def _refuse_recursion(tree: Any) -> None:
+    """Macros and recursive loops can call themselves without bound (a doubling macro of depth 30 ran for
+    minutes, a recursive loop crashed Python's stack): pipeline fields have no use for them."""
+    nodes = _jinja().nodes
+    for node in tree.find_all((nodes.Macro, nodes.CallBlock, nodes.For)):
+        if isinstance(node, nodes.For) and not node.recursive:
+            continue
+        what = "recursive loops" if isinstance(node, nodes.For) else "macros"
+        raise TemplateProblem(f"{what} cannot be used in a template (they can recurse without bound)", node.lineno)
 
 
 def render(text: str, context: Mapping[str, Any]) -> str:
@@ -101,8 +143,8 @@ def render(text: str, context: Mapping[str, Any]) -> str:
     parse(text)
     jinja2 = _jinja()
     try:
-        rendered: str = environment().from_string(text).render(context)
-        return rendered
+        with render_deadline():
+            return _bounded_render(environment().from_string(text), context)
     except jinja2.TemplateSyntaxError as error:
         raise TemplateProblem(f"template syntax error: {error.message}", error.lineno) from error
     except TemplateProblem as problem:  # raised by a probe standing in for `steps`
@@ -113,8 +155,43 @@ def render(text: str, context: Mapping[str, Any]) -> str:
             from error
     except jinja2.exceptions.SecurityError as error:
         raise TemplateProblem(f"not allowed in a template: {error}", _template_line(error)) from error
-    except (TypeError, ValueError, ArithmeticError, LookupError) as error:
+    except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as error:
         raise TemplateProblem(f"template failed: {error}", _template_line(error)) from error
+
+
+def _bounded_render(template: Any, context: Mapping[str, Any]) -> str:
+    """Render chunk by chunk, refusing past MAX_RENDERED_CHARS (loops in loops multiply what they write)."""
+    chunks, size = [], 0
+    for chunk in template.generate(context):
+        size += len(chunk)
+        if size > MAX_RENDERED_CHARS:
+            raise TooLarge(f"the template renders to more than {MAX_RENDERED_CHARS:,} characters")
+        chunks.append(chunk)
+    return "".join(chunks)
+
+
+class RenderTimedOut(ArithmeticError):
+    """A template ran past RENDER_SECONDS (an ArithmeticError, so render and evaluate report it as failed)."""
+
+
+@contextlib.contextmanager
+def render_deadline(seconds: float = RENDER_SECONDS) -> Iterator[None]:
+    """Interrupt a template that runs too long, with SIGALRM: only the main thread can be interrupted this
+    way, so elsewhere (and where an alarm is already set) templates run without a deadline."""
+    if threading.current_thread() is not threading.main_thread() or signal.getitimer(signal.ITIMER_REAL)[0]:
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise RenderTimedOut(f"the template took longer than {seconds:.0f}s to render")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
@@ -122,12 +199,14 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     jinja2 = _jinja()
     try:
         compiled = environment().compile_expression(expression, undefined_to_none=False)
-        return compiled(**context)
+        with render_deadline():
+            return compiled(**context)
     except jinja2.TemplateSyntaxError as error:
         raise TemplateProblem(f"expression syntax error: {error.message}", None) from error
     except jinja2.UndefinedError as error:
         raise TemplateProblem(f"undefined in expression: {_explain_undefined(error)}", None) from error
-    except (TypeError, ValueError, ArithmeticError, LookupError, jinja2.exceptions.SecurityError) as error:
+    except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError,
+            jinja2.exceptions.SecurityError) as error:
         raise TemplateProblem(f"expression failed: {error}", None) from error
 
 

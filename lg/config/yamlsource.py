@@ -23,6 +23,10 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_NODES = 100_000
 """Nodes after alias expansion; a legitimate pipeline is far below, an alias bomb far above."""
 
+MAX_DEPTH = 64
+"""Mappings and lists nested deeper than this are refused: no file lg reads needs more, and building data of
+any depth recursively would crash Python's stack (a 1,000-deep `[[[...]]]` did)."""
+
 KeyPath = tuple[str | int, ...]
 
 _SCALAR_TAGS = {
@@ -102,6 +106,7 @@ class _Builder:
         self.key_marks: dict[KeyPath, Mark] = {}
         self.nodes_built = 0
         self._scalar_constructor = yaml.SafeLoader("")
+        self._building: set[int] = set()  # the nodes being built, to catch an alias that contains itself
 
     def fail(self, node: yaml.Node, message: str, key_path: KeyPath) -> InvalidInput:
         mark = _mark(node)
@@ -116,13 +121,21 @@ class _Builder:
                 key_path,
             )
         self.value_marks.setdefault(key_path, _mark(node))
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, key_path)
-        if isinstance(node, yaml.SequenceNode):
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, key_path)
+        if len(key_path) >= MAX_DEPTH:
+            raise self.fail(node, f"nested deeper than {MAX_DEPTH} levels; refusing it", key_path)
+        if id(node) in self._building:
+            raise self.fail(node, "an alias refers to a value that contains it (a recursive alias)", key_path)
+        self._building.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, key_path)
             if node.tag != _SEQ_TAG:
                 raise self.fail(node, f"tag {node.tag!r} is not allowed here", key_path)
             return [self.build(item, (*key_path, index)) for index, item in enumerate(node.value)]
-        return self._scalar(node, key_path)
+        finally:
+            self._building.discard(id(node))
 
     def _scalar(self, node: yaml.Node, key_path: KeyPath) -> Any:
         if node.tag == _STR_TAG:
@@ -130,7 +143,12 @@ class _Builder:
         if node.tag == _TIMESTAMP_TAG:
             return node.value  # dates stay text: no schema here wants a datetime object
         if node.tag in _SCALAR_TAGS:
-            return self._scalar_constructor.construct_object(node)
+            try:
+                return self._scalar_constructor.construct_object(node)
+            except (ValueError, LookupError, TypeError, yaml.YAMLError):  # `!!int x`, `!!float abc`, `!!bool maybe`
+                kind = node.tag.rsplit(":", 1)[-1]
+                raise self.fail(node, f"{node.value!r} is not a valid {kind} (it is tagged !!{kind})",
+                                key_path) from None
         raise self.fail(node, f"tag {node.tag!r} is not allowed (only plain YAML data is)", key_path)
 
     def _mapping(self, node: yaml.MappingNode, key_path: KeyPath) -> dict[str, Any]:
