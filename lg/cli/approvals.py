@@ -12,7 +12,7 @@ from lg.cli.output import color_enabled, emit_json, json_option, state_store
 from lg.errors import ExitCode, InvalidInput
 
 if TYPE_CHECKING:
-    from lg.approvals.gates import Gate, GateStore, Verdict
+    from lg.runs.gates import Gate, GateStore, Verdict
     from lg.runs.store import RunRecord
 
 key_option = click.option(
@@ -30,7 +30,7 @@ sign_only_option = click.option(
 
 
 def _gates() -> GateStore:
-    from lg.approvals.gates import GateStore  # noqa: PLC0415
+    from lg.runs.gates import GateStore  # noqa: PLC0415
 
     return GateStore(state_store())
 
@@ -173,7 +173,7 @@ def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | N
         return ExitCode.OK
     click.echo(f"gate {settled.gate_id} of run {record.id}: {verdict} recorded; gate is {settled.status}"
                + (f" ({settled.outcome})" if settled.outcome else ""))
-    if settled.status == "open":
+    if settled.is_open:
         have = len({d.approver for d in gates.decisions(settled) if d.verdict == "approve"})
         click.echo(f"  {have} of {settled.rules.count} approvals so far")
     elif not gates.store.run(record.id).process_alive:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -81,10 +80,11 @@ def resume(run_id: str, wait: bool, as_json: bool) -> int:
     Steps that ended stay as they ended; a step that was running runs again in a fresh VM
     (nothing of it was applied); approved held effects are applied, rejected ones discarded.
     """
+    from lg.approvals.decide import current_user  # noqa: PLC0415
     from lg.config.pipeline import load_pipeline  # noqa: PLC0415
     from lg.config.project import load_project_config  # noqa: PLC0415
     from lg.runner.effects import file_sha256  # noqa: PLC0415
-    from lg.runner.engine import claim_run, resume_run  # noqa: PLC0415
+    from lg.runner.engine import resume_run  # noqa: PLC0415
 
     store = state_store()
     store.require_intact_audit()
@@ -98,7 +98,7 @@ def resume(run_id: str, wait: bool, as_json: bool) -> int:
     config = load_project_config(path.parent)
     pipeline = load_pipeline(path, config)
     request = _request(pipeline, config, Path(record.workspace), as_json, wait)
-    record = claim_run(store, record.id)
+    record = store.claim(record.id, current_user())
     return _reported(store, as_json, lambda: resume_run(request, store, record))
 
 
@@ -108,7 +108,6 @@ def resume(run_id: str, wait: bool, as_json: bool) -> int:
 def cancel(run_id: str, reason: str) -> int:
     """Stop RUN for good: a live run is interrupted (its VM destroyed), open gates are closed as cancelled,
     held effects are discarded. Nothing more of it is applied."""
-    from lg.approvals.gates import GateStore  # noqa: PLC0415
     from lg.runner.effects import discard  # noqa: PLC0415
 
     store = state_store()
@@ -116,17 +115,9 @@ def cancel(run_id: str, reason: str) -> int:
     record = store.run(run_id)
     if record.finished_for_good:
         raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to cancel")
-    gates = GateStore(store)
     if record.process_alive and record.pid is not None and record.pid != os.getpid():
         _interrupt(record.pid, record)
-    with store.transaction():
-        store.update_run(record.id, status="cancelled", finished=time.time(), exit_code=int(ExitCode.REJECTED),
-                         error=reason)
-        for step in store.steps(record.id):
-            if step.status not in ("succeeded", "failed", "skipped", "timed_out", "rejected", "expired"):
-                store.update_step(record.id, step.step_id, status="cancelled", detail=reason)
-        store.audit("run.cancelled", record.id, reason=reason)
-    gates.cancel(record.id, reason)
+    store.cancel(record.id, reason)
     held = store.run_dir(record.id) / "effects"
     for step_dir in sorted(held.iterdir()) if held.is_dir() else []:
         discard(step_dir)
@@ -180,7 +171,7 @@ def _reported(store: RunStore, as_json: bool, go: Callable[[], RunOutcome]) -> i
 
 
 def _emit_run(store: RunStore, record: RunRecord) -> None:
-    from lg.approvals.gates import GateStore  # noqa: PLC0415
+    from lg.runs.gates import GateStore  # noqa: PLC0415
 
     gates = [{"gate": g.gate_id, "kind": g.kind, "status": g.status, "digest": g.digest, "outcome": g.outcome}
              for g in GateStore(store).gates(record.id)]
