@@ -59,7 +59,7 @@ class GateStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-S = TypeVar("S", RunStatus, StepStatus, GateStatus)
+AnyStatus = TypeVar("AnyStatus", RunStatus, StepStatus, GateStatus)
 
 
 class IllegalTransition(InternalError):
@@ -71,20 +71,20 @@ class IllegalTransition(InternalError):
 
 
 @dataclass(frozen=True)
-class Machine(Generic[S]):
+class Machine(Generic[AnyStatus]):
     """One state machine: its transition table, and the checks and sets derived from it."""
 
-    table: Mapping[S, frozenset[S]]
+    table: Mapping[AnyStatus, frozenset[AnyStatus]]
 
-    def allows(self, current: S, wanted: S) -> bool:
+    def allows(self, current: AnyStatus, wanted: AnyStatus) -> bool:
         return wanted in self.table[current]
 
-    def check(self, what: str, current: S, wanted: S) -> None:
+    def check(self, what: str, current: AnyStatus, wanted: AnyStatus) -> None:
         if not self.allows(current, wanted):
             raise IllegalTransition(what, current, wanted)
 
     @property
-    def final(self) -> frozenset[S]:
+    def final(self) -> frozenset[AnyStatus]:
         """The statuses nothing leaves."""
         return frozenset(status for status, onward in self.table.items() if not onward)
 

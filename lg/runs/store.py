@@ -32,8 +32,10 @@ from lg.runs.states import (
     RUNS,
     STEPS,
     WAITING_STEPS,
+    AnyStatus,
     GateStatus,
     IllegalTransition,
+    Machine,
     RunStatus,
     StepStatus,
 )
@@ -287,7 +289,7 @@ class RunStore:
     def start_run(self, run_id: str) -> None:
         """The lg process that created the run starts it."""
         with self.transaction() as db:
-            self._move_run(db, run_id, RunStatus.RUNNING, {"started": time.time()})
+            self._move_run(db, run_id, RunStatus.RUNNING, {"started": time.time()}, source=_NEW)
 
     def claim(self, run_id: str, by: str) -> RunRecord:
         """Take over a paused, interrupted or abandoned run for this process (`lg resume`), or refuse: a finished
@@ -320,7 +322,7 @@ class RunStore:
     def continue_run(self, run_id: str, gate_id: str, gate_status: GateStatus, noticed_after: float) -> None:
         """The lg process waiting at a gate saw it decided, `noticed_after` seconds after the decision."""
         with self.transaction() as db:
-            self._move_run(db, run_id, RunStatus.RUNNING)
+            self._move_run(db, run_id, RunStatus.RUNNING, source=_PAUSED)
             self.audit_log.append("run.continued", run_id, {"gate": gate_id, "gate_status": gate_status,
                                                             "noticed_after": noticed_after})
 
@@ -329,7 +331,7 @@ class RunStore:
         exit_code = int(exit_code)  # a plain number in the database and the audit record, not an ExitCode
         with self.transaction() as db:
             self._move_run(db, run_id, status, {"finished": time.time(), "exit_code": exit_code, "error": error},
-                           only=_RUN_ENDINGS)
+                           to=_RUN_ENDINGS)
             self.audit_log.append("run.finished", run_id, {"status": status, "exit_code": exit_code, "error": error})
 
     def cancel(self, run_id: str, reason: str) -> RunRecord:
@@ -373,7 +375,7 @@ class RunStore:
         """The step waits at an open gate: before it runs (awaiting_approval) or with its effects held (held)."""
         with self.transaction() as db:
             self._move_step(db, run_id, step_id, status, {"detail": f"waiting for approval at gate {gate_id}"},
-                            only=WAITING_STEPS)
+                            to=WAITING_STEPS)
 
     def skip_step(self, run_id: str, step_id: str, reason: str) -> None:
         with self.transaction() as db:
@@ -385,7 +387,7 @@ class RunStore:
         own record says why (interrupted, or refused by this host), as it always has."""
         with self.transaction() as db:
             self._move_step(db, run_id, step_id, status, {"detail": detail, "finished": time.time()},
-                            only=_STEP_ENDINGS)
+                            to=_STEP_ENDINGS)
             if audited:
                 self.audit_log.append(f"step.{status}", run_id, {"step": step_id, "detail": detail})
 
@@ -393,7 +395,7 @@ class RunStore:
         """The step's last attempt failed or timed out: the step ends as it did (its exit code and detail are
         the last attempt's, already recorded)."""
         with self.transaction() as db:
-            self._move_step(db, run_id, step_id, status, {"finished": time.time()}, only=FAILED_STEPS)
+            self._move_step(db, run_id, step_id, status, {"finished": time.time()}, to=FAILED_STEPS)
             exit_code = db.execute("SELECT exit_code FROM steps WHERE run_id = ? AND step_id = ?",
                                    (run_id, step_id)).fetchone()[0]
             self.audit_log.append("step.finished", run_id, {"step": step_id, "status": status, "exit_code": exit_code})
@@ -447,23 +449,22 @@ class RunStore:
     # --- the one way statuses change -----------------------------------------------------------------------
 
     def _move_run(self, db: sqlite3.Connection, run_id: str, wanted: RunStatus,
-                  columns: Mapping[str, object] | None = None, *, only: frozenset[RunStatus] | None = None) -> None:
+                  columns: Mapping[str, object] | None = None, *, to: frozenset[RunStatus] | None = None,
+                  source: frozenset[RunStatus] | None = None) -> None:
+        """Move the run to `wanted` if the table allows it from the status read now (and the calling method
+        makes such moves: `to` and `source` narrow the table to them)."""
         row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise InvalidInput(f"no run {run_id!r} (see `lg runs`)")
-        current, what = RunStatus(row["status"]), f"run {run_id}"
-        if only is not None and wanted not in only:
-            raise IllegalTransition(what, current, wanted)
-        RUNS.check(what, current, wanted)
+        current = RunStatus(row["status"])
+        _check(RUNS, f"run {run_id}", current, wanted, to, source)
         _write(db, "runs", {"status": wanted, **(columns or {})}, "id = ? AND status = ?", (run_id, current))
 
     def _move_step(self, db: sqlite3.Connection, run_id: str, step_id: str, wanted: StepStatus,
-                   columns: Mapping[str, object] | None = None, *, only: frozenset[StepStatus] | None = None,
+                   columns: Mapping[str, object] | None = None, *, to: frozenset[StepStatus] | None = None,
                    ) -> None:
-        current, what = self._step_status(db, run_id, step_id), f"step {step_id} of run {run_id}"
-        if only is not None and wanted not in only:
-            raise IllegalTransition(what, current, wanted)
-        STEPS.check(what, current, wanted)
+        current = self._step_status(db, run_id, step_id)
+        _check(STEPS, f"step {step_id} of run {run_id}", current, wanted, to, None)
         _write(db, "steps", {"status": wanted, **(columns or {})}, "run_id = ? AND step_id = ? AND status = ?",
                (run_id, step_id, current))
 
@@ -478,10 +479,20 @@ class RunStore:
         return StepStatus(row["status"])
 
 
-# What finish_run and end_step may make; cancelled, skipped and succeeded have their own methods and records.
+# What finish_run and end_step make; cancelled, skipped and succeeded have methods (and records) of their own.
 _RUN_ENDINGS = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.REJECTED, RunStatus.EXPIRED,
                           RunStatus.INTERRUPTED})
 _STEP_ENDINGS = frozenset({StepStatus.FAILED, StepStatus.REJECTED, StepStatus.EXPIRED, StepStatus.INTERRUPTED})
+# start_run starts a new run (claim takes up any other); continue_run goes on from a pause
+_NEW = frozenset({RunStatus.PENDING})
+_PAUSED = frozenset({RunStatus.AWAITING_APPROVAL})
+
+
+def _check(machine: Machine[AnyStatus], what: str, current: AnyStatus, wanted: AnyStatus,
+           to: frozenset[AnyStatus] | None, source: frozenset[AnyStatus] | None) -> None:
+    if (to is not None and wanted not in to) or (source is not None and current not in source):
+        raise IllegalTransition(what, current, wanted)
+    machine.check(what, current, wanted)
 
 
 def _write(db: sqlite3.Connection, table: str, columns: Mapping[str, object], where: str,

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lg.errors import EnvironmentUnfit, InvalidInput
@@ -88,3 +90,31 @@ def test_an_older_database_is_migrated(tmp_path: Path) -> None:
     assert store.run("old-run").status == "succeeded" and store.run("old-run").pid is None
     # the new columns exist
     store.connection.execute("UPDATE steps SET grade = '{}', effects_grade = '{}', security = '{}', vm = '{}'")
+
+
+def test_claim_takes_over_a_paused_or_abandoned_run_and_refuses_a_finished_or_live_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = RunStore(tmp_path)
+    run = store.create_run("demo", tmp_path, tmp_path, "alice", [("a", "A")])
+    store.start_run(run.id)
+    store.pause(run.id, "a.before", waiting=False)
+    claimed = store.claim(run.id, "bob")
+    assert (claimed.status, claimed.pid) == ("running", os.getpid())
+    assert [(r.kind, r.data) for r in store.audit_log.records()][-1] == ("run.resumed", {"by": "bob"})
+    parent = psutil.Process(os.getppid())  # alive, and not this process: another lg running the run
+    store.connection.execute("UPDATE runs SET pid = ?, pid_started = ? WHERE id = ?",
+                             (parent.pid, parent.create_time(), run.id))
+    with pytest.raises(InvalidInput, match=f"still being run by lg process {parent.pid}"):
+        store.claim(run.id, "bob")
+    store.connection.execute("UPDATE runs SET pid = ? WHERE id = ?", (2**22 + 17, run.id))  # that lg died
+    assert store.claim(run.id, "bob").pid == os.getpid()
+    stale = store.run(run.id)
+    store.pause(run.id, "a.before", waiting=False)  # meanwhile, elsewhere
+    monkeypatch.setattr(store, "run", lambda run_id: stale)
+    with pytest.raises(InvalidInput, match="taken over by another lg process just now"):
+        store.claim(run.id, "bob")
+    monkeypatch.undo()
+    store.claim(run.id, "bob")
+    store.finish_run(run.id, RunStatus.SUCCEEDED, 0, None)
+    with pytest.raises(InvalidInput, match="already finished"):
+        store.claim(run.id, "bob")
