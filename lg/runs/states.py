@@ -110,16 +110,18 @@ _T = StepStatus
 # What taking a step from the top can lead to (engine._run_step): skipped (needs, if:), failed (if: error, policy
 # denial), a gate before it (AWAITING_APPROVAL), or running it.
 _FROM_THE_TOP = frozenset({_T.SKIPPED, _T.FAILED, _T.AWAITING_APPROVAL, _T.RUNNING})
-# A gate that was already closed when the step came to it (decided while the run was paused or its lg was
-# dead) ends the step directly. A step can only have been running past an approved gate, so this is for steps
-# that had not started.
+# A gate that was already closed when the step came to it ends the step directly: decided while the run was
+# paused, or while its lg was dead between opening the gate and marking the step as waiting (pending or
+# awaiting_approval at a gate before the step; running at the gate on its effects, which the resumed run meets
+# again after running the step again). An interrupted step passed its gate before it (approved, or opened again
+# on a changed subject) and runs again before it meets the one on its effects.
 _GATE_CLOSED = frozenset({_T.REJECTED, _T.EXPIRED})
 STEPS: Machine[StepStatus] = Machine({
     _T.PENDING: _FROM_THE_TOP | _GATE_CLOSED | {_T.CANCELLED},
     _T.AWAITING_APPROVAL: _FROM_THE_TOP | _GATE_CLOSED | {_T.CANCELLED},
     # RUNNING again: the step's lg died mid-step; it runs again from scratch in a fresh VM (nothing was applied).
     # No SUCCEEDED: a step's success always goes through APPLYING, even with nothing to apply.
-    _T.RUNNING: _FROM_THE_TOP | {_T.HELD, _T.APPLYING, _T.TIMED_OUT, _T.INTERRUPTED, _T.CANCELLED},
+    _T.RUNNING: _FROM_THE_TOP | _GATE_CLOSED | {_T.HELD, _T.APPLYING, _T.TIMED_OUT, _T.INTERRUPTED, _T.CANCELLED},
     _T.INTERRUPTED: _FROM_THE_TOP | {_T.CANCELLED},
     # HELD again: resumed while its gate is still open; FAILED: resumed under a policy that now denies the effects
     _T.HELD: frozenset({_T.HELD, _T.APPLYING, _T.FAILED, _T.REJECTED, _T.EXPIRED, _T.CANCELLED}),

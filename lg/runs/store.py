@@ -302,8 +302,8 @@ class RunStore:
             raise InvalidInput(f"run {seen.id} is still being run by lg process {seen.pid}; wait for it, or "
                                f"`lg cancel {seen.id}`")
         with self.transaction() as db:
-            now = db.execute("SELECT status, pid FROM runs WHERE id = ?", (seen.id,)).fetchone()
-            if (now["status"], now["pid"]) != (seen.status, seen.pid):
+            current = db.execute("SELECT status, pid FROM runs WHERE id = ?", (seen.id,)).fetchone()
+            if (current["status"], current["pid"]) != (seen.status, seen.pid):
                 raise InvalidInput(f"run {seen.id} was taken over by another lg process just now")
             self._move_run(db, seen.id, RunStatus.RUNNING, {
                 "pid": os.getpid(), "pid_started": psutil.Process().create_time(), "finished": None, "exit_code": None,

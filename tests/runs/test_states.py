@@ -48,7 +48,7 @@ def test_every_legal_transition_is_accepted(name: str, current: Any, wanted: Any
     (STEPS, StepStatus.APPLYING, StepStatus.REJECTED),  # approved effects are not rejected half-way
     (STEPS, StepStatus.SKIPPED, StepStatus.RUNNING),  # an ended step stays as it ended
     (STEPS, StepStatus.CANCELLED, StepStatus.RUNNING),
-    (STEPS, StepStatus.RUNNING, StepStatus.REJECTED),  # a running step passed its gate approved
+    (STEPS, StepStatus.INTERRUPTED, StepStatus.REJECTED),  # it runs again before it meets a gate
     (GATES, GateStatus.APPROVED, GateStatus.REJECTED),  # decided once per subject
     (GATES, GateStatus.EXPIRED, GateStatus.APPROVED),
     (GATES, GateStatus.CANCELLED, GateStatus.OPEN),  # a cancelled run's gates never open again
