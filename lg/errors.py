@@ -119,3 +119,10 @@ class GateUnavailable(EnvironmentUnfit):
 
 class Interrupted(LgError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class InternalError(Exception):
+    """A bug in lg, detected. Deliberately not an LgError: nothing on the way out mistakes it for a failure of the
+    user's run (the engine records no outcome for it), and the CLI keeps the traceback and exits 70."""
+
+    exit_code = ExitCode.INTERNAL

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lg.approvals.gates import Decision, Gate, GateStore, Verdict, describe
 from lg.approvals.signing import SignatureRefused, sign, signer_of
 from lg.errors import InvalidInput
+from lg.runs.gates import Decision, Gate, GateStore, Verdict, describe
 from lg.runs.store import RunRecord
 
 PAYLOAD_FORMAT = "lg-decision/1"

@@ -12,8 +12,8 @@ from lg.cli.output import color_enabled, emit_json, json_option, state_store
 from lg.errors import ExitCode, InvalidInput
 
 if TYPE_CHECKING:
-    from lg.approvals.gates import Gate, GateStore, Verdict
-    from lg.runs.store import RunRecord
+    from lg.runs.gates import Gate, GateStore, Verdict
+    from lg.runs.store import RunRecord, RunStore
 
 key_option = click.option(
     "--key", type=click.Path(path_type=Path, dir_okay=False), envvar="LG_SIGNING_KEY",
@@ -29,10 +29,12 @@ sign_only_option = click.option(
     help="Write the signed decision to this file instead of recording it (to submit with --signed elsewhere).")
 
 
-def _gates() -> GateStore:
-    from lg.approvals.gates import GateStore  # noqa: PLC0415
+def _stores() -> tuple[RunStore, GateStore]:
+    """The state store and its gates."""
+    from lg.runs.gates import GateStore  # noqa: PLC0415
 
-    return GateStore(state_store())
+    store = state_store()
+    return store, GateStore(store)
 
 
 def gate_view(gate: Gate, record: RunRecord | None = None) -> dict[str, Any]:
@@ -50,8 +52,7 @@ def gate_view(gate: Gate, record: RunRecord | None = None) -> dict[str, Any]:
 @json_option
 def pending(as_json: bool) -> int:
     """List open gates, oldest first, with the digest a decision must name."""
-    gates = _gates()
-    store = gates.store
+    store, gates = _stores()
     rows = [gate_view(gate, store.run(gate.run_id)) for gate in gates.open_gates()]
     if as_json:
         emit_json(rows)
@@ -74,8 +75,8 @@ def show(run_id: str, gate_id: str | None, as_json: bool) -> int:
     """Print the diff card of a gate: risk, rules, command, relaxations, and each held change as a diff."""
     from lg.approvals.card import render  # noqa: PLC0415
 
-    gates = _gates()
-    record = gates.store.run(run_id)
+    store, gates = _stores()
+    record = store.run(run_id)
     gate = _pick(gates, record, gate_id)
     decisions = [{"approver": d.approver, "verdict": d.verdict, "comment": d.comment, "signed": d.signature is not None,
                   "ts": d.ts} for d in gates.decisions(gate)]
@@ -153,9 +154,9 @@ def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | N
         raise InvalidInput("--signed submits a decision signed elsewhere; it goes without --key and --sign-only")
     if sign_only is not None and key is None:
         raise InvalidInput("--sign-only needs --key (the key to sign with)")
-    gates = _gates()
-    gates.store.require_intact_audit()
-    record = gates.store.run(run_id)
+    store, gates = _stores()
+    store.require_intact_audit()
+    record = store.run(run_id)
     gate = resolve_gate(gates, record, gate_id)
     if digest is not None and not gate.digest.startswith(digest.lower()):
         raise InvalidInput(f"--digest {digest}: gate {gate.gate_id} has digest {gate.digest[:16]}; what you "
@@ -173,9 +174,9 @@ def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | N
         return ExitCode.OK
     click.echo(f"gate {settled.gate_id} of run {record.id}: {verdict} recorded; gate is {settled.status}"
                + (f" ({settled.outcome})" if settled.outcome else ""))
-    if settled.status == "open":
+    if settled.is_open:
         have = len({d.approver for d in gates.decisions(settled) if d.verdict == "approve"})
         click.echo(f"  {have} of {settled.rules.count} approvals so far")
-    elif not gates.store.run(record.id).process_alive:
+    elif not store.run(record.id).process_alive:
         click.echo(f"  no lg process is waiting on this run; continue it with: lg resume {record.id}")
     return ExitCode.OK

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -82,7 +81,8 @@ def resume(run_id: str, accepted: tuple[Path, ...], wait: bool, as_json: bool) -
     A run goes on with the files it started with: if any changed since, resume refuses
     (exit 2, naming each) unless --accept-changed names it.
     """
-    from lg.runner.engine import claim_run, resume_run  # noqa: PLC0415
+    from lg.approvals.decide import current_user  # noqa: PLC0415
+    from lg.runner.engine import resume_run  # noqa: PLC0415
     from lg.runner.resume import bind_unchanged_inputs  # noqa: PLC0415
 
     store = state_store()
@@ -90,7 +90,7 @@ def resume(run_id: str, accepted: tuple[Path, ...], wait: bool, as_json: bool) -
     record = store.run(run_id)
     inputs = bind_unchanged_inputs(store, record, accepted)
     request = _request(inputs, Path(record.workspace), as_json, wait)
-    record = claim_run(store, record.id)
+    record = store.claim(record.id, current_user())
     return _reported(store, as_json, lambda: resume_run(request, store, record))
 
 
@@ -100,7 +100,6 @@ def resume(run_id: str, accepted: tuple[Path, ...], wait: bool, as_json: bool) -
 def cancel(run_id: str, reason: str) -> int:
     """Stop RUN for good: a live run is interrupted (its VM destroyed), open gates are closed as cancelled,
     held effects are discarded. Nothing more of it is applied."""
-    from lg.approvals.gates import GateStore  # noqa: PLC0415
     from lg.runner.effects import discard  # noqa: PLC0415
 
     store = state_store()
@@ -108,17 +107,9 @@ def cancel(run_id: str, reason: str) -> int:
     record = store.run(run_id)
     if record.finished_for_good:
         raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to cancel")
-    gates = GateStore(store)
     if record.process_alive and record.pid is not None and record.pid != os.getpid():
         _interrupt(record.pid, record)
-    with store.transaction():
-        store.update_run(record.id, status="cancelled", finished=time.time(), exit_code=int(ExitCode.REJECTED),
-                         error=reason)
-        for step in store.steps(record.id):
-            if step.status not in ("succeeded", "failed", "skipped", "timed_out", "rejected", "expired"):
-                store.update_step(record.id, step.step_id, status="cancelled", detail=reason)
-        store.audit("run.cancelled", record.id, reason=reason)
-    gates.cancel(record.id, reason)
+    store.cancel(record.id, reason)
     held = store.run_dir(record.id) / "effects"
     for step_dir in sorted(held.iterdir()) if held.is_dir() else []:
         discard(step_dir)
@@ -176,7 +167,7 @@ def _reported(store: RunStore, as_json: bool, go: Callable[[], RunOutcome]) -> i
 
 
 def _emit_run(store: RunStore, record: RunRecord) -> None:
-    from lg.approvals.gates import GateStore  # noqa: PLC0415
+    from lg.runs.gates import GateStore  # noqa: PLC0415
 
     gates = [{"gate": g.gate_id, "kind": g.kind, "status": g.status, "digest": g.digest, "outcome": g.outcome}
              for g in GateStore(store).gates(record.id)]

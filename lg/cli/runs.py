@@ -47,7 +47,7 @@ def runs(limit: int, as_json: bool) -> int:
 @json_option
 def status(run_id: str, as_json: bool) -> int:
     """Show a run and each of its steps: status, timings, accelerator, image, exit code."""
-    from lg.approvals.gates import GateStore  # noqa: PLC0415
+    from lg.runs.gates import GateStore  # noqa: PLC0415
 
     store = state_store()
     record = store.run(run_id)

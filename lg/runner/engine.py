@@ -21,7 +21,6 @@ from typing import Any
 
 from lg.approvals.card import CardInput, build
 from lg.approvals.decide import current_user
-from lg.approvals.gates import Clock, Gate, GateStore, gate_id_for
 from lg.config.pipeline import topological_order
 from lg.config.secrets import SecretValues
 from lg.config.templates import Scope, TemplateProblem, evaluate, is_template, render
@@ -31,7 +30,6 @@ from lg.errors import (
     EnvironmentUnfit,
     ExitCode,
     Interrupted,
-    InvalidInput,
     LgError,
     RunCancelled,
     StepFailed,
@@ -47,14 +45,23 @@ from lg.runner.effects import already_applied, apply_held, base_digests, discard
 from lg.runner.gating import GateNeed, Waiter, before_gate, effects_gate
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
 from lg.runner.workspace import UnsafeChange
+from lg.runs.gates import Clock, Gate, GateStore, gate_id_for
+from lg.runs.states import (
+    ENDED_STEPS,
+    FAILED_STEPS,
+    PASSED_STEPS,
+    RAN_STEPS,
+    STOPPED_AT_GATE,
+    GateStatus,
+    RunStatus,
+    StepStatus,
+)
 from lg.runs.store import RunRecord, RunStore, StepRecord
 from lg.security.profile import VmProfile
 from lg.vm.api import VmSpec
 
 DEFAULT_STEP_TIMEOUT = 3600.0
 """A step with no `timeout` still ends: an hour is generous for a CI step and bounds a hung guest."""
-
-ENDED = frozenset({"succeeded", "failed", "skipped", "timed_out", "rejected", "expired"})
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ class RunRequest:
 
 @dataclass
 class StepState:
-    status: str  # one of ENDED
+    status: StepStatus  # one of ENDED_STEPS
     outputs: dict[str, str] = field(default_factory=dict)
     continued: bool = False  # did not succeed, but the run goes on (continue_on_error, on_timeout: continue)
 
@@ -113,15 +120,14 @@ def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
     record = store.create_run(pipeline.name, pipeline.path, request.workspace, current_user(),
                               [(step.id, step.display_name) for step in order], file_sha256(pipeline.path),
                               request.inputs.files_json())
-    store.update_run(record.id, status="running", started=time.time())
+    store.start_run(record.id)
     request.echo(f"run {record.id}: {pipeline.name} ({len(order)} steps) in {request.workspace}")
     return _drive(request, store, record)
 
 
 def resume_run(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcome:
-    """Go on with a run claimed by `claim_run`: ended steps stay ended, the rest run (or wait) as they would."""
+    """Go on with a run claimed by `RunStore.claim`: ended steps stay ended, the rest run (or wait) as they would."""
     request.echo(f"run {record.id}: resuming {record.pipeline}")
-    store.audit("run.resumed", record.id, by=current_user())
     return _drive(request, store, record)
 
 
@@ -139,13 +145,13 @@ def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcom
             if step.id not in states:
                 states[step.id] = _run_step(run, step, states)
     except KeyboardInterrupt:
-        _finish(store, record, "interrupted", ExitCode.INTERRUPTED, "interrupted by the user")
+        store.finish_run(record.id, RunStatus.INTERRUPTED, ExitCode.INTERRUPTED, "interrupted by the user")
         raise Interrupted(f"run {record.id} interrupted; nothing from the running step was applied "
                           f"(lg resume {record.id} goes on)") from None
     except (AwaitingApproval, RunCancelled):
         raise  # the pause (or the cancellation) is already recorded
     except LgError as error:
-        _finish(store, record, "failed", error.exit_code, str(error))
+        store.finish_run(record.id, RunStatus.FAILED, error.exit_code, str(error))
         raise
     finally:
         if request.vms is None:
@@ -184,46 +190,42 @@ def _pool_request(run: _Run, step: Step) -> tuple[PoolKey, VmSpec, VmProfile] | 
 
 def _conclude(run: _Run, states: Mapping[str, StepState]) -> RunOutcome:
     record, store = run.record, run.store
-    stopped = [sid for sid, state in states.items()
-               if state.status not in {"succeeded", "skipped"} and not state.continued]
-    gated = [sid for sid in stopped if states[sid].status in ("rejected", "expired")]
+    stopped = [sid for sid, state in states.items() if state.status not in PASSED_STEPS and not state.continued]
+    gated = [sid for sid in stopped if states[sid].status in STOPPED_AT_GATE]
     if gated:
-        status = "rejected" if any(states[sid].status == "rejected" for sid in gated) else "expired"
-        _finish(store, record, status, ExitCode.REJECTED, f"gate {status}: step(s) {', '.join(gated)}")
+        rejected = any(states[sid].status is StepStatus.REJECTED for sid in gated)
+        status = RunStatus.REJECTED if rejected else RunStatus.EXPIRED
+        store.finish_run(record.id, status, ExitCode.REJECTED, f"gate {status}: step(s) {', '.join(gated)}")
         raise ApprovalRejected(f"run {record.id} stopped: the gate of step(s) {', '.join(gated)} was {status}; "
                                "nothing it guarded was applied")
     if stopped:
-        _finish(store, record, "failed", ExitCode.FAILED, f"step(s) failed: {', '.join(stopped)}")
+        store.finish_run(record.id, RunStatus.FAILED, ExitCode.FAILED, f"step(s) failed: {', '.join(stopped)}")
         raise StepFailed(f"run {record.id} failed: step(s) {', '.join(stopped)} failed (lg logs {record.id})")
-    expired = [sid for sid, state in states.items() if state.status == "expired"]
+    expired = [sid for sid, state in states.items() if state.status is StepStatus.EXPIRED]
     code = ExitCode.REJECTED if expired else ExitCode.OK
-    _finish(store, record, "succeeded", code, f"gate expired, run went on: {', '.join(expired)}" if expired else None)
+    store.finish_run(record.id, RunStatus.SUCCEEDED, code,
+            f"gate expired, run went on: {', '.join(expired)}" if expired else None)
     run.request.echo(f"run {record.id}: succeeded")
     return RunOutcome(store.run(record.id), code)
-
-
-def _finish(store: RunStore, record: RunRecord, status: str, code: int, error: str | None) -> None:
-    store.update_run(record.id, status=status, finished=time.time(), exit_code=int(code), error=error)
-    store.audit("run.finished", record.id, status=status, exit_code=int(code), error=error)
 
 
 def _restore_states(run: _Run) -> dict[str, StepState]:
     """The steps a resumed run already finished, as they ended (a new run has none)."""
     states = {}
     for step_record in run.store.steps(run.record.id):
-        if step_record.status in ENDED:
+        if step_record.status in ENDED_STEPS:
             step = run.request.pipeline.step(step_record.step_id)
             states[step.id] = StepState(step_record.status, dict(step_record.outputs),
                                         _continues(run, step, step_record.status))
     return states
 
 
-def _continues(run: _Run, step: Step, status: str) -> bool:
-    if status in ("failed", "timed_out"):
+def _continues(run: _Run, step: Step, status: StepStatus) -> bool:
+    if status in FAILED_STEPS:
         return step.continue_on_error
-    if status == "expired":
-        gate = next((g for g in run.gates.gates(run.record.id) if g.step_id == step.id and g.status == "expired"),
-                    None)
+    if status is StepStatus.EXPIRED:
+        gate = next((g for g in run.gates.gates(run.record.id)
+                     if g.step_id == step.id and g.status is GateStatus.EXPIRED), None)
         on_timeout = gate.rules.on_timeout if gate else "reject"
         return on_timeout == "continue" or (on_timeout == "fail" and step.continue_on_error)
     return False
@@ -232,9 +234,9 @@ def _continues(run: _Run, step: Step, status: str) -> bool:
 def _skip_reason(step: Step, states: Mapping[str, StepState]) -> str | None:
     for need in step.needs:
         state = states.get(need)
-        if state is None or (state.status != "succeeded" and not state.continued):
+        if state is None or (state.status is not StepStatus.SUCCEEDED and not state.continued):
             return f"skipped: needed step {need!r} did not succeed"
-    stopped = [sid for sid, s in states.items() if s.status not in ("succeeded", "skipped") and not s.continued]
+    stopped = [sid for sid, s in states.items() if s.status not in PASSED_STEPS and not s.continued]
     if stopped:
         return f"skipped: the run stops after {stopped[0]!r} did not succeed"
     return None
@@ -243,7 +245,7 @@ def _skip_reason(step: Step, states: Mapping[str, StepState]) -> str | None:
 def _template_context(run: _Run, step: Step, states: Mapping[str, StepState]) -> dict[str, object]:
     pipeline = run.request.pipeline
     steps = {
-        sid: Scope(f"steps.{sid}", {"outputs": Scope(f"steps.{sid}.outputs", s.outputs), "status": s.status})
+        sid: Scope(f"steps.{sid}", {"outputs": Scope(f"steps.{sid}.outputs", s.outputs), "status": s.status.value})
         for sid, s in states.items()
     }
     return {
@@ -267,7 +269,7 @@ def _runtime_text(text: str, context: Mapping[str, object], what: str) -> str:
 def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepState:
     record = run.store.step(run.record.id, step.id)
     context = _template_context(run, step, states)
-    if record.status in ("held", "applying"):  # a resumed run: the step ran; its effects wait or were landing
+    if record.status in RAN_STEPS:  # a resumed run: the step ran; its effects wait or were landing
         return _settle_effects(run, step, record, _runtime_text(step.run or "", context, f"step {step.id} run"))
     skip = _skip_reason(step, states)
     if skip is None and step.condition is not None:
@@ -275,27 +277,26 @@ def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepSta
             if not evaluate(step.condition, context):
                 skip = f"skipped: if: {step.condition}"
         except TemplateProblem as problem:
-            _end_step(run, step, "failed", f"if: {problem.message}")
-            return StepState("failed", continued=step.continue_on_error)
+            _end_step(run, step, StepStatus.FAILED, f"if: {problem.message}")
+            return StepState(StepStatus.FAILED, continued=step.continue_on_error)
     if skip is not None:
-        run.store.update_step(run.record.id, step.id, status="skipped", detail=skip)
-        run.store.audit("step.skipped", run.record.id, step=step.id, reason=skip)
+        run.store.skip_step(run.record.id, step.id, skip)
         run.request.echo(f"[{step.id}] {skip}")
-        return StepState("skipped")
+        return StepState(StepStatus.SKIPPED)
     script = _runtime_text(step.run or "", context, f"step {step.id} run")
     env = {name: _runtime_text(value, context, f"step {step.id} env.{name}") for name, value in step.env.items()}
     profile = _profile(run, step)
     assessment = _grade_before(run, step, script, profile)
     if assessment.denied:
         rules = ", ".join(m.rule_id for m in assessment.matches if m.level >= run.request.policy.thresholds.before)
-        _end_step(run, step, "failed", f"denied by policy {run.request.policy.name}: {rules}")
-        return StepState("failed", continued=step.continue_on_error)
+        _end_step(run, step, StepStatus.FAILED, f"denied by policy {run.request.policy.name}: {rules}")
+        return StepState(StepStatus.FAILED, continued=step.continue_on_error)
     need = before_gate(run.request.policy, step, assessment)
     if need is not None:
         gate = _open_gate(run, step, need, CardInput(
             run.record.id, step.id, step.display_name, need.kind, gate_id_for(step.id, need.kind), script, profile,
             assessment, need.reasons))
-        closed = _pass(run, step, gate, "awaiting_approval")
+        closed = _pass(run, step, gate, StepStatus.AWAITING_APPROVAL)
         if closed is not None:
             return closed
     return _execute(run, step, script, env, profile)
@@ -307,15 +308,12 @@ def _profile(run: _Run, step: Step) -> VmProfile:
 
 def _grade_before(run: _Run, step: Step, script: str, profile: VmProfile) -> Assessment:
     assessment = grade_script(run.request.policy, script, profile.relaxations())
-    with run.store.transaction():  # one commit (an fsync) for the grade and its audit record
-        run.store.update_step(run.record.id, step.id, grade=assessment.to_json())
-        run.store.audit("step.graded", run.record.id, step=step.id, **assessment.to_json())
+    run.store.grade_step(run.record.id, step.id, assessment.to_json())
     return assessment
 
 
-def _end_step(run: _Run, step: Step, status: str, detail: str) -> None:
-    run.store.update_step(run.record.id, step.id, status=status, detail=detail, finished=time.time())
-    run.store.audit(f"step.{status}", run.record.id, step=step.id, detail=detail)
+def _end_step(run: _Run, step: Step, status: StepStatus, detail: str) -> None:
+    run.store.end_step(run.record.id, step.id, status, detail)
     run.request.echo(f"[{step.id}] {run.request.secrets.masker()(detail)}")
 
 
@@ -324,31 +322,26 @@ def _open_gate(run: _Run, step: Step, need: GateNeed, card_input: CardInput) -> 
     return run.gates.open(run.record.id, step.id, need.kind, subject, card, need.rules)
 
 
-def _pass(run: _Run, step: Step, gate: Gate, waiting_status: str) -> StepState | None:
+def _pass(run: _Run, step: Step, gate: Gate, waiting_status: StepStatus) -> StepState | None:
     """Wait at `gate`. None: approved, go on. A StepState: the gate closed otherwise, and this is how the step
     ended."""
     if gate.is_open:
-        run.store.update_step(run.record.id, step.id, status=waiting_status,
-                              detail=f"waiting for approval at gate {gate.gate_id}")
+        run.store.wait_at_gate(run.record.id, step.id, waiting_status, gate.gate_id)
     decided = run.waiter.until_decided(run.record, gate)
-    if decided.status == "approved":
-        run.store.update_step(run.record.id, step.id, detail=f"gate {gate.gate_id} {decided.outcome}")
+    if decided.status is GateStatus.APPROVED:
+        run.store.note_step(run.record.id, step.id, f"gate {gate.gate_id} {decided.outcome}")
         run.request.echo(f"[{step.id}] gate {gate.gate_id} {decided.outcome}")
         return None
-    status = "rejected" if decided.status == "rejected" else "expired"
+    status = StepStatus.REJECTED if decided.status is GateStatus.REJECTED else StepStatus.EXPIRED
     _end_step(run, step, status, f"gate {gate.gate_id} {decided.outcome or decided.status}; nothing it guarded "
                                  "was applied")
-    return StepState(status, continued=status == "expired" and _continues(run, step, "expired"))
+    return StepState(status, continued=status is StepStatus.EXPIRED and _continues(run, step, status))
 
 
 def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile: VmProfile) -> StepState:
     request, store, record = run.request, run.store, run.record
     log_path = store.run_dir(record.id) / f"{step.id}.log"
-    with store.transaction():
-        store.update_step(record.id, step.id, status="running", started=time.time(), log_path=str(log_path),
-                          attempts=1)
-        store.audit("step.started", record.id, step=step.id,
-                    script_sha256=hashlib.sha256(script.encode()).hexdigest())
+    store.start_step(record.id, step.id, log_path, hashlib.sha256(script.encode()).hexdigest())
     mask = request.secrets.masker()
     held = effects_dir(store.run_dir(record.id), step.id)
     result: AttemptResult | None = None
@@ -357,7 +350,7 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
         for attempt in range(1, step.retries + 2):
             if attempt > 1:
                 output.note(f"retry {attempt - 1} of {step.retries} in a fresh VM")
-                store.update_step(record.id, step.id, attempts=attempt)
+                store.retry_step(record.id, step.id, attempt)
             context = StepContext(request.inputs, step, request.workspace, script,
                                   {**request.pipeline.env, **env, **request.secrets.values},
                                   _step_timeout(step, run.deadline), record.id, store.run_dir(record.id), output,
@@ -367,25 +360,23 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
             except KeyboardInterrupt:
                 output.flush()
                 discard(held)
-                store.update_step(record.id, step.id, status="interrupted", finished=time.time(),
-                                  detail="interrupted; VM destroyed, nothing applied")
+                store.end_step(record.id, step.id, StepStatus.INTERRUPTED, "interrupted; VM destroyed, nothing applied",
+                               audited=False)  # the run's record of its interruption says it
                 raise
             except EnvironmentUnfit as refused:
                 # The profile asks for a control this host cannot enforce: no VM started, nothing ran.
                 output.flush()
-                store.update_step(record.id, step.id, status="failed", finished=time.time(),
-                                  detail=f"refused: {refused.message}")
+                store.end_step(record.id, step.id, StepStatus.FAILED, f"refused: {refused.message}",
+                               audited=False)  # the run's record of its failure says it
                 raise
             output.flush()
-            _record_attempt(store, record.id, step.id, result)
-            if result.status == "succeeded":
+            store.record_attempt(record.id, step.id, result)
+            if result.status is StepStatus.SUCCEEDED:
                 break
             output.note(result.detail or result.status)
     assert result is not None  # noqa: S101 - the loop runs at least once
-    if result.status != "succeeded":
-        with store.transaction():
-            store.update_step(record.id, step.id, status=result.status, finished=time.time())
-            store.audit("step.finished", record.id, step=step.id, status=result.status, exit_code=result.exit_code)
+    if result.status is not StepStatus.SUCCEEDED:
+        store.end_attempts(record.id, step.id, result.status)
         request.echo(f"[{step.id}] {mask(f'{result.status}: {result.detail}')}")
         return StepState(result.status, continued=step.continue_on_error)
     return _settle_effects(run, step, store.step(record.id, step.id), script)
@@ -397,27 +388,27 @@ def _settle_effects(run: _Run, step: Step, record: StepRecord, script: str) -> S
     held = effects_dir(run.store.run_dir(run.record.id), step.id)
     base: dict[str, str | None] | None = None
     graded: dict[str, Any] | None = None
-    if record.status != "applying":
+    if record.status is not StepStatus.APPLYING:
         effects = grade_effects(run.request.policy, changes)
         need = effects_gate(run.request.policy, step, effects, changes)
         graded = effects.to_json()
         if effects.denied or need is not None:  # else the grade commits with "applying" (one fsync fewer)
-            run.store.update_step(run.record.id, step.id, effects_grade=graded)
+            run.store.grade_effects(run.record.id, step.id, graded)
             graded = None
         if effects.denied:
             rules = ", ".join(m.rule_id for m in effects.matches if m.level >= run.request.policy.thresholds.effects)
             discard(held)
-            _end_step(run, step, "failed", f"effects denied by {rules}; nothing was applied")
+            _end_step(run, step, StepStatus.FAILED, f"effects denied by {rules}; nothing was applied")
             run.store.audit("effects.discarded", run.record.id, step=step.id, reason="denied by policy")
-            return StepState("failed", continued=step.continue_on_error)
+            return StepState(StepStatus.FAILED, continued=step.continue_on_error)
         if need is not None:
             gate = _effects_gate(run, step, record, need, effects, changes, held, script)
             base = {c["path"]: c["base_sha256"] for c in gate.subject.get("changes", [])}
-            closed = _pass(run, step, gate, "held")
+            closed = _pass(run, step, gate, StepStatus.HELD)
             if closed is not None:
                 discard(held)
                 run.store.audit("effects.discarded", run.record.id, step=step.id, gate=gate.gate_id,
-                                reason=gate.status if closed.status != "rejected" else "rejected")
+                                reason=gate.status if closed.status is not StepStatus.REJECTED else closed.status)
                 return closed
     else:
         gate_record = run.gates.gate(run.record.id, gate_id_for(step.id, "effects"))
@@ -429,7 +420,7 @@ def _settle_effects(run: _Run, step: Step, record: StepRecord, script: str) -> S
 def _effects_gate(run: _Run, step: Step, record: StepRecord, need: GateNeed, effects: Assessment,
                   changes: tuple[FileChange, ...], held: Path, script: str) -> Gate:
     existing = run.gates.gate(run.record.id, gate_id_for(step.id, "effects"))
-    if existing is not None and record.status == "held":
+    if existing is not None and record.status is StepStatus.HELD:
         return existing  # a resumed run: the gate (and the host content it was shown against) stays as opened
     return _open_gate(run, step, need, CardInput(
         run.record.id, step.id, step.display_name, "effects", gate_id_for(step.id, "effects"), script,
@@ -442,8 +433,7 @@ def _apply(run: _Run, step: Step, changes: tuple[FileChange, ...], held: Path,
            base: Mapping[str, str | None] | None, outputs: dict[str, str],
            effects_grade: dict[str, Any] | None = None) -> StepState:
     store, record = run.store, run.record
-    graded = {"effects_grade": effects_grade} if effects_grade is not None else {}
-    store.update_step(record.id, step.id, status="applying", **graded)  # durable before the workspace changes
+    store.applying(record.id, step.id, effects_grade)  # durable before the workspace changes
     try:
         if not already_applied(run.request.workspace, changes):
             apply_held(run.request.workspace, changes, held, base)
@@ -451,33 +441,15 @@ def _apply(run: _Run, step: Step, changes: tuple[FileChange, ...], held: Path,
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         discard(held)
         store.audit("effects.discarded", record.id, step=step.id, reason=reason)
-        _end_step(run, step, "failed", f"cannot apply the step's changes to the workspace: {reason}"
+        _end_step(run, step, StepStatus.FAILED, f"cannot apply the step's changes to the workspace: {reason}"
                   + ("" if "nothing was applied" in reason else "; nothing was applied"))
-        return StepState("failed", continued=step.continue_on_error)
-    with store.transaction():
-        store.update_step(record.id, step.id, status="succeeded", finished=time.time())
-        store.audit("effects.applied", record.id, step=step.id,
-                    changes=[{"path": c.path, "kind": c.kind, "sha256": c.sha256} for c in changes])
+        return StepState(StepStatus.FAILED, continued=step.continue_on_error)
+    store.applied(record.id, step.id, changes)
     discard(held)
     counts = {kind: sum(1 for c in changes if c.kind == kind) for kind in ("created", "modified", "deleted")}
     applied = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     run.request.echo(f"[{step.id}] succeeded" + (f"; applied to the workspace: {applied}" if applied else ""))
-    return StepState("succeeded", outputs)
-
-
-def _record_attempt(store: RunStore, run_id: str, step_id: str, result: AttemptResult) -> None:
-    store.update_step(
-        run_id, step_id,
-        exit_code=result.exit_code,
-        accelerator=result.accelerator,
-        image_digest=result.image_digest,
-        boot_seconds=result.boot_seconds,
-        outputs=dict(result.outputs),
-        changes=[change.__dict__ for change in result.changes],
-        detail=result.detail,
-        security=dict(result.security) if result.security is not None else None,
-        vm=dict(result.vm) if result.vm is not None else None,
-    )
+    return StepState(StepStatus.SUCCEEDED, outputs)
 
 
 def _step_timeout(step: Step, deadline: float | None) -> float:
@@ -488,25 +460,3 @@ def _step_timeout(step: Step, deadline: float | None) -> float:
             raise StepFailed("the pipeline's timeout ran out before this step could start")
         timeout = min(timeout, remaining)
     return timeout
-
-
-def claim_run(store: RunStore, run_id: str) -> RunRecord:
-    """Take over a paused, interrupted or abandoned run for this process; refuse a finished or live one."""
-    import os  # noqa: PLC0415
-
-    import psutil  # noqa: PLC0415
-
-    record = store.run(run_id)
-    if record.finished_for_good:
-        raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to resume")
-    if record.process_alive and record.pid != os.getpid():
-        raise InvalidInput(f"run {record.id} is still being run by lg process {record.pid}; wait for it, or "
-                           f"`lg cancel {record.id}`")
-    with store.transaction() as db:
-        claimed = db.execute(
-            "UPDATE runs SET status = 'running', pid = ?, pid_started = ?, finished = NULL, exit_code = NULL,"
-            " error = NULL WHERE id = ? AND status = ? AND pid IS ?",
-            (os.getpid(), psutil.Process().create_time(), record.id, record.status, record.pid)).rowcount
-    if not claimed:
-        raise InvalidInput(f"run {record.id} was taken over by another lg process just now")
-    return store.run(record.id)

@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lg.approvals.card import render
-from lg.approvals.gates import Clock, Gate, GateKind, GateRules, GateStore
 from lg.errors import AwaitingApproval, RunCancelled
 from lg.model import ApprovalSpec, FileChange, Step
 from lg.policy.model import Assessment, RequiredGate, RiskPolicy
+from lg.runs.gates import Clock, Gate, GateKind, GateRules, GateStore
+from lg.runs.states import GateStatus
 from lg.runs.store import RunRecord, RunStore
 
 POLL_SECONDS = 0.1
@@ -106,10 +107,8 @@ class Waiter:
             return gate
         self.echo(render(gate.card, digest=gate.digest, status=gate.status, outcome=gate.outcome,
                          colour=self.colour))
-        self.store.update_run(record.id, status="awaiting_approval")
-        self.store.audit("run.paused", record.id, gate=gate.gate_id, waiting=self.wait)
+        self.store.pause(record.id, gate.gate_id, waiting=self.wait)
         if not self.wait:
-            self.store.update_run(record.id, pid=None, pid_started=None)
             raise AwaitingApproval(
                 f"run {record.id} is waiting for approval at gate {gate.gate_id}; decide with\n  "
                 f"{decide_commands(gate)}\nthen continue it with: lg resume {record.id}")
@@ -121,9 +120,8 @@ class Waiter:
                 break
             self.sleep(POLL_SECONDS)
         assert current is not None  # noqa: S101 - gates are never deleted while their run exists
-        if current.status == "cancelled":
+        if current.status is GateStatus.CANCELLED:
             raise RunCancelled(f"run {record.id} was cancelled while waiting at gate {gate.gate_id}")
-        self.store.update_run(record.id, status="running")
-        self.store.audit("run.continued", record.id, gate=gate.gate_id, gate_status=current.status,
-                         noticed_after=round(self.clock() - (current.decided or self.clock()), 4))
+        self.store.continue_run(record.id, gate.gate_id, current.status,
+                                noticed_after=round(self.clock() - (current.decided or self.clock()), 4))
         return current

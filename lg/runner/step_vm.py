@@ -23,6 +23,7 @@ from lg.pool.provider import VmProvider
 from lg.runner.console import StepOutput
 from lg.runner.effects import discard, files_to_fetch
 from lg.runner.workspace import UnsafeChange, check_change_path, exclude_function, load_ignore_rules
+from lg.runs.states import StepStatus
 from lg.security.enforce import HostPlan, plan_for
 from lg.security.profile import VmProfile
 from lg.security.state import security_state
@@ -52,7 +53,7 @@ class StepContext:
 
 @dataclass(frozen=True)
 class AttemptResult:
-    status: str  # succeeded | failed | timed_out
+    status: StepStatus  # succeeded, failed or timed_out
     exit_code: int | None
     detail: str | None
     accelerator: str | None = None
@@ -79,16 +80,16 @@ def run_attempt(context: StepContext) -> AttemptResult:
             result = _in_vm(context, vm, image.digest, host_plan)
             return replace(result, boot_seconds=lease.spawn_seconds, vm=lease.to_json())
     except UnsafeChange as error:
-        return AttemptResult("failed", None, str(error), image_digest=image.digest)
+        return AttemptResult(StepStatus.FAILED, None, str(error), image_digest=image.digest)
     except OSError as error:
         # The host side failed (typically a full disk while fetching the step's changes): nothing reached the
         # workspace, and the partial fetch is removed.
         discard(context.effects_dir)
-        return AttemptResult("failed", None, f"cannot copy the step's changes to the host: "
+        return AttemptResult(StepStatus.FAILED, None, f"cannot copy the step's changes to the host: "
                              f"{error.strerror or error}; nothing was applied", image_digest=image.digest)
     except LgError as error:
         # A guest that crashed, an agent that went silent, a boot that failed: the step failed, and says why.
-        return AttemptResult("failed", None, str(error), image_digest=image.digest)
+        return AttemptResult(StepStatus.FAILED, None, str(error), image_digest=image.digest)
 
 
 def vm_request(inputs: RunInputs, step: Step, profile: VmProfile,
@@ -147,13 +148,13 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan)
                     mkdirs=(workdir, GUEST_OUTPUT_DIR)),  # the workspace was put owned by the step's user
         on_output=context.output,
     )
-    base = AttemptResult("failed", result.exit_code, None, accelerator=vm.accelerator,
+    base = AttemptResult(StepStatus.FAILED, result.exit_code, None, accelerator=vm.accelerator,
                          image_digest=image_digest, boot_seconds=vm.boot_seconds,
                          security=security_state(context.profile, result.confinement, vm.host_confinement,
                                                  network=vm.network_state or host_plan.network_note,
                                                  selinux=host_plan.selinux))
     if result.timed_out:
-        return replace(base, status="timed_out", detail=f"timed out after {context.timeout:.0f}s; VM killed")
+        return replace(base, status=StepStatus.TIMED_OUT, detail=f"timed out after {context.timeout:.0f}s; VM killed")
     if result.exit_code != 0:
         return replace(base, detail=_failure(result, context.profile))
     outputs = _collect_outputs(vm, step)
@@ -162,7 +163,7 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan)
         check_change_path(context.workspace, change)  # refuse before fetching anything
     _fetch_effects(vm, changes, context.effects_dir)
     _collect_artifacts(vm, step, context.run_dir / "artifacts" / step.id)
-    return replace(base, status="succeeded", outputs=outputs, changes=changes)
+    return replace(base, status=StepStatus.SUCCEEDED, outputs=outputs, changes=changes)
 
 
 def _failure(result: ExecResult, profile: VmProfile) -> str:

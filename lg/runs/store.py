@@ -11,114 +11,34 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
-from lg.errors import EnvironmentUnfit, InvalidInput
+from lg.errors import EnvironmentUnfit, ExitCode, InternalError, InvalidInput
+from lg.model import FileChange
 from lg.runs.audit import AuditLog, AuditRecord
-
-SCHEMA_VERSION = 7
-
-_GATES = """
-CREATE TABLE IF NOT EXISTS gates (
-    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    gate_id TEXT NOT NULL,
-    step_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    card TEXT NOT NULL,
-    rules TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL,
-    decided REAL,
-    outcome TEXT,
-    PRIMARY KEY (run_id, gate_id)
-);
-CREATE TABLE IF NOT EXISTS decisions (
-    run_id TEXT NOT NULL,
-    gate_id TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    approver TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    comment TEXT,
-    payload TEXT NOT NULL,
-    signature TEXT,
-    signed_by TEXT,
-    ts REAL NOT NULL,
-    PRIMARY KEY (run_id, gate_id, digest, approver),
-    FOREIGN KEY (run_id, gate_id) REFERENCES gates(run_id, gate_id) ON DELETE CASCADE
-);
-CREATE UNIQUE INDEX IF NOT EXISTS decisions_signature ON decisions(signature) WHERE signature IS NOT NULL;
-CREATE INDEX IF NOT EXISTS gates_open ON gates(status)
-"""
-
-_MIGRATIONS = {  # from version N to N+1
-    1: ("ALTER TABLE steps ADD COLUMN grade TEXT", "ALTER TABLE steps ADD COLUMN effects_grade TEXT"),
-    2: ("ALTER TABLE runs ADD COLUMN pid INTEGER", "ALTER TABLE runs ADD COLUMN pid_started REAL"),
-    3: ("ALTER TABLE runs ADD COLUMN pipeline_sha256 TEXT", *_GATES.split(";")),
-    4: ("ALTER TABLE steps ADD COLUMN security TEXT",),
-    5: ("ALTER TABLE steps ADD COLUMN vm TEXT",),
-    6: ("ALTER TABLE runs ADD COLUMN inputs TEXT",),
-}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    pipeline TEXT NOT NULL,
-    pipeline_path TEXT NOT NULL,
-    workspace TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    exit_code INTEGER,
-    error TEXT,
-    initiator TEXT NOT NULL,
-    pid INTEGER,
-    pid_started REAL,
-    pipeline_sha256 TEXT,
-    inputs TEXT
-);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    step_id TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    started REAL,
-    finished REAL,
-    exit_code INTEGER,
-    accelerator TEXT,
-    image_digest TEXT,
-    boot_seconds REAL,
-    log_path TEXT,
-    outputs TEXT NOT NULL DEFAULT '{}',
-    changes TEXT NOT NULL DEFAULT '[]',
-    detail TEXT,
-    grade TEXT,
-    effects_grade TEXT,
-    security TEXT,
-    vm TEXT,
-    PRIMARY KEY (run_id, step_id)
-);
-CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
-""" + _GATES
-
-RUN_STATUSES = ("pending", "running", "awaiting_approval", "succeeded", "failed", "rejected", "expired",
-                "interrupted", "cancelled")
-FINISHED_RUN_STATUSES = frozenset({"succeeded", "failed", "rejected", "expired", "cancelled"})
-# awaiting_approval: a gate before the step runs is open; held: the step ran, its effects wait for review
-# (stored, not applied); applying: approved effects are being written to the workspace
-STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "timed_out", "interrupted",
-                 "awaiting_approval", "held", "applying", "rejected", "expired", "cancelled")
+from lg.runs.gates import GateStore
+from lg.runs.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from lg.runs.states import (
+    ENDED_STEPS,
+    EXECUTING_RUNS,
+    FAILED_STEPS,
+    FINISHED_RUNS,
+    RUNS,
+    STEPS,
+    WAITING_STEPS,
+    AnyStatus,
+    GateStatus,
+    IllegalTransition,
+    Machine,
+    RunStatus,
+    StepStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -127,7 +47,7 @@ class RunRecord:
     pipeline: str
     pipeline_path: str
     workspace: str
-    status: str
+    status: RunStatus
     created: float
     started: float | None
     finished: float | None
@@ -142,12 +62,12 @@ class RunRecord:
 
     @property
     def finished_for_good(self) -> bool:
-        return self.status in FINISHED_RUN_STATUSES
+        return self.status in FINISHED_RUNS
 
     @property
     def abandoned(self) -> bool:
         """Marked running, but the lg process running it is gone (killed with -9, or the machine restarted)."""
-        return self.status in ("running", "pending") and not self.process_alive
+        return self.status in EXECUTING_RUNS and not self.process_alive
 
     @property
     def process_alive(self) -> bool:
@@ -160,7 +80,7 @@ class RunRecord:
 
     @property
     def shown_status(self) -> str:
-        return f"abandoned (lg process {self.pid} is gone)" if self.abandoned else self.status
+        return f"abandoned (lg process {self.pid} is gone)" if self.abandoned else self.status.value
 
 
 @dataclass(frozen=True)
@@ -169,7 +89,7 @@ class StepRecord:
     step_id: str
     position: int
     name: str
-    status: str
+    status: StepStatus
     attempts: int
     started: float | None
     finished: float | None
@@ -191,13 +111,36 @@ class StepRecord:
         return self.finished - self.started if self.started and self.finished else None
 
 
-def _run_record(row: sqlite3.Row) -> RunRecord:
-    data = dict(row)
-    data["inputs"] = json.loads(data["inputs"]) if data["inputs"] is not None else None
-    return RunRecord(**data)
+class Attempt(Protocol):
+    """What one attempt of a step leaves in its record besides a status (lg.runner.step_vm.AttemptResult)."""
+
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def detail(self) -> str | None: ...
+    @property
+    def accelerator(self) -> str | None: ...
+    @property
+    def image_digest(self) -> str | None: ...
+    @property
+    def boot_seconds(self) -> float | None: ...
+    @property
+    def outputs(self) -> Mapping[str, str]: ...
+    @property
+    def changes(self) -> Sequence[FileChange]: ...
+    @property
+    def security(self) -> Mapping[str, Any] | None: ...
+    @property
+    def vm(self) -> Mapping[str, Any] | None: ...
 
 
 JSON_COLUMNS = ("outputs", "changes", "grade", "effects_grade", "security", "vm")
+# What the transitions may write besides the status; anything else is a bug (see _write).
+_WRITABLE = {
+    "runs": frozenset({"status", "started", "finished", "exit_code", "error", "pid", "pid_started"}),
+    "steps": frozenset({"status", "attempts", "started", "finished", "exit_code", "accelerator", "image_digest",
+                        "boot_seconds", "log_path", "detail", *JSON_COLUMNS}),
+}
 
 
 def new_run_id() -> str:
@@ -206,6 +149,10 @@ def new_run_id() -> str:
 
 
 class RunStore:
+    """Runs, steps and (through lg.runs.gates) gates. Every change of status goes through one method below, which
+    re-reads the current status in its transaction, checks the move against lg.runs.states, and writes its audit
+    record(s) in that same transaction."""
+
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.path = state_dir / "lg.db"
@@ -230,12 +177,12 @@ class RunStore:
             if version == 0:
                 with self.transaction() as db:
                     # One statement at a time: executescript() would commit our transaction half-way.
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                    for statement in filter(str.strip, SCHEMA.split(";")):
                         db.execute(statement)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             for step in range(max(version, 1), SCHEMA_VERSION) if version else ():
                 with self.transaction() as db:
-                    for statement in filter(str.strip, _MIGRATIONS[step]):
+                    for statement in filter(str.strip, MIGRATIONS[step]):
                         db.execute(statement)
                     db.execute(f"PRAGMA user_version={step + 1}")
         except sqlite3.DatabaseError as error:
@@ -292,7 +239,32 @@ class RunStore:
         if head is not None:
             self.audit_log.write_head(head)
 
-    # --- runs --------------------------------------------------------------------------------------------
+    # --- runs: reading ------------------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> RunRecord:
+        """A run by id or unique id prefix (`lg status 2026112`)."""
+        rows = self._db.execute(
+            "SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id LIMIT 2", (run_id, f"{run_id}%")
+        ).fetchall()
+        exact = [row for row in rows if row["id"] == run_id]
+        if exact:
+            return _run(exact[0])
+        if len(rows) == 1:
+            return _run(rows[0])
+        if not rows:
+            raise InvalidInput(f"no run {run_id!r} (see `lg runs`)")
+        raise InvalidInput(f"run id prefix {run_id!r} is ambiguous")
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [_run(row) for row in rows]
+
+    def run_dir(self, run_id: str) -> Path:
+        path = self.state_dir / "runs" / run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # --- runs: transitions --------------------------------------------------------------------------------
 
     def create_run(self, pipeline: str, pipeline_path: Path, workspace: Path, initiator: str,
                    steps: list[tuple[str, str]], pipeline_sha256: str | None = None,
@@ -302,13 +274,15 @@ class RunStore:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs (id, pipeline, pipeline_path, workspace, status, created, initiator, pid,"
-                " pid_started, pipeline_sha256, inputs) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
-                (run_id, pipeline, str(pipeline_path), str(workspace), now, initiator, os.getpid(),
-                 psutil.Process().create_time(), pipeline_sha256, json.dumps(inputs) if inputs is not None else None),
+                " pid_started, pipeline_sha256, inputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, pipeline, str(pipeline_path), str(workspace), RunStatus.PENDING, now, initiator,
+                 os.getpid(), psutil.Process().create_time(), pipeline_sha256,
+                 json.dumps(inputs) if inputs is not None else None),
             )
             db.executemany(
-                "INSERT INTO steps (run_id, step_id, position, name, status) VALUES (?, ?, ?, ?, 'pending')",
-                [(run_id, step_id, position, name) for position, (step_id, name) in enumerate(steps)],
+                "INSERT INTO steps (run_id, step_id, position, name, status) VALUES (?, ?, ?, ?, ?)",
+                [(run_id, step_id, position, name, StepStatus.PENDING)
+                 for position, (step_id, name) in enumerate(steps)],
             )
             self.audit_log.append("run.created", run_id, {
                 "pipeline": pipeline, "file": str(pipeline_path), "workspace": str(workspace),
@@ -319,39 +293,77 @@ class RunStore:
 
     def accept_inputs(self, run_id: str, inputs: list[dict[str, Any]], changes: list[dict[str, Any]],
                       by: str) -> None:
-        """The run goes on with inputs that changed since it started, because `by` accepted `changes`."""
+        """The run goes on with inputs that changed since it started, because `by` accepted `changes` (no
+        change of status: the claim that follows is the transition)."""
         with self.transaction() as db:
             db.execute("UPDATE runs SET inputs = ? WHERE id = ?", (json.dumps(inputs), run_id))
             self.audit_log.append("run.inputs_accepted", run_id, {"by": by, "changes": changes})
 
-    def update_run(self, run_id: str, **fields: Any) -> None:
-        self._update("runs", "id = ?", (run_id,), fields)
+    def start_run(self, run_id: str) -> None:
+        """The lg process that created the run starts it."""
+        with self.transaction() as db:
+            self._move_run(db, run_id, RunStatus.RUNNING, {"started": time.time()}, source=_NEW)
 
-    def run(self, run_id: str) -> RunRecord:
-        """A run by id or unique id prefix (`lg status 2026112`)."""
-        rows = self._db.execute(
-            "SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id LIMIT 2", (run_id, f"{run_id}%")
-        ).fetchall()
-        exact = [row for row in rows if row["id"] == run_id]
-        if exact:
-            return _run_record(exact[0])
-        if len(rows) == 1:
-            return _run_record(rows[0])
-        if not rows:
-            raise InvalidInput(f"no run {run_id!r} (see `lg runs`)")
-        raise InvalidInput(f"run id prefix {run_id!r} is ambiguous")
+    def claim(self, run_id: str, by: str) -> RunRecord:
+        """Take over a paused, interrupted or abandoned run for this process (`lg resume`), or refuse: a finished
+        run, or one another live lg process runs. Compare-and-set on status and pid, so of two processes claiming
+        the same run at once exactly one wins."""
+        seen = self.run(run_id)
+        if seen.finished_for_good:
+            raise InvalidInput(f"run {seen.id} already finished ({seen.status}); there is nothing to resume")
+        if seen.process_alive and seen.pid != os.getpid():
+            raise InvalidInput(f"run {seen.id} is still being run by lg process {seen.pid}; wait for it, or "
+                               f"`lg cancel {seen.id}`")
+        with self.transaction() as db:
+            current = db.execute("SELECT status, pid FROM runs WHERE id = ?", (seen.id,)).fetchone()
+            if (current["status"], current["pid"]) != (seen.status, seen.pid):
+                raise InvalidInput(f"run {seen.id} was taken over by another lg process just now")
+            self._move_run(db, seen.id, RunStatus.RUNNING, {
+                "pid": os.getpid(), "pid_started": psutil.Process().create_time(), "finished": None, "exit_code": None,
+                "error": None})
+            self.audit_log.append("run.resumed", seen.id, {"by": by})
+        return self.run(seen.id)
 
-    def runs(self, limit: int = 20) -> list[RunRecord]:
-        rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
-        return [_run_record(row) for row in rows]
+    def pause(self, run_id: str, gate_id: str, *, waiting: bool) -> None:
+        """The run stops at an open gate. Unless an lg process waits there (--wait), none is behind the run any
+        more: its pid goes, so the run reads as paused, not abandoned."""
+        process: dict[str, object] = {} if waiting else {"pid": None, "pid_started": None}
+        with self.transaction() as db:
+            self._move_run(db, run_id, RunStatus.AWAITING_APPROVAL, process)
+            self.audit_log.append("run.paused", run_id, {"gate": gate_id, "waiting": waiting})
 
-    # --- steps -------------------------------------------------------------------------------------------
+    def continue_run(self, run_id: str, gate_id: str, gate_status: GateStatus, noticed_after: float) -> None:
+        """The lg process waiting at a gate saw it decided, `noticed_after` seconds after the decision."""
+        with self.transaction() as db:
+            self._move_run(db, run_id, RunStatus.RUNNING, source=_PAUSED)
+            self.audit_log.append("run.continued", run_id, {"gate": gate_id, "gate_status": gate_status,
+                                                            "noticed_after": noticed_after})
 
-    def update_step(self, run_id: str, step_id: str, **fields: Any) -> None:
-        for key in JSON_COLUMNS:
-            if key in fields:
-                fields[key] = json.dumps(fields[key])
-        self._update("steps", "run_id = ? AND step_id = ?", (run_id, step_id), fields)
+    def finish_run(self, run_id: str, status: RunStatus, exit_code: int, error: str | None) -> None:
+        """The run is over (or interrupted, to be resumed): its outcome and the record of it."""
+        exit_code = int(exit_code)  # a plain number in the database and the audit record, not an ExitCode
+        with self.transaction() as db:
+            self._move_run(db, run_id, status, {"finished": time.time(), "exit_code": exit_code, "error": error},
+                           to=_RUN_ENDINGS)
+            self.audit_log.append("run.finished", run_id, {"status": status, "exit_code": exit_code, "error": error})
+
+    def cancel(self, run_id: str, reason: str) -> RunRecord:
+        """`lg cancel` in the records, all at once: the run, its steps that had not ended, and its open gates are
+        cancelled. Stopping its lg process and discarding its held files are the caller's."""
+        with self.transaction() as db:
+            record = self.run(run_id)
+            if record.finished_for_good:
+                raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to cancel")
+            self._move_run(db, record.id, RunStatus.CANCELLED, {
+                "finished": time.time(), "exit_code": int(ExitCode.REJECTED), "error": reason})
+            for step in self.steps(record.id):
+                if step.status not in ENDED_STEPS:
+                    self._move_step(db, record.id, step.step_id, StepStatus.CANCELLED, {"detail": reason})
+            self.audit_log.append("run.cancelled", record.id, {"reason": reason})
+            GateStore(self).cancel(record.id, reason)
+        return self.run(record.id)
+
+    # --- steps: reading -----------------------------------------------------------------------------------
 
     def step(self, run_id: str, step_id: str) -> StepRecord:
         for record in self.steps(run_id):
@@ -361,23 +373,159 @@ class RunStore:
 
     def steps(self, run_id: str) -> list[StepRecord]:
         rows = self._db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
-        records = []
-        for row in rows:
-            data = dict(row)
-            for key in JSON_COLUMNS:
-                data[key] = json.loads(data[key]) if data[key] is not None else None
-            records.append(StepRecord(**data))
-        return records
+        return [_step(row) for row in rows]
 
-    def _update(self, table: str, where: str, key: tuple[str, ...], fields: dict[str, Any]) -> None:
-        if not fields:
-            return
-        # Column names come from our own keyword arguments, never from user input.
-        assignments = ", ".join(f"{name} = ?" for name in fields)
+    # --- steps: transitions -------------------------------------------------------------------------------
+
+    def start_step(self, run_id: str, step_id: str, log_path: Path, script_sha256: str) -> None:
+        """The step's first attempt starts (again from scratch, when a resumed run runs it again)."""
         with self.transaction() as db:
-            db.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*fields.values(), *key))  # noqa: S608
+            self._move_step(db, run_id, step_id, StepStatus.RUNNING, {
+                "started": time.time(), "log_path": str(log_path), "attempts": 1})
+            self.audit_log.append("step.started", run_id, {"step": step_id, "script_sha256": script_sha256})
 
-    def run_dir(self, run_id: str) -> Path:
-        path = self.state_dir / "runs" / run_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def wait_at_gate(self, run_id: str, step_id: str, status: StepStatus, gate_id: str) -> None:
+        """The step waits at an open gate: before it runs (awaiting_approval) or with its effects held (held)."""
+        with self.transaction() as db:
+            self._move_step(db, run_id, step_id, status, {"detail": f"waiting for approval at gate {gate_id}"},
+                            to=WAITING_STEPS)
+
+    def skip_step(self, run_id: str, step_id: str, reason: str) -> None:
+        with self.transaction() as db:
+            self._move_step(db, run_id, step_id, StepStatus.SKIPPED, {"detail": reason})
+            self.audit_log.append("step.skipped", run_id, {"step": step_id, "reason": reason})
+
+    def end_step(self, run_id: str, step_id: str, status: StepStatus, detail: str, *, audited: bool = True) -> None:
+        """The step ended, failed or stopped at its gate or interrupted, for `detail`. Not `audited`: the run's
+        own record says why (interrupted, or refused by this host), as it always has."""
+        with self.transaction() as db:
+            self._move_step(db, run_id, step_id, status, {"detail": detail, "finished": time.time()},
+                            to=_STEP_ENDINGS)
+            if audited:
+                self.audit_log.append(f"step.{status}", run_id, {"step": step_id, "detail": detail})
+
+    def end_attempts(self, run_id: str, step_id: str, status: StepStatus) -> None:
+        """The step's last attempt failed or timed out: the step ends as it did (its exit code and detail are
+        the last attempt's, already recorded)."""
+        with self.transaction() as db:
+            self._move_step(db, run_id, step_id, status, {"finished": time.time()}, to=FAILED_STEPS)
+            exit_code = db.execute("SELECT exit_code FROM steps WHERE run_id = ? AND step_id = ?",
+                                   (run_id, step_id)).fetchone()[0]
+            self.audit_log.append("step.finished", run_id, {"step": step_id, "status": status, "exit_code": exit_code})
+
+    def applying(self, run_id: str, step_id: str, effects_grade: Mapping[str, Any] | None = None) -> None:
+        """Durable before the workspace changes, so that a resumed run finishes applying. The effects grade may
+        come along (one commit, one fsync, fewer)."""
+        graded = {"effects_grade": dict(effects_grade)} if effects_grade is not None else {}
+        with self.transaction() as db:
+            self._move_step(db, run_id, step_id, StepStatus.APPLYING, graded)
+
+    def applied(self, run_id: str, step_id: str, changes: Sequence[FileChange]) -> None:
+        """The step's effects are in the workspace: it succeeded."""
+        with self.transaction() as db:
+            self._move_step(db, run_id, step_id, StepStatus.SUCCEEDED, {"finished": time.time()})
+            self.audit_log.append("effects.applied", run_id, {
+                "step": step_id, "changes": [{"path": c.path, "kind": c.kind, "sha256": c.sha256} for c in changes]})
+
+    # --- steps: what they record besides their status ------------------------------------------------------
+
+    def retry_step(self, run_id: str, step_id: str, attempt: int) -> None:
+        with self.transaction() as db:
+            self._write_step(db, run_id, step_id, {"attempts": attempt})
+
+    def record_attempt(self, run_id: str, step_id: str, attempt: Attempt) -> None:
+        with self.transaction() as db:
+            self._write_step(db, run_id, step_id, {
+                "exit_code": attempt.exit_code, "accelerator": attempt.accelerator,
+                "image_digest": attempt.image_digest, "boot_seconds": attempt.boot_seconds,
+                "outputs": dict(attempt.outputs), "changes": [asdict(change) for change in attempt.changes],
+                "detail": attempt.detail,
+                "security": dict(attempt.security) if attempt.security is not None else None,
+                "vm": dict(attempt.vm) if attempt.vm is not None else None,
+            })
+
+    def grade_step(self, run_id: str, step_id: str, grade: Mapping[str, Any]) -> None:
+        """The step's grade before it runs, and the record of it."""
+        with self.transaction() as db:
+            self._write_step(db, run_id, step_id, {"grade": dict(grade)})
+            self.audit_log.append("step.graded", run_id, {"step": step_id, **grade})
+
+    def grade_effects(self, run_id: str, step_id: str, grade: Mapping[str, Any]) -> None:
+        with self.transaction() as db:
+            self._write_step(db, run_id, step_id, {"effects_grade": dict(grade)})
+
+    def note_step(self, run_id: str, step_id: str, detail: str) -> None:
+        """A line for `lg status` about the step (a gate it passed), its status unchanged."""
+        with self.transaction() as db:
+            self._write_step(db, run_id, step_id, {"detail": detail})
+
+    # --- the one way statuses change -----------------------------------------------------------------------
+
+    def _move_run(self, db: sqlite3.Connection, run_id: str, wanted: RunStatus,
+                  columns: Mapping[str, object] | None = None, *, to: frozenset[RunStatus] | None = None,
+                  source: frozenset[RunStatus] | None = None) -> None:
+        """Move the run to `wanted` if the table allows it from the status read now (and the calling method
+        makes such moves: `to` and `source` narrow the table to them)."""
+        row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise InvalidInput(f"no run {run_id!r} (see `lg runs`)")
+        current = RunStatus(row["status"])
+        _check(RUNS, f"run {run_id}", current, wanted, to, source)
+        _write(db, "runs", {"status": wanted, **(columns or {})}, "id = ? AND status = ?", (run_id, current))
+
+    def _move_step(self, db: sqlite3.Connection, run_id: str, step_id: str, wanted: StepStatus,
+                   columns: Mapping[str, object] | None = None, *, to: frozenset[StepStatus] | None = None,
+                   ) -> None:
+        current = self._step_status(db, run_id, step_id)
+        _check(STEPS, f"step {step_id} of run {run_id}", current, wanted, to, None)
+        _write(db, "steps", {"status": wanted, **(columns or {})}, "run_id = ? AND step_id = ? AND status = ?",
+               (run_id, step_id, current))
+
+    def _write_step(self, db: sqlite3.Connection, run_id: str, step_id: str, columns: Mapping[str, object]) -> None:
+        self._step_status(db, run_id, step_id)  # it exists
+        _write(db, "steps", columns, "run_id = ? AND step_id = ?", (run_id, step_id))
+
+    def _step_status(self, db: sqlite3.Connection, run_id: str, step_id: str) -> StepStatus:
+        row = db.execute("SELECT status FROM steps WHERE run_id = ? AND step_id = ?", (run_id, step_id)).fetchone()
+        if row is None:
+            raise InvalidInput(f"run {run_id} has no step {step_id!r}")
+        return StepStatus(row["status"])
+
+
+# What finish_run and end_step make; cancelled, skipped and succeeded have methods (and records) of their own.
+_RUN_ENDINGS = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.REJECTED, RunStatus.EXPIRED,
+                          RunStatus.INTERRUPTED})
+_STEP_ENDINGS = frozenset({StepStatus.FAILED, StepStatus.REJECTED, StepStatus.EXPIRED, StepStatus.INTERRUPTED})
+# start_run starts a new run (claim takes up any other); continue_run goes on from a pause
+_NEW = frozenset({RunStatus.PENDING})
+_PAUSED = frozenset({RunStatus.AWAITING_APPROVAL})
+
+
+def _check(machine: Machine[AnyStatus], what: str, current: AnyStatus, wanted: AnyStatus,
+           to: frozenset[AnyStatus] | None, source: frozenset[AnyStatus] | None) -> None:
+    if (to is not None and wanted not in to) or (source is not None and current not in source):
+        raise IllegalTransition(what, current, wanted)
+    machine.check(what, current, wanted)
+
+
+def _write(db: sqlite3.Connection, table: str, columns: Mapping[str, object], where: str,
+           key: tuple[object, ...]) -> None:
+    unknown = set(columns) - _WRITABLE[table]
+    if unknown:
+        raise InternalError(f"{table} has no writable column(s) {', '.join(sorted(unknown))}")
+    values = [json.dumps(value) if name in JSON_COLUMNS else value for name, value in columns.items()]
+    # Column names come from _WRITABLE (checked above), never from user input.
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    db.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*values, *key))  # noqa: S608
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    inputs = json.loads(row["inputs"]) if row["inputs"] is not None else None
+    return RunRecord(**{**dict(row), "status": RunStatus(row["status"]), "inputs": inputs})
+
+
+def _step(row: sqlite3.Row) -> StepRecord:
+    data = dict(row)
+    for key in JSON_COLUMNS:
+        data[key] = json.loads(data[key]) if data[key] is not None else None
+    return StepRecord(**{**data, "status": StepStatus(data["status"])})

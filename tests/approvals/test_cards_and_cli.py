@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 
 from lg.approvals.card import MAX_DIFF_LINES, CardInput, build, render
-from lg.approvals.gates import GateRules, GateStore
 from lg.config.secrets import Masker
 from lg.model import FileChange
 from lg.policy.levels import RiskLevel
 from lg.policy.model import Assessment, RuleMatch
 from lg.runner.effects import apply_held, base_digests, file_sha256
 from lg.runner.workspace import UnsafeChange
+from lg.runs.gates import GateRules, GateStore
+from lg.runs.states import RunStatus
 from lg.runs.store import RunStore
 from lg.security.profile import DEFAULT_SHAPE, VmProfile
 
@@ -116,7 +117,8 @@ def make_gate(store: RunStore, tmp_path: Path, step: str = "ship") -> tuple[str,
             "command": "make deploy", "profile": {"name": "default"}}
     gate = GateStore(store).open(run.id, step, "explicit", {"run": run.id, "script": "make deploy"}, card,
                                  GateRules())
-    store.update_run(run.id, status="awaiting_approval", pid=None)  # as a paused run is: no process behind it
+    store.start_run(run.id)
+    store.pause(run.id, gate.gate_id, waiting=False)  # as a paused run is: no process behind it
     return run.id, gate.gate_id
 
 
@@ -149,15 +151,15 @@ def test_bad_decisions_exit_2_with_a_clear_message(state: RunStore, tmp_path: Pa
     if setup == "decided":
         assert lg("approve", run_id).code == 0
     if setup == "finished":
-        state.update_run(run_id, status="succeeded")
+        state.claim(run_id, by="bob")
+        state.finish_run(run_id, RunStatus.SUCCEEDED, 0, None)
     result = lg(*[arg.format(run=run_id) for arg in args])
     assert result.code == 2, result.out + result.err
     assert message in result.err
 
 
 def test_cancel_closes_gates_and_refuses_twice(state: RunStore, tmp_path: Path, lg: Callable[..., Any]) -> None:
-    run_id, gate_id = make_gate(state, tmp_path)
-    state.update_run(run_id, status="awaiting_approval", pid=None)
+    run_id, gate_id = make_gate(state, tmp_path)  # paused at the gate, no process behind it
     assert lg("cancel", run_id).code == 0
     gate = GateStore(state).gate(run_id, gate_id)
     assert gate is not None and gate.status == "cancelled" and state.run(run_id).status == "cancelled"

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from lg.approvals.decide import DecisionRefused, SignedDecision, decide, sign_decision
-from lg.approvals.gates import Gate, GateRules, GateStore
 from lg.approvals.signing import SignatureRefused
 from lg.errors import InvalidInput
+from lg.runs.gates import Gate, GateRules, GateStore
+from lg.runs.states import RunStatus
 from lg.runs.store import RunRecord, RunStore
 
 
@@ -221,7 +222,8 @@ def test_a_finished_run_s_gates_cannot_be_decided(store: RunStore, run: RunRecor
     from lg.approvals.decide import resolve_gate
 
     open_gate(store, run, clock)
-    store.update_run(run.id, status="failed")
+    store.start_run(run.id)
+    store.finish_run(run.id, RunStatus.FAILED, 1, "step(s) failed: build")
     with pytest.raises(DecisionRefused, match="already finished"):
         resolve_gate(GateStore(store, clock), store.run(run.id), None)
 

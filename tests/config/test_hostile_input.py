@@ -101,7 +101,7 @@ PROFILE_KEYS = ["machine", "vcpus", "memory_mib", "user", "capabilities", "keep"
 def documents(keys: list[str], required: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     values = st.recursive(SCALARS, lambda inner: st.one_of(
         st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(keys), inner, max_size=4)), max_leaves=10)
-    return st.fixed_dictionaries(required, optional={key: values for key in keys})
+    return st.fixed_dictionaries(required, optional=dict.fromkeys(keys, values))
 
 
 KINDS = {

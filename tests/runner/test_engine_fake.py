@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 
 from lg.approvals.decide import decide
-from lg.approvals.gates import GateStore
 from lg.config.project import load_project_config
 from lg.config.secrets import SecretValues
 from lg.errors import ApprovalRejected, AwaitingApproval, ExitCode, InvalidInput, StepFailed
 from lg.inputs.run_inputs import load_run_inputs
 from lg.policy.load import load_policy
 from lg.pool.pool import WarmPool
-from lg.runner.engine import RunOutcome, RunRequest, claim_run, resume_run, run_pipeline
+from lg.runner.engine import RunOutcome, RunRequest, resume_run, run_pipeline
+from lg.runs.gates import GateStore
 from lg.runs.store import RunStore
 from lg.testing.fake import FakeHypervisor, FakeVm, fake_pool
 from lg.testing.images import stand_in_image
@@ -94,7 +94,7 @@ class Project:
     def resume(self, run_id: str) -> RunOutcome:
         body = (self.root / "pipeline.yaml").read_text()
         store = self.store
-        return resume_run(self.request(body), store, claim_run(store, run_id))
+        return resume_run(self.request(body), store, store.claim(run_id, "tester"))
 
     def statuses(self, run_id: str) -> dict[str, str]:
         return {step.step_id: str(step.status) for step in self.store.steps(run_id)}
@@ -339,7 +339,7 @@ def test_a_run_whose_lg_process_died_is_resumed_by_another(project: Project, tmp
     try:
         run_id = _wait_for_slow_step(project, helper, tmp_path / "helper-vms")
         with pytest.raises(InvalidInput, match="still being run by lg process"):
-            claim_run(project.store, run_id)
+            project.store.claim(run_id, "tester")
     finally:
         helper.send_signal(signal.SIGKILL)
         helper.wait(timeout=30)

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from lg.approvals.gates import GateStore
 from lg.config.secrets import SecretValues
 from lg.errors import ApprovalRejected, AwaitingApproval
 from lg.inputs.run_inputs import load_run_inputs
 from lg.model import FileChange
 from lg.policy.grade import grade_effects, grade_script
 from lg.policy.load import load_policy, load_policy_file
-from lg.runner.engine import RunRequest, claim_run, resume_run, run_pipeline
+from lg.runner.engine import RunRequest, resume_run, run_pipeline
 from lg.runner.gating import before_gate, effects_gate
+from lg.runs.gates import GateStore
 from lg.runs.store import RunStore
 
 POLICY = """\
@@ -96,7 +96,7 @@ def test_an_expired_gate_stops_the_run_as_expired(project: Path, on_timeout: str
     assert store.run(run_id).status == "awaiting_approval" and store.run(run_id).pid is None
     clock.now += 3601
     with pytest.raises(ApprovalRejected, match="was expired") as stopped:
-        resume_run(req, store, claim_run(store, run_id))
+        resume_run(req, store, store.claim(run_id, by="resumer"))
     assert stopped.value.exit_code == 4
     assert store.run(run_id).status == run_status
     assert [s.status for s in store.steps(run_id)] == [first, second]
@@ -111,7 +111,7 @@ def test_on_timeout_continue_lets_the_run_go_on_without_the_step(project: Path) 
     store, run_id = paused(project, req)
     clock.now += 3601
     with pytest.raises(AwaitingApproval, match=r"gate second\.before"):  # the run went on, to the next gate
-        resume_run(req, store, claim_run(store, run_id))
+        resume_run(req, store, store.claim(run_id, by="resumer"))
     assert [s.status for s in store.steps(run_id)] == ["expired", "awaiting_approval"]
 
 
@@ -125,7 +125,7 @@ def test_a_rejected_before_gate_never_boots_and_stops_the_run(project: Path) -> 
     (gate,) = gates.open_gates()
     decide(gates, store.run(run_id), gate, "reject", "not today", user="rel-a")
     with pytest.raises(ApprovalRejected, match="was rejected"):
-        resume_run(req, store, claim_run(store, run_id))
+        resume_run(req, store, store.claim(run_id, by="resumer"))
     steps = store.steps(run_id)
     assert [(s.status, s.accelerator) for s in steps] == [("rejected", None), ("skipped", None)]
     assert "rejected by rel-a: not today" in (steps[0].detail or "")

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lg.errors import EnvironmentUnfit, InvalidInput
+from lg.model import FileChange
+from lg.runner.step_vm import AttemptResult
+from lg.runs.states import RunStatus, StepStatus
 from lg.runs.store import RunStore
 
 
@@ -13,9 +18,12 @@ def test_runs_and_steps_round_trip(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "state")
     run = store.create_run("demo", tmp_path / "p.yaml", tmp_path, "alice", [("a", "A"), ("b", "B")])
     assert run.status == "pending" and run.initiator == "alice"
-    store.update_run(run.id, status="running", started=1.0)
-    store.update_step(run.id, "a", status="succeeded", outputs={"v": "1"},
-                      changes=[{"path": "x", "kind": "created"}], exit_code=0)
+    store.start_run(run.id)
+    store.start_step(run.id, "a", tmp_path / "a.log", "ab" * 32)
+    store.record_attempt(run.id, "a", AttemptResult(StepStatus.SUCCEEDED, 0, None, outputs={"v": "1"},
+                                                    changes=(FileChange("x", "created"),)))
+    store.applying(run.id, "a")
+    store.applied(run.id, "a", (FileChange("x", "created"),))
     assert store.run(run.id).status == "running"
     a, b = store.steps(run.id)
     assert (a.status, a.outputs, a.changes[0]["path"], b.status) == ("succeeded", {"v": "1"}, "x", "pending")
@@ -54,12 +62,12 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_a_run_whose_lg_process_is_gone_is_abandoned(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     run = store.create_run("demo", tmp_path, tmp_path, "alice", [])
-    store.update_run(run.id, status="running")
+    store.start_run(run.id)
     assert not store.run(run.id).abandoned  # this very process runs it
-    store.update_run(run.id, pid=2**22 + 17)  # no such process
+    store.connection.execute("UPDATE runs SET pid = ? WHERE id = ?", (2**22 + 17, run.id))  # no such process
     assert store.run(run.id).abandoned
     assert store.run(run.id).shown_status.startswith("abandoned")
-    store.update_run(run.id, status="failed")
+    store.finish_run(run.id, RunStatus.FAILED, 1, "it failed")
     assert not store.run(run.id).abandoned
 
 
@@ -80,4 +88,33 @@ def test_an_older_database_is_migrated(tmp_path: Path) -> None:
     db.close()
     store = RunStore(tmp_path)
     assert store.run("old-run").status == "succeeded" and store.run("old-run").pid is None
-    store.update_step("old-run", "x", grade={"level": "green"})  # the new columns exist
+    # the new columns exist
+    store.connection.execute("UPDATE steps SET grade = '{}', effects_grade = '{}', security = '{}', vm = '{}'")
+
+
+def test_claim_takes_over_a_paused_or_abandoned_run_and_refuses_a_finished_or_live_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = RunStore(tmp_path)
+    run = store.create_run("demo", tmp_path, tmp_path, "alice", [("a", "A")])
+    store.start_run(run.id)
+    store.pause(run.id, "a.before", waiting=False)
+    claimed = store.claim(run.id, "bob")
+    assert (claimed.status, claimed.pid) == ("running", os.getpid())
+    assert [(r.kind, r.data) for r in store.audit_log.records()][-1] == ("run.resumed", {"by": "bob"})
+    parent = psutil.Process(os.getppid())  # alive, and not this process: another lg running the run
+    store.connection.execute("UPDATE runs SET pid = ?, pid_started = ? WHERE id = ?",
+                             (parent.pid, parent.create_time(), run.id))
+    with pytest.raises(InvalidInput, match=f"still being run by lg process {parent.pid}"):
+        store.claim(run.id, "bob")
+    store.connection.execute("UPDATE runs SET pid = ? WHERE id = ?", (2**22 + 17, run.id))  # that lg died
+    assert store.claim(run.id, "bob").pid == os.getpid()
+    stale = store.run(run.id)
+    store.pause(run.id, "a.before", waiting=False)  # meanwhile, elsewhere
+    monkeypatch.setattr(store, "run", lambda run_id: stale)
+    with pytest.raises(InvalidInput, match="taken over by another lg process just now"):
+        store.claim(run.id, "bob")
+    monkeypatch.undo()
+    store.claim(run.id, "bob")
+    store.finish_run(run.id, RunStatus.SUCCEEDED, 0, None)
+    with pytest.raises(InvalidInput, match="already finished"):
+        store.claim(run.id, "bob")

@@ -2,9 +2,9 @@
 
 A gate holds a *subject* (exactly what is to be approved: the command, the VM profile, and for an effects gate
 every held change and output, each with its SHA-256) and its digest. Decisions name the digest they were made
-on; only decisions on the gate's current digest count. A gate changes status exactly once (open -> approved,
-rejected, expired or cancelled), inside a write transaction that re-reads it, so two approvers answering at
-once, or an approver and the expiry clock, can never both win.
+on; only decisions on the gate's current digest count. On one subject a gate changes status exactly once (open ->
+approved, rejected, expired or cancelled; lg.runs.states.GATES), inside a write transaction that re-reads it, so
+two approvers answering at once, or an approver and the expiry clock, can never both win.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from lg.errors import InvalidInput
-from lg.runs.store import RunStore
+from lg.runs.audit import AuditRecord
+from lg.runs.states import GATES, GateStatus
 
 GateKind = Literal["explicit", "before", "effects"]
-GateStatus = Literal["open", "approved", "rejected", "expired", "cancelled"]
 Verdict = Literal["approve", "reject"]
 Clock = Callable[[], float]
 
@@ -65,7 +66,7 @@ class Gate:
 
     @property
     def is_open(self) -> bool:
-        return self.status == "open"
+        return self.status is GateStatus.OPEN
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,20 @@ def gate_id_for(step_id: str, kind: GateKind) -> str:
     return f"{step_id}.{'effects' if kind == 'effects' else 'before'}"
 
 
+class GateDatabase(Protocol):
+    """What gates need of the run store (lg.runs.store.RunStore): its connection, its transactions and its audit
+    log. A protocol, so that the store can hand its gates work without the two modules importing each other."""
+
+    @property
+    def connection(self) -> sqlite3.Connection: ...
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    def audit(self, kind: str, run_id: str | None, **data: Any) -> AuditRecord: ...
+
+
 class GateStore:
-    def __init__(self, store: RunStore, clock: Clock = time.time) -> None:
+    def __init__(self, store: GateDatabase, clock: Clock = time.time) -> None:
         self.store = store
         self.clock = clock
         self._db = store.connection
@@ -109,7 +122,7 @@ class GateStore:
 
     def open_gates(self) -> list[Gate]:
         self.expire_due()
-        rows = self._db.execute("SELECT * FROM gates WHERE status = 'open' ORDER BY created").fetchall()
+        rows = self._db.execute("SELECT * FROM gates WHERE status = ? ORDER BY created", (GateStatus.OPEN,)).fetchall()
         return [_gate(row) for row in rows]
 
     def decisions(self, gate: Gate, *, current_only: bool = True) -> list[Decision]:
@@ -134,7 +147,9 @@ class GateStore:
             row = db.execute("SELECT * FROM gates WHERE run_id = ? AND gate_id = ?", (run_id, gate_id)).fetchone()
             if row is not None and row["digest"] == digest:
                 return _gate(row)
-            values = (kind, "open", digest, _dump(subject), _dump(card), _dump(asdict(rules)), now, expires)
+            if row is not None:
+                GATES.check(f"gate {gate_id} of run {run_id}", GateStatus(row["status"]), GateStatus.OPEN)
+            values = (kind, GateStatus.OPEN, digest, _dump(subject), _dump(card), _dump(asdict(rules)), now, expires)
             if row is None:
                 db.execute("INSERT INTO gates (kind, status, digest, subject, card, rules, created, expires,"
                            " run_id, gate_id, step_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -155,8 +170,8 @@ class GateStore:
     def expire_due(self) -> list[Gate]:
         """Mark every open gate whose time is up as expired (never as a human rejection)."""
         now = self.clock()
-        due = self._db.execute("SELECT run_id, gate_id FROM gates WHERE status = 'open' AND expires IS NOT NULL"
-                               " AND expires <= ?", (now,)).fetchall()
+        due = self._db.execute("SELECT run_id, gate_id FROM gates WHERE status = ? AND expires IS NOT NULL"
+                               " AND expires <= ?", (GateStatus.OPEN, now)).fetchall()
         expired = []
         for run_id, gate_id in due:
             with self.store.transaction():
@@ -164,15 +179,16 @@ class GateStore:
                 if gate is None or not gate.is_open:
                     continue  # someone decided it in the meantime
                 outcome = f"expired: nobody decided within the gate's timeout (on_timeout: {gate.rules.on_timeout})"
-                self._close(gate, "expired", outcome, now)
+                self._close(gate, GateStatus.EXPIRED, outcome, now)
             expired.append(gate)
         return expired
 
     def cancel(self, run_id: str, reason: str) -> None:
-        for gate in self.gates(run_id):
-            if gate.is_open:
-                with self.store.transaction():
-                    self._close(gate, "cancelled", reason, self.clock())
+        """Close every open gate of the run as cancelled (RunStore.cancel does this as part of cancelling it)."""
+        with self.store.transaction():
+            for gate in self.gates(run_id):
+                if gate.is_open:
+                    self._close(gate, GateStatus.CANCELLED, reason, self.clock())
 
     def record(self, gate: Gate, decision: Decision) -> Gate:
         """Store one decision and, when it settles the gate, close the gate: all in one transaction that
@@ -193,7 +209,7 @@ class GateStore:
         if current is None:
             return f"run {gate.run_id} has no gate {gate.gate_id!r}"
         if current.is_open and current.expires is not None and current.expires <= self.clock():
-            self._close(current, "expired", "expired: nobody decided within the gate's timeout "
+            self._close(current, GateStatus.EXPIRED, "expired: nobody decided within the gate's timeout "
                         f"(on_timeout: {current.rules.on_timeout})", self.clock())
             return f"gate {gate.gate_id} of run {gate.run_id} expired before this decision"
         if not current.is_open:
@@ -225,17 +241,20 @@ class GateStore:
         approvals = {d.approver for d in decisions if d.verdict == "approve"}
         if rejections:  # one eligible rejection is a veto
             first = rejections[0]
-            self._close(gate, "rejected", f"rejected by {first.approver}: {first.comment or 'no reason given'}",
-                        first.ts)
+            self._close(gate, GateStatus.REJECTED,
+                        f"rejected by {first.approver}: {first.comment or 'no reason given'}", first.ts)
         elif len(approvals) >= gate.rules.count:
-            self._close(gate, "approved", f"approved by {', '.join(sorted(approvals))}", self.clock())
+            self._close(gate, GateStatus.APPROVED, f"approved by {', '.join(sorted(approvals))}", self.clock())
 
     def _close(self, gate: Gate, status: GateStatus, outcome: str, when: float) -> None:
-        changed = self._db.execute(
-            "UPDATE gates SET status = ?, decided = ?, outcome = ?"
-            " WHERE run_id = ? AND gate_id = ? AND status = 'open'",
-            (status, when, outcome, gate.run_id, gate.gate_id)).rowcount
-        if changed:
+        """Decide the gate, checked against the table on its status as this transaction reads it."""
+        with self.store.transaction() as db:
+            row = db.execute("SELECT status FROM gates WHERE run_id = ? AND gate_id = ?",
+                             (gate.run_id, gate.gate_id)).fetchone()
+            current = GateStatus(row["status"])
+            GATES.check(f"gate {gate.gate_id} of run {gate.run_id}", current, status)
+            db.execute("UPDATE gates SET status = ?, decided = ?, outcome = ? WHERE run_id = ? AND gate_id = ?"
+                       " AND status = ?", (status, when, outcome, gate.run_id, gate.gate_id, current))
             self.store.audit(f"gate.{status}", gate.run_id, gate=gate.gate_id, step=gate.step_id,
                              digest=gate.digest, outcome=outcome)
 
@@ -244,7 +263,7 @@ def _gate(row: sqlite3.Row) -> Gate:
     data = dict(row)
     return Gate(
         run_id=data["run_id"], gate_id=data["gate_id"], step_id=data["step_id"], kind=data["kind"],
-        status=data["status"], digest=data["digest"], subject=json.loads(data["subject"]),
+        status=GateStatus(data["status"]), digest=data["digest"], subject=json.loads(data["subject"]),
         card=json.loads(data["card"]), rules=GateRules.from_json(json.loads(data["rules"])),
         created=data["created"], expires=data["expires"], decided=data["decided"], outcome=data["outcome"],
     )

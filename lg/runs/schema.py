@@ -1,0 +1,94 @@
+"""The state database's tables, and the migrations from every older version of them (PRAGMA user_version).
+
+Statuses are stored as the text of lg.runs.states' enums, unchanged since version 1.
+"""
+
+SCHEMA_VERSION = 7
+
+GATES_TABLES = """
+CREATE TABLE IF NOT EXISTS gates (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    gate_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    card TEXT NOT NULL,
+    rules TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    decided REAL,
+    outcome TEXT,
+    PRIMARY KEY (run_id, gate_id)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    run_id TEXT NOT NULL,
+    gate_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    comment TEXT,
+    payload TEXT NOT NULL,
+    signature TEXT,
+    signed_by TEXT,
+    ts REAL NOT NULL,
+    PRIMARY KEY (run_id, gate_id, digest, approver),
+    FOREIGN KEY (run_id, gate_id) REFERENCES gates(run_id, gate_id) ON DELETE CASCADE
+);
+CREATE UNIQUE INDEX IF NOT EXISTS decisions_signature ON decisions(signature) WHERE signature IS NOT NULL;
+CREATE INDEX IF NOT EXISTS gates_open ON gates(status)
+"""
+
+MIGRATIONS = {  # from version N to N+1
+    1: ("ALTER TABLE steps ADD COLUMN grade TEXT", "ALTER TABLE steps ADD COLUMN effects_grade TEXT"),
+    2: ("ALTER TABLE runs ADD COLUMN pid INTEGER", "ALTER TABLE runs ADD COLUMN pid_started REAL"),
+    3: ("ALTER TABLE runs ADD COLUMN pipeline_sha256 TEXT", *GATES_TABLES.split(";")),
+    4: ("ALTER TABLE steps ADD COLUMN security TEXT",),
+    5: ("ALTER TABLE steps ADD COLUMN vm TEXT",),
+    6: ("ALTER TABLE runs ADD COLUMN inputs TEXT",),
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    pipeline_path TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    exit_code INTEGER,
+    error TEXT,
+    initiator TEXT NOT NULL,
+    pid INTEGER,
+    pid_started REAL,
+    pipeline_sha256 TEXT,
+    inputs TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    finished REAL,
+    exit_code INTEGER,
+    accelerator TEXT,
+    image_digest TEXT,
+    boot_seconds REAL,
+    log_path TEXT,
+    outputs TEXT NOT NULL DEFAULT '{}',
+    changes TEXT NOT NULL DEFAULT '[]',
+    detail TEXT,
+    grade TEXT,
+    effects_grade TEXT,
+    security TEXT,
+    vm TEXT,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
+""" + GATES_TABLES
