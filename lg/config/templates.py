@@ -11,6 +11,7 @@ import contextlib
 import functools
 import signal
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -175,16 +176,23 @@ class RenderTimedOut(ArithmeticError):
 
 
 @contextlib.contextmanager
-def render_deadline(seconds: float = RENDER_SECONDS) -> Iterator[None]:
-    """Interrupt a template that runs too long, with SIGALRM: only the main thread can be interrupted this
-    way, so elsewhere (and where an alarm is already set) templates run without a deadline."""
-    if threading.current_thread() is not threading.main_thread() or signal.getitimer(signal.ITIMER_REAL)[0]:
+def render_deadline(seconds: float | None = None) -> Iterator[None]:
+    """Interrupt a template that runs too long, with SIGALRM. Only the main thread can be interrupted this way,
+    so elsewhere templates run without a deadline. An alarm someone else set (a test runner's timeout) is kept:
+    if it is due first it fires as it would have, and otherwise it is set again, less the time spent here."""
+    seconds = RENDER_SECONDS if seconds is None else seconds
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    outer_remaining, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    if outer_remaining and outer_remaining <= seconds:
         yield
         return
 
     def expired(signum: int, frame: object) -> None:
         raise RenderTimedOut(f"the template took longer than {seconds:.0f}s to render")
 
+    started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -192,6 +200,9 @@ def render_deadline(seconds: float = RENDER_SECONDS) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_remaining:
+            left = max(outer_remaining - (time.monotonic() - started), 0.001)
+            signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
 
 
 def evaluate(expression: str, context: Mapping[str, Any]) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import resource
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,10 @@ def test_ordinary_templates_still_render() -> None:
 
 def test_a_template_that_spins_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("lg.config.templates.RENDER_SECONDS", 0.5)
-    from lg.config import templates
-
-    with pytest.raises(TemplateProblem, match="took longer than"), templates.render_deadline(0.5):
+    started = time.monotonic()
+    with pytest.raises(TemplateProblem, match="took longer than"):
         render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", {})
+    assert time.monotonic() - started < 5
 
 
 def test_validate_reports_a_template_bomb_at_its_line(write: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,7 +102,7 @@ PROFILE_KEYS = ["machine", "vcpus", "memory_mib", "user", "capabilities", "keep"
 def documents(keys: list[str], required: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     values = st.recursive(SCALARS, lambda inner: st.one_of(
         st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(keys), inner, max_size=4)), max_leaves=10)
-    return st.fixed_dictionaries(required, optional=dict.fromkeys(keys, values))
+    return st.fixed_dictionaries(required, optional=dict.fromkeys([key for key in keys if key not in required], values))
 
 
 KINDS = {
@@ -118,7 +119,7 @@ JUNK = ["\t", ":", "- ", "{", "]", "&a ", "*a", "!!int ", "!!float ", "!!bool ",
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(sorted(KINDS)), st.data())
+@given(kind=st.sampled_from(sorted(KINDS)), data=st.data())
 def test_no_file_makes_lg_crash_or_balloon(kind: str, data: st.DataObject, tmp_path: Path) -> None:
     document = data.draw(KINDS[kind])
     text = yaml.safe_dump(document)
