@@ -30,12 +30,19 @@ def _firecracker(config: ProjectConfig) -> Hypervisor:
     return FirecrackerHypervisor(config)
 
 
+def _cloud_hypervisor(config: ProjectConfig) -> Hypervisor:
+    from lg.vm.cloud_hypervisor import CloudHypervisor  # noqa: PLC0415 - loaded on use
+
+    return CloudHypervisor(config)
+
+
 HYPERVISORS: dict[str, BackendFactory] = {
     "qemu": _qemu,
     "firecracker": _firecracker,
+    "cloud-hypervisor": _cloud_hypervisor,
 }
 
-AUTO_ORDER: tuple[str, ...] = ("firecracker", "qemu")
+AUTO_ORDER: tuple[str, ...] = ("firecracker", "cloud-hypervisor", "qemu")
 """What `auto` prefers, best first: the two KVM-only VMMs (smallest, fastest to restore, Firecracker with its
 jailer), Apple's framework on a Mac, and QEMU last, because it is the one that also runs without KVM (TCG)."""
 

@@ -40,7 +40,7 @@ class DoubleListener:
 
     def accept(self) -> tuple[socket.socket, tuple[int, int]]:
         with self.ready:
-            self.ready.wait_for(lambda: self.queue, timeout=30)
+            self.ready.wait_for(lambda: self.queue)  # a daemon thread: blocks until the test ends
             item = self.queue.popleft()
         if isinstance(item, OSError):
             raise item

@@ -52,10 +52,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except ValueError:
                 body = _NotJson(raw)
         status, answer = self.server.api.handle(self.command, self.path, body, raw)
-        data = json.dumps(answer).encode() if answer is not None else b""
+        text = isinstance(answer, str)
+        data = answer.encode() if text else json.dumps(answer).encode() if answer is not None else b""
         self.send_response(status)
         if data:
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/plain" if text else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
