@@ -18,7 +18,7 @@ def frozen_map(data: dict[str, str] | None = None) -> FrozenMap:
 
 # --- lg.yaml ---------------------------------------------------------------------------------------------
 
-HYPERVISOR_NAMES: tuple[str, ...] = ("qemu", "firecracker", "cloud-hypervisor")
+HYPERVISOR_NAMES: tuple[str, ...] = ("qemu", "firecracker", "cloud-hypervisor", "apple")
 """The backends: the keys of lg.vm.registry.HYPERVISORS, which a test keeps equal to this (the config layer must
 not import lg.vm, which would load the backends' code to validate a file)."""
 AUTO_HYPERVISOR = "auto"

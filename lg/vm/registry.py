@@ -36,13 +36,20 @@ def _cloud_hypervisor(config: ProjectConfig) -> Hypervisor:
     return CloudHypervisor(config)
 
 
+def _apple(config: ProjectConfig) -> Hypervisor:
+    from lg.vm.apple import AppleHypervisor  # noqa: PLC0415 - loaded on use
+
+    return AppleHypervisor(config)
+
+
 HYPERVISORS: dict[str, BackendFactory] = {
     "qemu": _qemu,
     "firecracker": _firecracker,
     "cloud-hypervisor": _cloud_hypervisor,
+    "apple": _apple,
 }
 
-AUTO_ORDER: tuple[str, ...] = ("firecracker", "cloud-hypervisor", "qemu")
+AUTO_ORDER: tuple[str, ...] = ("firecracker", "cloud-hypervisor", "apple", "qemu")
 """What `auto` prefers, best first: the two KVM-only VMMs (smallest, fastest to restore, Firecracker with its
 jailer), Apple's framework on a Mac, and QEMU last, because it is the one that also runs without KVM (TCG)."""
 
