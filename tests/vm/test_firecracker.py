@@ -3,8 +3,8 @@
 Real: lg's backend code, its HTTP client on a unix socket, the processes it starts and kills, the hybrid vsock
 handshake, lg's guest agent answering every request. Stood in (tests/vm/fakevmm): the firecracker and jailer
 binaries (not obtainable here), KVM and the guest kernel. Every test fails if lg sends a request the contract
-(tests/vm/contracts/firecracker-v1.16.1.json) does not allow. The real conformance suite runs in
-test_real_firecracker_conformance where a host has Firecracker and KVM (docs/backends.md).
+(tests/vm/contracts/firecracker-v1.16.1.json) does not allow. The real conformance suite is
+tests/vm/test_real_backends.py, where a host has Firecracker and KVM (docs/backends.md).
 """
 
 from __future__ import annotations
@@ -204,11 +204,3 @@ def test_probe_without_the_binary_is_fatal_and_says_how_to_install(tmp_path: Pat
 def test_probe_with_the_binary_reports_its_version(fake_bin: dict[str, Path], tmp_path: Path) -> None:
     probe = fake_firecracker(fake_bin, tmp_path).probe()
     assert probe.version == "1.16.1" and probe.binary == fake_bin["firecracker"]
-
-
-def test_real_firecracker_conformance(tmp_path: Path) -> None:
-    """On a host with Firecracker and KVM: the shipped suite against the real thing (docs/backends.md)."""
-    probe = FirecrackerHypervisor(state_dir=tmp_path).probe()
-    if not probe.can_run:
-        pytest.skip("Firecracker cannot run here: " + "; ".join(p.message for p in probe.problems if p.fatal))
-    pytest.skip("run `pytest -m vm tests/vm/test_real_backends.py` for the real suite")
