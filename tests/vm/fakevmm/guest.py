@@ -14,7 +14,9 @@ What is stood in, and how:
   checks its input as the agent does, without crediting the host's entropy pool;
 - "memory": a snapshot saves the files of that /tmp and /root, not the agent's process: a restored stand-in
   starts a new agent on them (lg reconnects after a restore anyway: the VMMs close vsock connections then);
-- pause: SIGSTOP of the agent process, resume: SIGCONT.
+- pause: SIGSTOP of the agent process, resume: SIGCONT;
+- confinement: a command that asks for uid, gid or confine runs without them and its result says
+  `enforced: False` (as lg.testing.fake's do): the host is not a guest kernel, and its cgroups are v1.
 """
 
 from __future__ import annotations
