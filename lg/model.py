@@ -18,9 +18,13 @@ def frozen_map(data: dict[str, str] | None = None) -> FrozenMap:
 
 # --- lg.yaml ---------------------------------------------------------------------------------------------
 
-HYPERVISOR_NAMES: tuple[str, ...] = ("qemu",)
-"""The `hypervisor:` values the schemas accept: the keys of lg.vm.registry.HYPERVISORS, which a test keeps equal
-to this (the config layer must not import lg.vm, which would load the backends' code to validate a file)."""
+HYPERVISOR_NAMES: tuple[str, ...] = ("qemu", "firecracker", "cloud-hypervisor", "apple")
+"""The backends: the keys of lg.vm.registry.HYPERVISORS, which a test keeps equal to this (the config layer must
+not import lg.vm, which would load the backends' code to validate a file)."""
+AUTO_HYPERVISOR = "auto"
+"""`hypervisor: auto`: the best backend whose probe says it can run VMs on this host (lg.vm.registry.resolve)."""
+HYPERVISOR_CHOICES: tuple[str, ...] = (*HYPERVISOR_NAMES, AUTO_HYPERVISOR)
+"""The `hypervisor:` values every schema accepts (lg.yaml, a pipeline, a step)."""
 
 
 

@@ -1,4 +1,5 @@
-"""`lg doctor`: what this host can do (QEMU, KVM or TCG, images, state directory), with a fix per problem."""
+"""`lg doctor`: what this host can do (every hypervisor backend, KVM or TCG, images, state directory), with a fix
+per problem."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import click
 from lg.cli.output import color_enabled, emit_json, json_option
 from lg.errors import ExitCode
 
-MARKS = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "red")}
+MARKS = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "red"), "off": ("off", "blue")}
 
 
 @click.command()
@@ -31,7 +32,7 @@ def doctor(no_boot: bool, as_json: bool) -> int:
             label, colour = MARKS[check.status]
             mark = click.style(f"{label:<5}", fg=colour) if color_enabled() else f"{label:<5}"
             click.echo(f"{mark} {check.name:<16} {check.detail}")
-            if check.fix and check.status != "ok":
+            if check.fix and check.status not in ("ok", "off"):
                 click.echo(f"{'':<6}{'':<16} fix: {check.fix}")
         verdict = (f"VMs can run here (accelerator {report.accelerator})" if report.can_run_vms
                    else "VMs cannot run on this host yet")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lg.model import HYPERVISOR_NAMES
+from lg.model import HYPERVISOR_CHOICES
 
 STEP_ID_PATTERN = "^[a-z0-9_-]+$"
 ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
@@ -122,7 +122,7 @@ def step_schema() -> dict[str, Any]:
             "artifacts": {"type": "array", "items": {"type": "string", "minLength": 1}},
             "matrix": _matrix(),
             "profile": _name_ref("VM profile name or path, overriding the pipeline's"),
-            "hypervisor": {"enum": list(HYPERVISOR_NAMES)},
+            "hypervisor": {"enum": list(HYPERVISOR_CHOICES)},
             "image": _name_ref("guest image recipe name, overriding the pipeline's"),
             "approve": _approve(),
         },
@@ -165,7 +165,7 @@ def pipeline_schema() -> dict[str, Any]:
             "$schema": {"type": "string"},
             "name": {"type": "string", "minLength": 1},
             "description": {"type": "string"},
-            "hypervisor": {"enum": list(HYPERVISOR_NAMES)},
+            "hypervisor": {"enum": list(HYPERVISOR_CHOICES)},
             "image": _name_ref("guest image recipe name (images/NAME.yaml); default from lg.yaml"),
             "profile": _name_ref("VM profile name (profiles/vm/NAME.yaml) or path"),
             "policy": _name_ref("risk policy name (profiles/risk/NAME.yaml) or path"),

@@ -10,7 +10,7 @@ from lg.config.locations import default_cache_dir, default_state_dir
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
-from lg.model import HYPERVISOR_NAMES, PoolSettings, ProjectConfig, ProjectPaths
+from lg.model import HYPERVISOR_CHOICES, PoolSettings, ProjectConfig, ProjectPaths
 
 PROJECT_FILE = "lg.yaml"
 
@@ -30,7 +30,8 @@ def project_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "$schema": {"type": "string"},
-            "hypervisor": {"enum": list(HYPERVISOR_NAMES), "description": "default VM backend"},
+            "hypervisor": {"enum": list(HYPERVISOR_CHOICES),
+                           "description": "default VM backend; auto: the best one this host can run"},
             "accelerator": {"enum": list(ACCELERATORS), "description": "auto probes KVM, falls back to TCG"},
             "image": {"type": "string", "minLength": 1, "description": "default guest image recipe name"},
             "profile": {"type": "string", "minLength": 1, "description": "default VM profile"},

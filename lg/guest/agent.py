@@ -54,7 +54,10 @@ USAGE = """usage: python3 -m lg.guest.agent [--port NAME | --device PATH | --uni
   --device PATH  a character device to use instead of looking the port up
   --unix PATH    connect to this unix socket, again after each disconnect (host-side tests)
   --fd N         serve one already connected file descriptor, then exit
-  --vsock PORT   listen on this AF_VSOCK port (Firecracker, Cloud Hypervisor)"""
+  --vsock PORT   listen on this AF_VSOCK port (Firecracker, Cloud Hypervisor)
+
+With none of them, the kernel command line decides: `lg.agent=vsock:PORT` listens on vsock (what the Firecracker
+and Cloud Hypervisor backends pass), anything else serves the virtio-serial port (QEMU)."""
 
 
 def log(text: str) -> None:
@@ -293,8 +296,28 @@ def parse_args(argv: list[str]) -> Options:
     return options
 
 
-def endpoint_from(options: Options) -> Endpoint:
+def vsock_port_from(cmdline: str) -> int | None:
+    """The port of `lg.agent=vsock:PORT` on a kernel command line, if it is there and well formed."""
+    value = system.boot_parameters(cmdline).get("agent", "")
+    kind, _, port = value.partition(":")
+    if kind != "vsock" or not port.isdigit() or not 0 < int(port) < 1 << 32:
+        return None
+    return int(port)
+
+
+def kernel_cmdline() -> str:
+    try:
+        with open("/proc/cmdline") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def endpoint_from(options: Options, cmdline: str | None = None) -> Endpoint:
     banner = ready_banner()
+    if options.vsock is None and options.fd is None and not options.unix and options.device is None \
+            and options.port == PORT_NAME:
+        options.vsock = vsock_port_from(kernel_cmdline() if cmdline is None else cmdline)
     if options.fd is not None:
         return FdEndpoint(options.fd, banner)
     if options.unix:

@@ -199,22 +199,58 @@ class FdEndpoint:
         yield Connection(self.fd)
 
 
-class VsockListenEndpoint:
-    """AF_VSOCK listener for Firecracker / Cloud Hypervisor (their host side speaks hybrid vsock)."""
+VSOCK_RETRY_SECONDS = 0.2
 
-    def __init__(self, port: int, banner: bytes) -> None:
+
+def vsock_listener(port: int) -> socket.socket:
+    listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        listener.bind((socket.VMADDR_CID_ANY, port))
+        listener.listen(1)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+class VsockListenEndpoint:
+    """AF_VSOCK listener for Firecracker / Cloud Hypervisor (their host side speaks hybrid vsock: the VMM turns a
+    host's `CONNECT <port>` into a connection to this listener).
+
+    A snapshot's resume closes every vsock connection (Firecracker resets the device: docs/snapshotting/
+    snapshot-support.md, "Vsock device reset") while listening sockets stay: the served connection then ends
+    with a reset, and the agent accepts the next one. Should the listener itself fail (the vsock module still
+    loading at boot, an accept the kernel aborts), it is made again; the agent never exits over it.
+    `make_listener` is for tests (this host has no vsock transport to listen on)."""
+
+    def __init__(self, port: int, banner: bytes,
+                 make_listener: Callable[[int], socket.socket] = vsock_listener) -> None:
         self.port = port
         self.banner = banner
+        self.make_listener = make_listener
 
     def describe(self) -> str:
         return f"vsock port {self.port}"
 
     def connections(self) -> Iterator[Connection]:
-        listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-        listener.bind((socket.VMADDR_CID_ANY, self.port))
-        listener.listen(1)
+        listener: socket.socket | None = None
         while True:
-            sock, _peer = listener.accept()
+            if listener is None:
+                try:
+                    listener = self.make_listener(self.port)
+                except OSError:
+                    time.sleep(VSOCK_RETRY_SECONDS)
+                    continue
+            try:
+                sock, _peer = listener.accept()
+            except InterruptedError:
+                continue
+            except OSError as problem:
+                if problem.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    listener.close()  # a broken listener: make a new one
+                    listener = None
+                    time.sleep(VSOCK_RETRY_SECONDS)
+                continue
             try:
                 announce(sock.fileno(), self.banner)
             except OSError:

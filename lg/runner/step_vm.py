@@ -28,6 +28,7 @@ from lg.security.enforce import HostPlan, plan_for
 from lg.security.profile import VmProfile
 from lg.security.state import security_state
 from lg.vm.api import ExecRequest, ExecResult, NetworkSpec, Vm, VmSpec
+from lg.vm.registry import resolve
 
 GUEST_WORKSPACE = "/workspace"
 GUEST_OUTPUT_DIR = "/run/lg"
@@ -104,7 +105,8 @@ def vm_request(inputs: RunInputs, step: Step, profile: VmProfile,
         hostname=f"lg-{step.id}"[:63],
         network=network,
     )
-    backend = step.hypervisor or pipeline.hypervisor or config.hypervisor
+    # `auto` becomes the backend it stands for here: pool keys and templates are per backend.
+    backend = resolve(config, step.hypervisor or pipeline.hypervisor or config.hypervisor)
     return key_for(backend, spec, profile_digest(profile.confinement())), spec
 
 

@@ -85,7 +85,7 @@ def check_identity(vm: Vm, scratch: Path) -> None:
 
 
 def check_guest_kernel(vm: Vm, scratch: Path) -> None:
-    assert vm.accelerator in ("kvm", "tcg")
+    assert vm.accelerator in ("kvm", "hvf", "tcg")
     info = vm.agent_info
     assert info.kernel and info.uptime > 0
 

@@ -28,9 +28,9 @@ from lg.model import FileChange
 if TYPE_CHECKING:
     import socket
 
-Accelerator = Literal["kvm", "tcg", "none"]
-"""What ran a VM: hardware virtualisation, software emulation, or nothing at all (lg.testing.fake runs commands
-on the host; no production backend reports it)."""
+Accelerator = Literal["kvm", "hvf", "tcg", "none"]
+"""What ran a VM: hardware virtualisation (KVM on Linux, Apple's Hypervisor.framework on macOS), software
+emulation, or nothing at all (lg.testing.fake runs commands on the host; no production backend reports it)."""
 ACCELERATOR_CHOICES = ("auto", "kvm", "tcg")
 
 OutputCallback = Callable[[str, bytes], None]

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lg.errors import LgError
-from lg.model import ProjectConfig
+from lg.model import AUTO_HYPERVISOR, HYPERVISOR_NAMES, ProjectConfig
 from lg.vm import host
 from lg.vm.api import GuestImage, HostProbe
-from lg.vm.registry import hypervisor_for
+from lg.vm.registry import HYPERVISORS, resolve
 from lg.vm.rundir import reap_leftovers
 
-Status = Literal["ok", "warn", "fail"]
+Status = Literal["ok", "warn", "fail", "off"]  # off: a backend this host cannot run and the project does not use
 PROBE_IMAGE = "tiny"
 
 
@@ -56,13 +56,14 @@ def host_report(config: ProjectConfig, boot_test: bool = True) -> HostReport:
     images, image_check = built_images(config)
     probe_image = next((image for image in images if image.name == PROBE_IMAGE), images[0] if images else None)
     try:
-        hypervisor = hypervisor_for(config)
-        probe = hypervisor.probe(probe_image if boot_test else None)
+        name = resolve(config)
+        probe = HYPERVISORS[name](config).probe(probe_image if boot_test else None)
     except LgError as error:
         failed = Check("hypervisor", "fail", f"backend {config.hypervisor!r} unusable: {error}")
-        return HostReport((failed, image_check), None, False)
+        return HostReport((failed, *other_backends(config, None), image_check), None, False)
     checks = [
-        *hypervisor_checks(probe),
+        *hypervisor_checks(probe, chosen_by_auto=config.hypervisor == AUTO_HYPERVISOR),
+        *other_backends(config, name),
         image_check,
         state_dir_check(config.state_dir),
         leftovers_check(config.state_dir / "vms"),
@@ -72,12 +73,37 @@ def host_report(config: ProjectConfig, boot_test: bool = True) -> HostReport:
     return HostReport(tuple(checks), probe.auto_accelerator if can_run else None, can_run)
 
 
-def hypervisor_checks(probe: HostProbe) -> list[Check]:
-    if probe.binary is None:
-        missing = next((p for p in probe.problems if p.fatal), None)
+def other_backends(config: ProjectConfig, chosen: str | None) -> list[Check]:
+    """Every backend but the one in use, as its probe sees this host (`lg doctor` lists them all)."""
+    checks = []
+    for name in HYPERVISOR_NAMES:
+        if name == chosen:
+            continue
+        try:
+            probe = HYPERVISORS[name](config).probe()
+        except LgError as error:
+            checks.append(Check(name, "off", f"cannot be probed: {error}"))
+            continue
+        if probe.can_run:
+            checks.append(Check(name, "ok", f"can run VMs here ({probe.auto_accelerator}, {probe.binary} "
+                                f"{probe.version or ''}".rstrip() + f"); not used: lg.yaml says {config.hypervisor}"))
+            continue
+        fatal = [problem for problem in probe.problems if problem.fatal]
+        why = "; ".join(problem.message for problem in fatal) or "cannot run VMs here"
+        checks.append(Check(name, "off", f"unavailable: {why}", next((p.fix for p in fatal if p.fix), None)))
+    return checks
+
+
+def hypervisor_checks(probe: HostProbe, chosen_by_auto: bool = False) -> list[Check]:
+    fatal = [problem for problem in probe.problems if problem.fatal]
+    if probe.binary is None or not probe.can_run:
+        missing = fatal[0] if fatal else None
         return [Check(probe.backend, "fail", missing.message if missing else "not installed",
                       missing.fix if missing else None)]
-    checks = [Check(probe.backend, "ok", f"{probe.binary} {probe.version or '(version unknown)'}")]
+    by_auto = " (hypervisor: auto chose it)" if chosen_by_auto else ""
+    checks = [Check(probe.backend, "ok", f"{probe.binary} {probe.version or '(version unknown)'}{by_auto}")]
+    checks += [Check(f"{probe.backend}:note", "warn", problem.message, problem.fix)
+               for problem in probe.problems if not problem.fatal and "KVM" not in problem.message]
     kvm = probe.kvm
     if not kvm.present:
         checks.append(Check("kvm", "warn", f"{kvm.reason}; VMs run under TCG (software, slower)",
@@ -90,6 +116,8 @@ def hypervisor_checks(probe: HostProbe) -> list[Check]:
                             "nothing to do for correctness; for speed, use a host where KVM boots guests"))
     else:
         checks.append(Check("kvm", "ok", kvm.reason))
+    if probe.backend != "qemu":
+        return checks  # the other VMMs run under KVM only: no software emulation to report
     tsc = host.tsc_khz()
     detail = f"software emulation available; auto uses {probe.auto_accelerator}"
     checks.append(Check("tcg", "ok", detail + (f" (host TSC {tsc} kHz)" if tsc else "")))

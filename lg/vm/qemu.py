@@ -32,7 +32,8 @@ from lg.vm.api import (
     VmError,
     VmSpec,
 )
-from lg.vm.qemu_argv import create_overlay, kernel_cmdline, qemu_argv
+from lg.vm.cmdline import kernel_cmdline
+from lg.vm.qemu_argv import create_overlay, qemu_argv
 from lg.vm.qemu_vm import QemuVm
 from lg.vm.rundir import create_run_dir, reap_leftovers
 

@@ -14,6 +14,13 @@ from lg.errors import LgError
 from lg.pool.wire import WireImage
 from lg.vm.api import GuestImage, Vm, VmSpec
 from lg.vm.qemu import QemuHypervisor
+from tests.vm.fakevmm.fixtures import (  # noqa: F401 - fixtures of the fake VMMs' tests
+    fake_bin,
+    fake_disk_image,
+    fake_image,
+    journal_path,
+    no_contract_violation,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO / ".lg" / "test-state"  # persists the KVM verdict between runs (gitignored)

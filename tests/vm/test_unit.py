@@ -15,7 +15,7 @@ import pytest
 
 from lg.errors import EnvironmentUnfit
 from lg.guest.protocol import encode_message
-from lg.vm import host, qemu, qemu_argv, qemu_vm, vmm_cgroup
+from lg.vm import cmdline, host, qemu, qemu_argv, qemu_vm, vmm_cgroup
 from lg.vm.agent_client import AgentClient
 from lg.vm.api import AgentUnresponsive, ExecRequest, VmSpec
 from lg.vm.base import file_change
@@ -30,12 +30,12 @@ IMAGE = ImageFiles("tiny", "sha256:x", Path("/k/vmlinux"), Path("/k/initrd"), No
 
 
 def test_kernel_cmdline_adds_tsc_panic_and_hostname() -> None:
-    line = qemu_argv.kernel_cmdline(IMAGE, "step build/1", 2600000)
+    line = cmdline.kernel_cmdline(IMAGE, "step build/1", 2600000)
     assert line.split() == [
         "console=ttyS0", "quiet", "panic=-1", "tsc_early_khz=2600000", "tsc=reliable", "init_on_free=1",
         "lg.hostname=step-build-1",
     ]
-    assert "tsc_early_khz" not in qemu_argv.kernel_cmdline(IMAGE, "x", None)
+    assert "tsc_early_khz" not in cmdline.kernel_cmdline(IMAGE, "x", None)
 
 
 def test_qemu_argv_is_a_confined_microvm() -> None:
