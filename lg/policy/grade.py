@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from lg.model import FileChange, Step
-from lg.policy.content import ContentReader, content_matches
+from lg.policy.content import ContentReader, content_changes
 from lg.policy.levels import RiskLevel
 from lg.policy.model import (
     Assessment,
@@ -39,16 +39,26 @@ def grade_command(policy: RiskPolicy, script: str, scope: NetworkScope = UNKNOWN
 
 def grade_effects(policy: RiskPolicy, changes: Sequence[FileChange],
                   content: ContentReader | None = None) -> Assessment:
-    """The grade of a step's changes; `content` (the held files and the workspace's) lets rules read what changed."""
+    """The grade of a step's changes; `content` (the held files and the workspace's) lets rules read what changed.
+    Without it, rules on content cannot match (their path alone is graded by the path rules)."""
     matches = []
     for rule in policy.rules_of("effects"):
         assert rule.effects is not None  # noqa: S101 - guaranteed by the loader for this kind
         hit = rule.effects.matches(changes)
-        if hit:
-            paths = ", ".join(change.path for change in hit[:5]) + (f" (+{len(hit) - 5} more)" if len(hit) > 5 else "")
-            matches.append(_match(rule, paths, "effects"))
-    matches.extend(content_matches(policy, changes, content))
+        if not hit:
+            continue
+        if rule.effects.content is not None:
+            found = (content_changes(hit, rule.effects.content, content, fail_closed=bool(rule.effects.paths))
+                     if content is not None else [])
+            if found:
+                matches.append(_match(rule, _listed([detail for _change, detail in found]), "effects"))
+            continue
+        matches.append(_match(rule, _listed([change.path for change in hit]), "effects"))
     return _assess(policy, matches, policy.thresholds.effects)
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
 
 
 def grade_relaxations(policy: RiskPolicy, relaxations: Sequence[Relaxation]) -> Assessment:
@@ -82,7 +92,11 @@ def rule_matches_example(rule: Rule, example: Any, context: MatchContext | None 
         return any(rule.environment.matches(assignment) for assignment in analyse(example).assignments)
     if rule.kind == "effects":
         assert rule.effects is not None  # noqa: S101
-        return bool(rule.effects.matches(example))
+        changes, content = example if isinstance(example, tuple) else (example, None)
+        hit = rule.effects.matches(changes)
+        if rule.effects.content is not None:
+            return bool(hit and content is not None and content_changes(hit, rule.effects.content, content))
+        return bool(hit)
     assert rule.relaxation is not None  # noqa: S101
     return rule.relaxation.matches(example)
 

@@ -18,6 +18,7 @@ from lg.config.schema_check import check_schema
 from lg.config.yamlsource import KeyPath, SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
 from lg.model import FileChange, ProjectConfig, ProjectPaths
+from lg.policy.content import ContentMatch, InlineContent, split_content
 from lg.policy.levels import RiskLevel
 from lg.policy.model import (
     ApprovalRules,
@@ -236,9 +237,16 @@ def _effects(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> EffectsMatc
     kinds = frozenset(raw.get("kinds", ("created", "modified", "deleted")))
     if (raw.get("executable") or raw.get("symlink_outside") or raw.get("setuid")) and kinds == {"deleted"}:
         raise doc.error(where, "can never match: a deleted file is neither executable nor a symlink")
+    content = None
+    if "content" in raw:
+        inner = raw["content"]
+        content = ContentMatch(
+            added_regex=_regex(doc, (*where, "content"), inner, "added_regex"),
+            count_drops=_regex(doc, (*where, "content"), inner, "count_drops"),
+            changed_keys=tuple(inner.get("changed_keys", ())), secrets=inner.get("secrets", False))
     return EffectsMatch(
         paths=tuple(raw.get("paths", ())), kinds=kinds, executable=raw.get("executable", False),
-        setuid=raw.get("setuid", False),
+        setuid=raw.get("setuid", False), content=content,
         symlink_outside=raw.get("symlink_outside", False), count_over=raw.get("count_over"),
         bytes_over=raw.get("bytes_over"),
     )
@@ -302,9 +310,22 @@ def _example(doc: SourceDoc, where: KeyPath, rule: Rule, example: Any) -> tuple[
         return Relaxation(str(example["kind"]), str(example.get("detail", ""))), UNKNOWN
     changes = example if isinstance(example, list) else [example]
     try:
-        return [FileChange(**change) for change in changes], UNKNOWN
-    except TypeError as error:
+        return changes_with_content(changes), UNKNOWN
+    except (TypeError, AttributeError) as error:
         raise doc.error(where, f"an effects example is a change (path, kind, size, mode...): {error}") from None
+
+
+def changes_with_content(raw: list[dict[str, Any]]) -> tuple[list[FileChange], InlineContent]:
+    """Changes as written in examples, golden files and --effects files: `content`/`old_content` give the text."""
+    changes, new_text, old_text = [], {}, {}
+    for item in raw:
+        change, new, old = split_content(item)
+        changes.append(FileChange(**change))
+        if new is not None:
+            new_text[change["path"]] = new
+        if old is not None:
+            old_text[change["path"]] = old
+    return changes, InlineContent(new_text, old_text)
 
 
 def scope_from(doc: SourceDoc, where: KeyPath, raw: Any) -> NetworkScope:

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from lg.model import FileChange
+from lg.policy.content import ContentMatch
 from lg.policy.levels import RiskLevel
 from lg.policy.network import UNKNOWN, NetworkScope
 from lg.policy.shell import Assignment, Invocation
@@ -195,6 +196,7 @@ class EffectsMatch:
     symlink_outside: bool = False  # a symlink pointing outside the workspace
     count_over: int | None = None  # more than this many changes match
     bytes_over: int | None = None  # matching changes add up to more than this many bytes
+    content: ContentMatch | None = None  # conditions on what changed inside the files (lg.policy.content)
 
     def selected(self, changes: Sequence[FileChange]) -> list[FileChange]:
         chosen = [c for c in changes if c.kind in self.kinds]

@@ -78,6 +78,17 @@ def _effects() -> dict[str, Any]:
             "symlink_outside": {"const": True, "description": "a symlink points outside the workspace"},
             "count_over": {"type": "integer", "minimum": 0},
             "bytes_over": {"type": "integer", "minimum": 0},
+            "content": {
+                "type": "object", "additionalProperties": False, "minProperties": 1,
+                "description": "conditions on what changed inside the files (all that are given must hold)",
+                "properties": {
+                    "added_regex": {"type": "string", "minLength": 1, "description": "some added line matches"},
+                    "count_drops": {"type": "string", "minLength": 1,
+                                    "description": "fewer matches of this regex after the change (hashes lost)"},
+                    "changed_keys": _strings("JSON/TOML dotted keys (globs per level) whose value changed"),
+                    "secrets": {"const": True, "description": "detect-secrets finds a secret in added content"},
+                },
+            },
         },
     }
 
