@@ -38,6 +38,7 @@ from lg.errors import (
 )
 from lg.inputs.run_inputs import RunInputs
 from lg.model import FileChange, Pipeline, ProjectConfig, Step
+from lg.policy.content import DirContent
 from lg.policy.grade import grade_effects, grade_script
 from lg.policy.model import Assessment, RiskPolicy
 from lg.pool.key import PoolKey
@@ -398,7 +399,7 @@ def _settle_effects(run: _Run, step: Step, record: StepRecord, script: str) -> S
     base: dict[str, str | None] | None = None
     graded: dict[str, Any] | None = None
     if record.status != "applying":
-        effects = grade_effects(run.request.policy, changes)
+        effects = grade_effects(run.request.policy, changes, DirContent(run.request.workspace, held))
         need = effects_gate(run.request.policy, step, effects, changes)
         graded = effects.to_json()
         if effects.denied or need is not None:  # else the grade commits with "applying" (one fsync fewer)
