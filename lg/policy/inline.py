@@ -29,6 +29,7 @@ class InlineReading:
     scripts: list[str] = field(default_factory=list)  # shell command lines the code runs
     deletes: list[tuple[str, bool]] = field(default_factory=list)  # (static path, recursive)
     writes: list[str] = field(default_factory=list)  # static paths it writes
+    reads: list[str] = field(default_factory=list)  # static paths it opens to read (a secret read is graded)
     findings: list[str] = field(default_factory=list)  # spawn, delete, dynamic, unparsed
     network: list[str] = field(default_factory=list)  # fetch, upload, raw
     hosts: list[str] = field(default_factory=list)
@@ -229,10 +230,11 @@ class _PythonReader(ast.NodeVisitor):
         elif PY_FETCH.match(name):
             upload = name.rsplit(".", 1)[-1].lower() in PY_UPLOAD_METHODS or any(k.arg == "data" for k in node.keywords)
             self.reading.network.append("upload" if upload or len(node.args) > 1 else "fetch")
-        elif name == "open" and _writes_mode(node):
+        elif name in ("open", "io.open", "pathlib.Path", "Path"):
             path = _static_string(node.args[0]) if node.args else None
             if path is not None:
-                self.reading.writes.append(path)
+                writes = name.endswith("open") and _writes_mode(node)
+                (self.reading.writes if writes else self.reading.reads).append(path)
 
     def _spawn(self, script: str | None) -> None:
         self.reading.findings.append("spawn")

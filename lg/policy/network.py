@@ -97,8 +97,9 @@ def network_use(program: str, words: tuple[str, ...]) -> tuple[tuple[str, ...], 
     positionals = [w for w in words if not w.startswith("-")]
     if program in INSTALLS and positionals[:1] and positionals[0] in INSTALLS[program]:
         return ("fetch",), hosts
-    if program in ("twine", "gh") or (program in ("npm", "yarn", "pnpm", "cargo", "gem", "docker", "podman")
-                                      and positionals[:1] and positionals[0] in ("publish", "push")):
+    if (program == "twine" and positionals[:1] == ["upload"]) or (
+            program in ("npm", "yarn", "pnpm", "cargo", "gem", "docker", "podman")
+            and positionals[:1] and positionals[0] in ("publish", "push")):
         return ("upload",), hosts
     return (), ()
 

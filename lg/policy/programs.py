@@ -211,9 +211,17 @@ def unwrap(program: str, words: tuple[str, ...], spec: Wrapper) -> tuple[tuple[s
     return words[index:], assignments
 
 
+# Programs that are another by a different name: `rimraf x` is `rm -rf x` (npx rimraf / deletes the root).
+EQUIVALENTS: dict[str, tuple[str, ...]] = {"rimraf": ("rm", "-r", "-f"), "del-cli": ("rm", "-r", "-f"),
+                                           "trash": ("rm", "-r", "-f"), "srm": ("rm", "-r", "-f")}
+
+
 def read_program(program: str, words: tuple[str, ...]) -> Reading:
     """Everything lg knows about what `program words...` runs and writes, besides itself."""
     reading = Reading()
+    if program in EQUIVALENTS:
+        reading.nested.append(Nested(f"{program} (as {' '.join(EQUIVALENTS[program])})",
+                                     argv=(*EQUIVALENTS[program], *words)))
     if program in WRAPPERS:
         _wrapper(program, words, WRAPPERS[program], reading)
     elif program in RUNNERS or program in PACKAGE_RUNNERS:

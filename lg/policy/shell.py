@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from lg.policy.inline import inline_code, python_module, read_inline
+from lg.policy.inline import InlineReading, inline_code, python_module, read_inline
 from lg.policy.network import network_use
 from lg.policy.programs import DYNAMIC, SHELLS, Nested, read_program
 
@@ -443,13 +443,15 @@ class _Walker:
                             risk_only=item.via.endswith(" -m"))
             _Walker(self.source, via, self.depth + 1, self.out)._emit(argv[0], argv[1:], inner)
 
-    def _follow_inline(self, program: str, reading: Any, context: _Context) -> None:
+    def _follow_inline(self, program: str, reading: InlineReading, context: _Context) -> None:
         label = f"{program} {reading.flag}"
         via = (*context.via, label)
         for script in reading.scripts:
             _analyse_into(script, via, self.depth + 1, self.out)
-        for path, recursive in reading.deletes:
-            argv = ("rm", "-r", "-f", path) if recursive else ("rm", "-f", path)
+        synthetic: list[tuple[str, ...]] = [("rm", "-r", "-f", path) if recursive else ("rm", "-f", path)
+                                            for path, recursive in reading.deletes]
+        synthetic += [("cat", path) for path in reading.reads]  # reading a file is graded like `cat` of it
+        for argv in synthetic:
             inner = replace(context, via=via)
             _Walker(self.source, via, self.depth + 1, self.out)._emit(argv[0], argv[1:], inner)
 
