@@ -46,6 +46,7 @@ from lg.pool.provider import VmProvider, open_provider
 from lg.runner.console import StepOutput, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
 from lg.runner.gating import GateNeed, Waiter, before_gate, effects_gate
+from lg.runner.secret_outputs import masked_result
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
 from lg.runner.workspace import UnsafeChange
 from lg.runs.store import RunRecord, RunStore, StepRecord
@@ -378,6 +379,7 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
                                   detail=f"refused: {refused.message}")
                 raise
             output.flush()
+            result = masked_result(result, mask, output.note)  # issue 18: no declared secret in outputs
             _record_attempt(store, record.id, step.id, result)
             if result.status == "succeeded":
                 break
