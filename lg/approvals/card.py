@@ -4,7 +4,9 @@ The *subject* is everything that decides what would happen if the gate were appr
 profile, and for an effects gate every held change (with its SHA-256 and the host content it replaces) and
 every output. Its digest is what a decision names. The *card* presents the subject to a human: risk level,
 matched rules, relaxations, and a unified diff per text file (truncated sensibly, binary files noted, secrets
-masked). Cards are built once, when the gate opens, by the process that has the secrets to mask; `lg show`
+masked). Nothing is cut sideways: the JSON card holds every line whole, the terminal folds long lines at its width,
+and characters that could hide text (escapes, carriage returns, bidirectional marks) are shown as escapes.
+Cards are built once, when the gate opens, by the process that has the secrets to mask; `lg show`
 prints the stored card.
 """
 
@@ -189,9 +191,9 @@ def render(card: Mapping[str, Any], *, digest: str, status: str, outcome: str | 
     paint = _painter(colour)
     level = str(card.get("level", "green"))
     out: list[str] = []
-    title = f"gate {card['gate']}  run {card['run']}  step {card['step']}"
+    title = f"gate {card['gate']}  run {card['run']}  step {_shown(card['step'])}"
     if card.get("step_name") and card["step_name"] != card["step"]:
-        title += f" ({card['step_name']})"
+        title += f" ({_shown(card['step_name'])})"
     out.append(paint("1", title))
     out.append(f"  {KIND_TEXT.get(str(card['kind']), card['kind'])}")
     out.append(f"  risk: {paint(COLOURS.get(level, '0'), level.upper())}   status: {status}"
@@ -202,12 +204,14 @@ def render(card: Mapping[str, Any], *, digest: str, status: str, outcome: str | 
     if card.get("rules"):
         out.append("  rules:")
         for rule in card["rules"]:
-            span = f"  [{rule['span']}]" if rule.get("span") else ""
+            span = f"  [{_shown(rule['span'])}]" if rule.get("span") else ""
+            span += f"  (program: {_shown(rule['program'])})" if rule.get("program") else ""
             level_text = f"{rule['level']:<7}"
             out.append(f"    {paint(COLOURS.get(rule['level'], '0'), level_text)} {rule['rule']}: "
                        f"{rule['reason']}{span}")
     out.append("  command:")
-    out.extend(f"    | {line}" for line in str(card.get("command", "")).splitlines() or [""])
+    # split on newlines only: splitlines() also breaks on \r and friends, which must show, not vanish
+    out.extend(f"    | {_shown(line)}" for line in str(card.get("command", "")).rstrip("\n").split("\n"))
     profile = card.get("profile", {})
     out.append(f"  profile: {profile.get('name')} (user {profile.get('user')}, {profile.get('vcpus')} vCPU, "
                f"{profile.get('memory_mib')} MiB)")
@@ -218,8 +222,8 @@ def render(card: Mapping[str, Any], *, digest: str, status: str, outcome: str | 
         outputs = card.get("outputs") or {}
         if outputs:
             out.append("  outputs:")
-            out.extend(f"    {name} = {value}" for name, value in outputs.items())
-    return "\n".join(_fit(line, width) for line in out)
+            out.extend(f"    {_shown(name)} = {_shown(value)}" for name, value in outputs.items())
+    return "\n".join(row for line in out for row in _wrap(line, width))
 
 
 def _render_changes(changes: Sequence[Mapping[str, Any]], paint: Callable[[str, str], str]) -> list[str]:
@@ -233,14 +237,14 @@ def _render_changes(changes: Sequence[Mapping[str, Any]], paint: Callable[[str, 
         elif change.get("mode") and change["change"] == "create":
             detail.append(f"mode {change['mode']}")
         if change.get("symlink_target") is not None:
-            detail.append(f"-> {change['symlink_target']}")
+            detail.append(f"-> {_shown(change['symlink_target'])}")
         suffix = f"  ({', '.join(detail)})" if detail else ""
         kind_text = f"{change['change']:<7}"
-        out.append(f"    {paint('1', kind_text)} {change['path']}{suffix}")
+        out.append(f"    {paint('1', kind_text)} {_shown(change['path'])}{suffix}")
         if change.get("note"):
             out.append(f"      {change['note']}")
-        for line in (change.get("diff") or "").splitlines():
-            out.append("      " + _diff_line(line, paint))
+        for line in (change.get("diff") or "").rstrip("\n").split("\n") if change.get("diff") else []:
+            out.append("      " + _diff_line(_shown(line), paint))
     return out
 
 
@@ -263,21 +267,41 @@ def _painter(colour: bool) -> Callable[[str, str], str]:
     return paint
 
 
-def _fit(line: str, width: int) -> str:
-    """Cut a line to the terminal's width, counting only visible characters (colour codes take no room)."""
-    if len(_ANSI.sub("", line)) <= width:
-        return line
-    visible, out, index = 0, [], 0
-    while index < len(line) and visible < width - 1:
+def _wrap(line: str, width: int) -> list[str]:
+    """A line folded to the terminal's width, never cut: continuation lines are indented under the first and
+    marked with `↪`; colour codes take no room and a colour open at a fold is closed and reopened."""
+    visible = _ANSI.sub("", line)
+    if len(visible) <= width:
+        return [line]
+    indent = min(len(visible) - len(visible.lstrip(" ")) + 2, width // 2)
+    prefix = " " * (indent - 2) + "↪ "
+    rows: list[str] = []
+    room, current, active, index = width, [], "", 0
+    while index < len(line):
         code = _ANSI.match(line, index)
         if code:
-            out.append(code.group())
+            active = "" if code.group() == "\x1b[0m" else code.group()
+            current.append(code.group())
             index = code.end()
             continue
-        out.append(line[index])
-        visible += 1
+        if room == 0:
+            rows.append("".join(current) + ("\x1b[0m" if active else ""))
+            current, room = [prefix, active], width - len(prefix)
+        current.append(line[index])
+        room -= 1
         index += 1
-    return "".join(out) + ("…\x1b[0m" if "\x1b[" in line else "…")
+    rows.append("".join(current))
+    return rows
+
+
+# Characters that would hide or disguise what a reviewer reads: control characters (an escape sequence can
+# conceal text, a carriage return overwrite it), zero-width and bidirectional marks. Shown as escapes instead.
+_HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def _shown(text: object) -> str:
+    """User content (commands, paths, diffs, outputs) with every hidden character made visible."""
+    return _HIDDEN.sub(lambda found: found.group().encode("unicode_escape").decode(), str(text))
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from lg.cli.output import color_enabled, emit_json, json_option
 from lg.errors import ExitCode, InvalidInput
-from lg.model import FileChange
+from lg.model import ProjectConfig
 from lg.policy.levels import RiskLevel
-from lg.policy.model import Assessment
+from lg.policy.model import Assessment, Relaxation
+from lg.policy.network import NONE, UNKNOWN, NetworkScope
 
 LEVEL_COLOURS = {RiskLevel.GREEN: "green", RiskLevel.YELLOW: "yellow", RiskLevel.ORANGE: "bright_red",
                  RiskLevel.RED: "red"}
@@ -58,24 +60,35 @@ def test(policies: tuple[str, ...], golden_dirs: tuple[Path, ...], as_json: bool
 @policy.command()
 @click.option("--policy", "policy_name", default=None, help="Policy name or path (default: the project's).")
 @click.option("--effects", "effects_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="A JSON file of changes ([{path, kind, size, mode, ...}]) to grade instead of a command.")
+              help="A JSON file of changes ([{path, kind, size, mode, ..., content, old_content}]) to grade instead "
+                   "of a command.")
+@click.option("--profile", "profile_name", default=None,
+              help="Grade the command under this VM profile (its network and relaxations); without it the "
+                   "network is unknown and graded as some network.")
+@click.option("--network", "network", default=None,
+              help="Grade as if the profile allowed these hosts (comma-separated host:port), or 'none'.")
 @click.argument("command", nargs=-1)
 @json_option
-def explain(policy_name: str | None, effects_file: Path | None, command: tuple[str, ...], as_json: bool) -> int:
-    """Explain the grade of COMMAND (after `--`), or of a change set: level, every rule that matched, and
-    whether it gates."""
+def explain(policy_name: str | None, effects_file: Path | None, profile_name: str | None, network: str | None,
+            command: tuple[str, ...], as_json: bool) -> int:
+    """Explain the grade of COMMAND (after `--`), or of a change set: level, every rule that matched with the
+    program it found (unwrapped: `rm (via sudo, sh -c)`), and whether it gates."""
     from lg.config.project import load_project_config  # noqa: PLC0415
-    from lg.policy.grade import grade_command, grade_effects  # noqa: PLC0415
-    from lg.policy.load import load_policy  # noqa: PLC0415
+    from lg.policy.grade import grade_command, grade_effects, grade_script  # noqa: PLC0415
+    from lg.policy.load import changes_with_content, load_policy  # noqa: PLC0415
 
     config = load_project_config()
     loaded = load_policy(policy_name or config.policy, config, Path.cwd())
     if effects_file is not None and command:
         raise InvalidInput("explain takes a command or --effects, not both")
+    if profile_name is not None and network is not None:
+        raise InvalidInput("explain takes --profile or --network, not both")
     if effects_file is not None:
-        assessment = grade_effects(loaded, _read_changes(effects_file))
+        assessment = grade_effects(loaded, *changes_with_content(_read_changes(effects_file)))
+    elif command and profile_name is not None:
+        assessment = grade_script(loaded, " ".join(command), _profile_relaxations(profile_name, config))
     elif command:
-        assessment = grade_command(loaded, " ".join(command))
+        assessment = grade_command(loaded, " ".join(command), _scope(network))
     else:
         raise InvalidInput("nothing to explain: give a command after `--`, or --effects FILE")
     if as_json:
@@ -85,7 +98,23 @@ def explain(policy_name: str | None, effects_file: Path | None, command: tuple[s
     return ExitCode.OK
 
 
-def _read_changes(path: Path) -> list[FileChange]:
+def _scope(network: str | None) -> NetworkScope:
+    if network is None:
+        return UNKNOWN
+    if network.strip() == "none":
+        return NONE
+    return NetworkScope.of(entry.strip() for entry in network.split(",") if entry.strip())
+
+
+def _profile_relaxations(name: str, config: ProjectConfig) -> list[Relaxation]:
+    from lg.security.profile import load_vm_profile  # noqa: PLC0415
+
+    return load_vm_profile(name, config, Path.cwd()).relaxations()
+
+
+def _read_changes(path: Path) -> list[dict[str, Any]]:
+    from lg.policy.load import changes_with_content  # noqa: PLC0415
+
     try:
         data = json.loads(path.read_text())
     except OSError as error:
@@ -93,12 +122,13 @@ def _read_changes(path: Path) -> list[FileChange]:
     except ValueError as error:
         raise InvalidInput(f"--effects {path}: not JSON: {error}") from None
     items = data.get("changes", data) if isinstance(data, dict) else data
-    if not isinstance(items, list):
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise InvalidInput(f"--effects {path}: expected a list of changes")
     try:
-        return [FileChange(**item) for item in items]
-    except TypeError as error:
+        changes_with_content(items)
+    except (TypeError, KeyError) as error:
         raise InvalidInput(f"--effects {path}: not a change: {error}") from None
+    return items
 
 
 def render_assessment(assessment: Assessment, policy_name: str) -> str:
@@ -109,6 +139,8 @@ def render_assessment(assessment: Assessment, policy_name: str) -> str:
     lines = [f"{level}  ({decision}; policy {policy_name})"]
     for match in assessment.matches:
         lines.append(f"  {match.level.label:<7} {match.rule_id}: {match.reason}")
+        if match.program:
+            lines.append(f"          program: {match.program}")
         if match.span:
             lines.append(f"          at: {match.span}")
     return "\n".join(lines)

@@ -1,10 +1,14 @@
-"""Golden files: real command lines and change sets with the level a policy must give them.
+"""Golden files: real command lines and change sets with the level a policy must give them (`level`), or at least
+(`at_least`, for red-team cases), under the network a VM profile would give (`network`, unknown when absent).
 
     policy: default
+    network: [pypi.org:443]
     commands:
       - {command: "rm -rf /", level: red, note: "classic"}
+      - {command: "toybox rm -rf /home", at_least: orange}
     effects:
       - {changes: [{path: .github/workflows/ci.yml, kind: modified}], level: orange}
+      - {changes: [{path: requirements.txt, kind: modified, content: "x @ https://x.example/x.whl"}], at_least: red}
 """
 
 from __future__ import annotations
@@ -16,26 +20,32 @@ from typing import Any
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import load_yaml
 from lg.errors import InvalidInput, InvalidInputs, Location
-from lg.model import FileChange, ProjectConfig
+from lg.model import ProjectConfig
 from lg.policy.grade import grade_command, grade_effects
 from lg.policy.levels import LEVEL_NAMES, RiskLevel
-from lg.policy.load import load_policy
+from lg.policy.load import changes_with_content, load_policy, scope_from
 
 
 def golden_schema() -> dict[str, Any]:
     level = {"enum": list(LEVEL_NAMES)}
+    network = {"oneOf": [{"const": "none"}, {"type": "array", "items": {"type": "string", "minLength": 1}}],
+               "description": "the network the step's profile gives: none, or allow-list entries (host:port); "
+                              "unknown when absent"}
+    expectation = {"level": level, "at_least": {**level, "description": "the minimum grade (red-team cases)"},
+                   "note": {"type": "string"},
+                   "known_gap": {"type": "string", "description": "why the grader misses this one"}}
+    one_level = [{"required": ["level"]}, {"required": ["at_least"]}]
     return {
         "type": "object", "additionalProperties": False, "required": ["policy"],
         "properties": {
             "policy": {"type": "string"},
+            "network": network,
             "commands": {"type": "array", "items": {
-                "type": "object", "additionalProperties": False, "required": ["command", "level"],
-                "properties": {"command": {"type": "string"}, "level": level, "note": {"type": "string"},
-                               "known_gap": {"type": "string", "description": "why the grader misses this one"}}}},
+                "type": "object", "additionalProperties": False, "required": ["command"], "oneOf": one_level,
+                "properties": {"command": {"type": "string"}, "network": network, **expectation}}},
             "effects": {"type": "array", "items": {
-                "type": "object", "additionalProperties": False, "required": ["changes", "level"],
-                "properties": {"changes": {"type": "array", "items": {"type": "object"}}, "level": level,
-                               "note": {"type": "string"}}}},
+                "type": "object", "additionalProperties": False, "required": ["changes"], "oneOf": one_level,
+                "properties": {"changes": {"type": "array", "items": {"type": "object"}}, **expectation}}},
         },
     }
 
@@ -47,10 +57,12 @@ class GoldenCase:
     expected: RiskLevel
     actual: RiskLevel
     known_gap: str = ""  # a documented miss: counted in precision and recall, but not a test failure
+    at_least: bool = False  # `expected` is a minimum (red-team cases), not the exact grade
 
     @property
     def ok(self) -> bool:
-        return self.expected == self.actual or bool(self.known_gap)
+        agrees = self.actual >= self.expected if self.at_least else self.expected == self.actual
+        return agrees or bool(self.known_gap)
 
 
 def run_golden(path: Path, config: ProjectConfig) -> list[GoldenCase]:
@@ -62,23 +74,31 @@ def run_golden(path: Path, config: ProjectConfig) -> list[GoldenCase]:
     policy = load_policy(doc.data["policy"], config, path.parent)
     cases = []
     for index, case in enumerate(doc.data.get("commands", [])):
-        actual = grade_command(policy, case["command"]).level
-        cases.append(GoldenCase(doc.location(("commands", index)), case["command"], RiskLevel.parse(case["level"]),
-                                actual, case.get("known_gap", "")))
+        raw_network = case.get("network", doc.data.get("network"))
+        scope = scope_from(doc, ("commands", index, "network"), raw_network)
+        actual = grade_command(policy, case["command"], scope).level
+        cases.append(_case(doc.location(("commands", index)), case["command"], case, actual))
     for index, case in enumerate(doc.data.get("effects", [])):
         try:
-            changes = [FileChange(**change) for change in case["changes"]]
-        except TypeError as error:
+            changes, content = changes_with_content(case["changes"])
+        except (TypeError, AttributeError, KeyError) as error:
             raise doc.error(("effects", index, "changes"), f"not a change: {error}") from None
-        actual = grade_effects(policy, changes).level
+        actual = grade_effects(policy, changes, content).level
         subject = ", ".join(f"{c.kind} {c.path}" for c in changes)
-        cases.append(GoldenCase(doc.location(("effects", index)), subject, RiskLevel.parse(case["level"]), actual))
+        cases.append(_case(doc.location(("effects", index)), subject, case, actual))
     return cases
 
 
+def _case(location: Location, subject: str, case: dict[str, Any], actual: RiskLevel) -> GoldenCase:
+    at_least = "at_least" in case
+    expected = RiskLevel.parse(case["at_least"] if at_least else case["level"])
+    return GoldenCase(location, subject, expected, actual, case.get("known_gap", ""), at_least)
+
+
 def precision_recall(cases: list[GoldenCase], at_least: RiskLevel) -> tuple[float, float]:
-    """Of the cases graded >= `at_least`, how many should be (precision); of those that should, how many are."""
-    predicted = [c for c in cases if c.actual >= at_least]
+    """Of the cases graded >= `at_least`, how many should be (precision); of those that should, how many are.
+    A red-team case only says its minimum: above that minimum it is left out of precision (not known)."""
+    predicted = [c for c in cases if c.actual >= at_least and not (c.at_least and c.expected < at_least)]
     relevant = [c for c in cases if c.expected >= at_least]
     hits = [c for c in predicted if c.expected >= at_least]
     precision = len(hits) / len(predicted) if predicted else 1.0

@@ -18,11 +18,14 @@ from lg.config.schema_check import check_schema
 from lg.config.yamlsource import KeyPath, SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
 from lg.model import FileChange, ProjectConfig, ProjectPaths
+from lg.policy.content import ContentMatch, InlineContent, split_content
 from lg.policy.levels import RiskLevel
 from lg.policy.model import (
     ApprovalRules,
     CommandMatch,
     EffectsMatch,
+    EnvironmentMatch,
+    MatchContext,
     RedirectMatch,
     Relaxation,
     RelaxationMatch,
@@ -32,10 +35,11 @@ from lg.policy.model import (
     RuleKind,
     Thresholds,
 )
+from lg.policy.network import NONE, UNKNOWN, NetworkScope
 from lg.policy.schema import policy_schema
 
 _FLAG = re.compile(r"^(-[A-Za-z0-9]|--[A-Za-z0-9][A-Za-z0-9-]*)$")
-MATCH_KINDS: tuple[RuleKind, ...] = ("command", "redirect", "allow", "effects", "relaxation")
+MATCH_KINDS: tuple[RuleKind, ...] = ("command", "redirect", "allow", "environment", "effects", "relaxation")
 
 
 
@@ -168,8 +172,8 @@ def _rule(doc: SourceDoc, index: int, raw: dict[str, Any], problems: list[Invali
     kinds = [kind for kind in MATCH_KINDS if kind in raw]
     if len(kinds) != 1:
         found = ", ".join(kinds) or "none"
-        problems.append(doc.error(where, "a rule matches exactly one of command, redirect, allow, effects, "
-                                         f"relaxation (found: {found})"))
+        problems.append(doc.error(where, "a rule matches exactly one of command, redirect, allow, environment, "
+                                         f"effects, relaxation (found: {found})"))
         return None
     kind = kinds[0]
     try:
@@ -197,21 +201,32 @@ def _command(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> CommandMatc
                             f"{bad[0]!r} can never match: write one flag per spelling, -r or --recursive "
                             "(commands' -rf is split into -r and -f, so a rule wanting both uses two groups)")
         groups.append(frozenset(group))
-    pattern = None
-    if "args_regex" in raw:
-        try:
-            pattern = re.compile(raw["args_regex"])
-        except re.error as error:
-            raise doc.error((*where, "args_regex"), f"regular expression does not compile: {error}") from None
     return CommandMatch(
         programs=_strings(raw["program"]), flag_groups=tuple(groups), subcommand=_strings(raw.get("subcommand", [])),
-        args=tuple(raw.get("args", ())), args_regex=pattern, dynamic_args=raw.get("dynamic_args", False),
-        piped_from=tuple(raw.get("piped_from", ())), via=tuple(raw.get("via", ())),
+        args=tuple(raw.get("args", ())), args_regex=_regex(doc, where, raw, "args_regex"),
+        dynamic_args=raw.get("dynamic_args", False), piped_from=tuple(raw.get("piped_from", ())),
+        via=tuple(raw.get("via", ())), path=tuple(raw.get("path", ())), untrusted_path=raw.get("untrusted_path", False),
+        code_options=tuple(raw.get("code_options", ())), inline=frozenset(raw.get("inline", ())),
+        network=frozenset(raw.get("network", ())), profile_network=raw.get("profile_network"),
+        hosts_allowed=raw.get("hosts_allowed"), runs_download=raw.get("runs_download", False),
     )
 
 
+def _regex(doc: SourceDoc, where: KeyPath, raw: dict[str, Any], key: str) -> re.Pattern[str] | None:
+    if key not in raw:
+        return None
+    try:
+        return re.compile(raw[key])
+    except re.error as error:
+        raise doc.error((*where, key), f"regular expression does not compile: {error}") from None
+
+
 def _redirect(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> RedirectMatch:
-    return RedirectMatch(tuple(raw["targets"]))
+    return RedirectMatch(tuple(raw["targets"]), reads=raw.get("reads", False))
+
+
+def _environment(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> EnvironmentMatch:
+    return EnvironmentMatch(_strings(raw["names"]), _regex(doc, where, raw, "value_regex"))
 
 
 def _allow(doc: SourceDoc, where: KeyPath, raw: list[str]) -> tuple[str, ...]:
@@ -220,10 +235,18 @@ def _allow(doc: SourceDoc, where: KeyPath, raw: list[str]) -> tuple[str, ...]:
 
 def _effects(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> EffectsMatch:
     kinds = frozenset(raw.get("kinds", ("created", "modified", "deleted")))
-    if (raw.get("executable") or raw.get("symlink_outside")) and kinds == {"deleted"}:
+    if (raw.get("executable") or raw.get("symlink_outside") or raw.get("setuid")) and kinds == {"deleted"}:
         raise doc.error(where, "can never match: a deleted file is neither executable nor a symlink")
+    content = None
+    if "content" in raw:
+        inner = raw["content"]
+        content = ContentMatch(
+            added_regex=_regex(doc, (*where, "content"), inner, "added_regex"),
+            count_drops=_regex(doc, (*where, "content"), inner, "count_drops"),
+            changed_keys=tuple(inner.get("changed_keys", ())), secrets=inner.get("secrets", False))
     return EffectsMatch(
         paths=tuple(raw.get("paths", ())), kinds=kinds, executable=raw.get("executable", False),
+        setuid=raw.get("setuid", False), content=content,
         symlink_outside=raw.get("symlink_outside", False), count_over=raw.get("count_over"),
         bytes_over=raw.get("bytes_over"),
     )
@@ -234,7 +257,8 @@ def _relaxation(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> Relaxati
 
 
 _MATCHERS: dict[str, Callable[[SourceDoc, KeyPath, Any], Any]] = {
-    "command": _command, "redirect": _redirect, "allow": _allow, "effects": _effects, "relaxation": _relaxation,
+    "command": _command, "redirect": _redirect, "allow": _allow, "environment": _environment, "effects": _effects,
+    "relaxation": _relaxation,
 }
 
 
@@ -250,6 +274,7 @@ def _check_examples(doc: SourceDoc, policy: RiskPolicy, own: list[Rule | None]) 
     if verdicts.passed("policy-examples", subject, verdicts.lg_source_digest()):
         return
     problems: list[InvalidInput] = []
+    context = MatchContext(known=policy.known_programs)
     for index, raw in enumerate(doc.data.get("rules", [])):
         rule = own[index]
         if rule is None:
@@ -258,7 +283,8 @@ def _check_examples(doc: SourceDoc, policy: RiskPolicy, own: list[Rule | None]) 
             for position, example in enumerate(raw.get("examples", {}).get(expected, [])):
                 where: KeyPath = ("rules", index, "examples", expected, position)
                 try:
-                    matched = rule_matches_example(rule, _example(doc, where, rule, example))
+                    graded, scope = _example(doc, where, rule, example)
+                    matched = rule_matches_example(rule, graded, MatchContext(scope, context.known))
                 except InvalidInput as error:
                     problems.append(error)
                     continue
@@ -270,17 +296,44 @@ def _check_examples(doc: SourceDoc, policy: RiskPolicy, own: list[Rule | None]) 
     verdicts.remember("policy-examples", subject, verdicts.lg_source_digest())
 
 
-def _example(doc: SourceDoc, where: KeyPath, rule: Rule, example: Any) -> Any:
-    if rule.kind in ("command", "redirect", "allow"):
+def _example(doc: SourceDoc, where: KeyPath, rule: Rule, example: Any) -> tuple[Any, NetworkScope]:
+    """(what the example grades, the network it is graded under: unknown unless it says)."""
+    if rule.kind in ("command", "redirect", "allow", "environment"):
+        if isinstance(example, dict) and isinstance(example.get("command"), str):
+            return example["command"], scope_from(doc, (*where, "network"), example.get("network"))
         if not isinstance(example, str):
-            raise doc.error(where, "a command example is a command line (a string)")
-        return example
+            raise doc.error(where, "a command example is a command line (a string), or {command, network}")
+        return example, UNKNOWN
     if rule.kind == "relaxation":
         if not isinstance(example, dict) or "kind" not in example:
             raise doc.error(where, "a relaxation example is a mapping with 'kind' (and 'detail')")
-        return Relaxation(str(example["kind"]), str(example.get("detail", "")))
+        return Relaxation(str(example["kind"]), str(example.get("detail", ""))), UNKNOWN
     changes = example if isinstance(example, list) else [example]
     try:
-        return [FileChange(**change) for change in changes]
-    except TypeError as error:
+        return changes_with_content(changes), UNKNOWN
+    except (TypeError, AttributeError) as error:
         raise doc.error(where, f"an effects example is a change (path, kind, size, mode...): {error}") from None
+
+
+def changes_with_content(raw: list[dict[str, Any]]) -> tuple[list[FileChange], InlineContent]:
+    """Changes as written in examples, golden files and --effects files: `content`/`old_content` give the text."""
+    changes, new_text, old_text = [], {}, {}
+    for item in raw:
+        change, new, old = split_content(item)
+        changes.append(FileChange(**change))
+        if new is not None:
+            new_text[change["path"]] = new
+        if old is not None:
+            old_text[change["path"]] = old
+    return changes, InlineContent(new_text, old_text)
+
+
+def scope_from(doc: SourceDoc, where: KeyPath, raw: Any) -> NetworkScope:
+    """`network: none`, or a list of allow-list entries as VM profiles' relaxations spell them (pypi.org:443)."""
+    if raw is None:
+        return UNKNOWN
+    if raw == "none":
+        return NONE
+    if isinstance(raw, list) and all(isinstance(entry, str) for entry in raw):
+        return NetworkScope.of(raw)
+    raise doc.error(where, "network is 'none' or a list of hosts the profile allows (host:port)")

@@ -18,7 +18,8 @@ def _strings(description: str = "", *, min_items: int = 1) -> dict[str, Any]:
 
 
 def _examples() -> dict[str, Any]:
-    sample = {"description": "a command line, or (effects rules) a list of changes, or (relaxations) one"}
+    sample = {"description": "a command line (or {command, network: none | [host:port]}), or (effects rules) a "
+                             "list of changes, or (relaxations) one"}
     return {
         "type": "object",
         "additionalProperties": False,
@@ -41,6 +42,24 @@ def _command() -> dict[str, Any]:
             "dynamic_args": {"type": "boolean", "description": "some argument is a variable or substitution"},
             "piped_from": _strings("the command reads a pipe fed by one of these programs"),
             "via": _strings("the command runs through one of these wrappers or shells (sudo, sh, eval)"),
+            "path": _strings("globs on the program as written with a directory (/tmp/**, ./bin/*)"),
+            "untrusted_path": {"const": True, "description": "the program is given with a directory that is neither "
+                                                             "the system's nor a conventional tool install (a venv, "
+                                                             "node_modules/.bin): ./bin/ls is not ls"},
+            "code_options": _strings("globs: the program runs code through one of these options "
+                                     "(git -c core.pager, sort --compress-program, sed e)"),
+            "inline": {"type": "array", "minItems": 1, "uniqueItems": True,
+                       "items": {"enum": ["spawn", "delete", "dynamic", "unparsed"]},
+                       "description": "what the program's inline code (python -c, perl -e, awk) does"},
+            "network": {"type": "array", "minItems": 1, "uniqueItems": True,
+                        "items": {"enum": ["fetch", "upload", "raw"]},
+                        "description": "the command fetches, sends (uploads) or opens a raw connection"},
+            "profile_network": {"type": "boolean",
+                                "description": "the step's VM profile gives it some network (true) or none (false)"},
+            "hosts_allowed": {"type": "boolean",
+                              "description": "every host the command names is on the profile's allow-list"},
+            "runs_download": {"const": True,
+                              "description": "the command runs a file an earlier command of the script downloaded"},
         },
     }
 
@@ -54,10 +73,22 @@ def _effects() -> dict[str, Any]:
             "paths": _strings("workspace-relative globs; ** crosses directories; no '/' matches at any depth"),
             "kinds": {"type": "array", "minItems": 1, "uniqueItems": True,
                       "items": {"enum": ["created", "modified", "deleted"]}},
-            "executable": {"const": True, "description": "a file becomes executable"},
+            "executable": {"const": True, "description": "a file (not a symlink) becomes executable"},
+            "setuid": {"const": True, "description": "a file becomes setuid or setgid"},
             "symlink_outside": {"const": True, "description": "a symlink points outside the workspace"},
             "count_over": {"type": "integer", "minimum": 0},
             "bytes_over": {"type": "integer", "minimum": 0},
+            "content": {
+                "type": "object", "additionalProperties": False, "minProperties": 1,
+                "description": "conditions on what changed inside the files (all that are given must hold)",
+                "properties": {
+                    "added_regex": {"type": "string", "minLength": 1, "description": "some added line matches"},
+                    "count_drops": {"type": "string", "minLength": 1,
+                                    "description": "fewer matches of this regex after the change (hashes lost)"},
+                    "changed_keys": _strings("JSON/TOML dotted keys (globs per level) whose value changed"),
+                    "secrets": {"const": True, "description": "detect-secrets finds a secret in added content"},
+                },
+            },
         },
     }
 
@@ -74,8 +105,18 @@ def rule_schema() -> dict[str, Any]:
             "deny": {"type": "boolean", "description": "refuse outright instead of asking for approval"},
             "command": _command(),
             "redirect": {"type": "object", "additionalProperties": False, "required": ["targets"],
-                         "properties": {"targets": _strings("path globs written by > or >>")}},
+                         "properties": {"targets": _strings("path globs written by > or >>, or by an option or "
+                                                            "argument naming a file the program writes"),
+                                        "reads": {"type": "boolean", "description": "match input redirections "
+                                                                                    "(<) instead"}}},
             "allow": _strings("programs known to be safe: green unless a risk rule matches them"),
+            "environment": {
+                "type": "object", "additionalProperties": False, "required": ["names"],
+                "description": "an environment variable set for the step's commands (VAR=v cmd, env, export)",
+                "properties": {"names": _strings("globs on the variable's name"),
+                               "value_regex": {"type": "string", "minLength": 1,
+                                               "description": "search in the value as written"}},
+            },
             "effects": _effects(),
             "relaxation": {
                 "type": "object", "additionalProperties": False, "required": ["kinds"],

@@ -36,6 +36,7 @@ from lg.errors import (
 )
 from lg.inputs.run_inputs import RunInputs
 from lg.model import FileChange, Pipeline, ProjectConfig, Step
+from lg.policy.content import DirContent
 from lg.policy.grade import grade_effects, grade_script
 from lg.policy.model import Assessment, RiskPolicy
 from lg.pool.key import PoolKey
@@ -43,6 +44,7 @@ from lg.pool.provider import VmProvider, open_provider
 from lg.runner.console import StepOutput, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
 from lg.runner.gating import GateNeed, Waiter, before_gate, effects_gate
+from lg.runner.secret_outputs import masked_result
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
 from lg.runner.workspace import UnsafeChange
 from lg.runs.gates import Clock, Gate, GateStore, gate_id_for
@@ -370,6 +372,7 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
                                audited=False)  # the run's record of its failure says it
                 raise
             output.flush()
+            result = masked_result(result, mask, output.note)  # no declared secret in stored outputs
             store.record_attempt(record.id, step.id, result)
             if result.status is StepStatus.SUCCEEDED:
                 break
@@ -389,7 +392,7 @@ def _settle_effects(run: _Run, step: Step, record: StepRecord, script: str) -> S
     base: dict[str, str | None] | None = None
     graded: dict[str, Any] | None = None
     if record.status is not StepStatus.APPLYING:
-        effects = grade_effects(run.request.policy, changes)
+        effects = grade_effects(run.request.policy, changes, DirContent(run.request.workspace, held))
         need = effects_gate(run.request.policy, step, effects, changes)
         graded = effects.to_json()
         if effects.denied or need is not None:  # else the grade commits with "applying" (one fsync fewer)

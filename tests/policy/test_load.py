@@ -133,9 +133,9 @@ def test_examples_that_passed_are_not_checked_again_and_failures_always_are(
     monkeypatch.setenv("LG_CACHE_DIR", str(tmp_path / "cache"))
     checked: list[object] = []
     real = grade.rule_matches_example
-    def counted(rule: Any, example: Any) -> bool:
+    def counted(rule: Any, example: Any, *context: Any) -> bool:
         checked.append(example)
-        return real(rule, example)
+        return real(rule, example, *context)
 
     monkeypatch.setattr(grade, "rule_matches_example", counted)
     load_policy_file(write("a.yaml", EXAMPLED % "rm y"))
