@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from lg.config.pipeline import load_pipeline
 from lg.config.project import load_project_config
-from lg.errors import InternalError, InvalidInput, InvalidInputs, Location
+from lg.errors import EnvironmentUnfit, InvalidInput, InvalidInputs, Location
 from lg.images.recipe import find_recipe
 from lg.images.store import BuiltImage, require_image
 from lg.model import Pipeline, ProjectConfig, Step
@@ -82,8 +82,8 @@ class RunInputs:
     def image_for(self, step: Step) -> BuiltImage:
         name = step.image or self.pipeline.image
         image = self.images.get(name)
-        if image is None:  # inputs bound for a run resolve the image of every step: asking for another is a bug
-            raise InternalError(f"image {name!r} was not resolved when the run's inputs were loaded")
+        if image is None:  # inputs loaded for checking only (no images): the pool then makes nothing ahead for it
+            raise EnvironmentUnfit(f"image {name!r} was not resolved when the run's inputs were loaded")
         return image
 
     def files_json(self) -> list[dict[str, Any]]:

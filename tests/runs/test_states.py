@@ -112,6 +112,7 @@ ALLOWED = {
     ("vm/agent_client.py", "timed_out"): "the guest agent's exec answer field, read on the host side",
     ("vm/qemu_snapshot.py", "failed"): "a status of QEMU's migration (QMP query-migrate)",
     ("vm/qemu_snapshot.py", "cancelled"): "a status of QEMU's migration (QMP query-migrate)",
+    ("policy/inline.py", "open"): "Python's open() in inline code the policy reads (`python -c`)",
 }
 
 
