@@ -21,7 +21,8 @@ import psutil
 
 from lg.errors import EnvironmentUnfit, ExitCode, InternalError, InvalidInput
 from lg.model import FileChange
-from lg.runs.audit import AuditLog, AuditRecord
+from lg.runs import crosscheck
+from lg.runs.audit import AuditLog, AuditRecord, Problem
 from lg.runs.database import StateDamaged, connect, reported, unreadable_row
 from lg.runs.gates import GateStore
 from lg.runs.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
@@ -216,7 +217,7 @@ class RunStore:
         records. Commands that change state call this first. A file with damaged pages is refused before that,
         whatever the pages hold: writing into it could spread the damage to what is still sound."""
         self.check_integrity()
-        problems = self.audit_log.verify()
+        problems = self.verify_audit()
         if problems:
             first = problems[0]
             raise EnvironmentUnfit(
@@ -224,6 +225,19 @@ class RunStore:
                 "refusing to add to it",
                 fix="`lg audit verify` lists every problem; keep the database as evidence, move the state "
                     "directory aside, and start a new one")
+
+    def verify_audit(self) -> list[Problem]:
+        """The audit chain (lg.runs.audit), and the runs, gates and decisions in the tables against it
+        (lg.runs.crosscheck): a log emptied together with its head is an intact chain, not an intact log."""
+        problems = self.audit_log.verify()
+        records = list(self.audit_log.records())
+        if not records and not self.audit_log.head_path.exists():
+            runs = self._db.execute("SELECT count(*) FROM runs").fetchone()[0]
+            if runs:
+                problems.append(Problem(None, f"the audit log is empty and {self.audit_log.head_path} is missing, "
+                                              f"but the database holds {runs} run(s): records and head were "
+                                              "deleted"))
+        return problems + crosscheck.check(self._db, records)
 
     def check_integrity(self) -> None:
         """SQLite's own check of every page and index (`PRAGMA quick_check`: linear in the file's size, about
