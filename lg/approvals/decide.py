@@ -22,6 +22,11 @@ from lg.runs.store import RunRecord
 
 PAYLOAD_FORMAT = "lg-decision/1"
 
+MIN_DIGEST_PREFIX = 16
+"""Hex digits `--digest` must give at least: what `lg pending`, `lg show` and the card print. A shorter prefix
+binds the decision to too little: the empty one matched every digest (issue #20), and 8 digits (32 bits) can be
+matched by grinding a changed subject offline in minutes; 16 (64 bits) cannot."""
+
 
 class DecisionRefused(InvalidInput):
     """The decision cannot be taken (wrong gate, not allowed, bad signature). Nothing was recorded."""
@@ -75,6 +80,15 @@ def resolve_gate(gates: GateStore, run: RunRecord, gate_id: str | None) -> Gate:
     raise DecisionRefused(f"run {run.id} has several open gates; name one: {describe(open_gates)}")
 
 
+def digest_prefix(text: str) -> str:
+    """`--digest TEXT` as the lower-case hex prefix a gate's digest must start with, or refused (exit 2)."""
+    prefix = text.strip().lower()
+    if len(prefix) < MIN_DIGEST_PREFIX or len(prefix) > 64 or any(c not in "0123456789abcdef" for c in prefix):
+        raise DecisionRefused(f"--digest {text!r}: give at least the first {MIN_DIGEST_PREFIX} hex digits of the "
+                              "gate's SHA-256 digest, as `lg pending` and `lg show` print it")
+    return prefix
+
+
 def payload_for(gate: Gate, verdict: Verdict, comment: str | None) -> str:
     return json.dumps({
         "format": PAYLOAD_FORMAT, "run": gate.run_id, "gate": gate.gate_id, "digest": gate.digest,
@@ -97,7 +111,7 @@ def decide(gates: GateStore, run: RunRecord, gate: Gate, verdict: Verdict, comme
     if not gate.is_open:
         raise DecisionRefused(f"gate {gate.gate_id} of run {run.id} is already {gate.status}"
                               + (f" ({gate.outcome})" if gate.outcome else ""))
-    if expected_digest is not None and not gate.digest.startswith(expected_digest.lower()):
+    if expected_digest is not None and not gate.digest.startswith(digest_prefix(expected_digest)):
         raise DecisionRefused(f"--digest {expected_digest}: gate {gate.gate_id} now has digest {gate.digest[:16]}; "
                               "what you reviewed is not what would be approved")
     if signed is not None:

@@ -20,7 +20,8 @@ key_option = click.option(
     help="Sign the decision with this SSH key (private key, or public key held by ssh-agent). [env: LG_SIGNING_KEY]")
 digest_option = click.option(
     "--digest", metavar="SHA256",
-    help="Refuse unless the gate's digest starts with this (bind the decision to what you reviewed).")
+    help="Refuse unless the gate's digest starts with this (at least its first 16 hex digits, as lg pending "
+         "prints them): binds the decision to what you reviewed.")
 signed_option = click.option(
     "--signed", type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Submit a decision signed elsewhere (written by --sign-only).")
@@ -148,8 +149,16 @@ def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | N
             digest: str | None, signed_file: Path | None, sign_only: Path | None, as_json: bool) -> int:
     import json  # noqa: PLC0415
 
-    from lg.approvals.decide import SignedDecision, decide, resolve_gate, sign_decision  # noqa: PLC0415
+    from lg.approvals.decide import (  # noqa: PLC0415
+        SignedDecision,
+        decide,
+        digest_prefix,
+        resolve_gate,
+        sign_decision,
+    )
 
+    if digest is not None:
+        digest = digest_prefix(digest)  # before anything is read or signed: an empty prefix matched every gate
     if signed_file is not None and (key is not None or sign_only is not None):
         raise InvalidInput("--signed submits a decision signed elsewhere; it goes without --key and --sign-only")
     if sign_only is not None and key is None:
@@ -158,7 +167,7 @@ def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | N
     store.require_intact_audit()
     record = store.run(run_id)
     gate = resolve_gate(gates, record, gate_id)
-    if digest is not None and not gate.digest.startswith(digest.lower()):
+    if digest is not None and not gate.digest.startswith(digest):
         raise InvalidInput(f"--digest {digest}: gate {gate.gate_id} has digest {gate.digest[:16]}; what you "
                            "reviewed is not what would be approved")
     signed = SignedDecision.read(signed_file) if signed_file else None

@@ -16,9 +16,10 @@ def audit() -> None:
 @audit.command()
 @json_option
 def verify(as_json: bool) -> int:
-    """Check the whole chain; report every edited, deleted, inserted or reordered record. Exit 1 if any."""
+    """Check the whole chain, and the runs, gates and decisions against it; report every edited, deleted,
+    inserted or reordered record and every run without its records. Exit 1 if any."""
     store = state_store()
-    problems = store.audit_log.verify()
+    problems = store.verify_audit()
     count = sum(1 for _ in store.audit_log.records())
     if as_json:
         emit_json({"ok": not problems, "records": count,

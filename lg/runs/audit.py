@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lg.runs.database import path_of, unreadable_row
+
 GENESIS = "0" * 64
 
 _SCHEMA = """
@@ -61,6 +63,16 @@ def record_hash(seq: int, ts: float, kind: str, run_id: str | None, data_text: s
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _hash_matches(seq: int, ts: float, kind: str, run_id: str | None, data_text: str, prev: str,
+                  digest: str) -> bool:
+    """Whether a stored record is what its hash says; a record whose values are of types append() never wrote
+    (a damaged page read back as a blob, say) is not."""
+    try:
+        return record_hash(seq, ts, kind, run_id, data_text, prev) == digest
+    except (TypeError, ValueError):
+        return False
+
+
 class AuditLog:
     """Appends to and verifies the chain. Appends happen inside the caller's SQLite connection."""
 
@@ -88,7 +100,10 @@ class AuditLog:
 
     def records(self) -> Iterator[AuditRecord]:
         for row in self._db.execute("SELECT seq, ts, kind, run_id, data, prev, hash FROM audit ORDER BY rowid"):
-            yield AuditRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
+            try:
+                yield AuditRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
+            except (ValueError, TypeError) as error:  # not what append() wrote: the file is damaged
+                raise unreadable_row(path_of(self._db), "audit", error) from error
 
     def verify(self) -> list[Problem]:
         """Every break in the chain, in order. An empty list means the log is intact."""
@@ -102,7 +117,7 @@ class AuditLog:
             if prev != expected_prev:
                 problems.append(Problem(seq, f"record {seq} does not follow the record before it: "
                                              "a record was inserted, deleted or reordered here"))
-            if record_hash(seq, ts, kind, run_id, data_text, prev) != digest:
+            if not _hash_matches(seq, ts, kind, run_id, data_text, prev, digest):
                 problems.append(Problem(seq, f"record {seq} ({kind}) was edited: its content does not match its hash"))
             expected_prev, expected_seq = digest, seq + 1
         problems.extend(self._check_head(len(rows) and rows[-1][0], expected_prev))

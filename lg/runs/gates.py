@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from lg.errors import InvalidInput
 from lg.runs.audit import AuditRecord
+from lg.runs.database import path_of, unreadable_row
 from lg.runs.states import GATES, GateStatus
 
 GateKind = Literal["explicit", "before", "effects"]
@@ -109,21 +111,22 @@ class GateStore:
         self.store = store
         self.clock = clock
         self._db = store.connection
+        self._path = path_of(self._db)
 
     # --- reading -----------------------------------------------------------------------------------------
 
     def gate(self, run_id: str, gate_id: str) -> Gate | None:
         row = self._db.execute("SELECT * FROM gates WHERE run_id = ? AND gate_id = ?", (run_id, gate_id)).fetchone()
-        return _gate(row) if row else None
+        return _gate(row, self._path) if row else None
 
     def gates(self, run_id: str) -> list[Gate]:
         rows = self._db.execute("SELECT * FROM gates WHERE run_id = ? ORDER BY created", (run_id,)).fetchall()
-        return [_gate(row) for row in rows]
+        return [_gate(row, self._path) for row in rows]
 
     def open_gates(self) -> list[Gate]:
         self.expire_due()
         rows = self._db.execute("SELECT * FROM gates WHERE status = ? ORDER BY created", (GateStatus.OPEN,)).fetchall()
-        return [_gate(row) for row in rows]
+        return [_gate(row, self._path) for row in rows]
 
     def decisions(self, gate: Gate, *, current_only: bool = True) -> list[Decision]:
         query = "SELECT * FROM decisions WHERE run_id = ? AND gate_id = ?"
@@ -146,7 +149,7 @@ class GateStore:
         with self.store.transaction() as db:
             row = db.execute("SELECT * FROM gates WHERE run_id = ? AND gate_id = ?", (run_id, gate_id)).fetchone()
             if row is not None and row["digest"] == digest:
-                return _gate(row)
+                return _gate(row, self._path)
             if row is not None:
                 GATES.check(f"gate {gate_id} of run {run_id}", GateStatus(row["status"]), GateStatus.OPEN)
             values = (kind, GateStatus.OPEN, digest, _dump(subject), _dump(card), _dump(asdict(rules)), now, expires)
@@ -259,14 +262,17 @@ class GateStore:
                              digest=gate.digest, outcome=outcome)
 
 
-def _gate(row: sqlite3.Row) -> Gate:
+def _gate(row: sqlite3.Row, path: Path) -> Gate:
     data = dict(row)
-    return Gate(
-        run_id=data["run_id"], gate_id=data["gate_id"], step_id=data["step_id"], kind=data["kind"],
-        status=GateStatus(data["status"]), digest=data["digest"], subject=json.loads(data["subject"]),
-        card=json.loads(data["card"]), rules=GateRules.from_json(json.loads(data["rules"])),
-        created=data["created"], expires=data["expires"], decided=data["decided"], outcome=data["outcome"],
-    )
+    try:
+        return Gate(
+            run_id=data["run_id"], gate_id=data["gate_id"], step_id=data["step_id"], kind=data["kind"],
+            status=GateStatus(data["status"]), digest=data["digest"], subject=json.loads(data["subject"]),
+            card=json.loads(data["card"]), rules=GateRules.from_json(json.loads(data["rules"])),
+            created=data["created"], expires=data["expires"], decided=data["decided"], outcome=data["outcome"],
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as error:  # what lg never wrote: a damaged file
+        raise unreadable_row(path, "gates", error) from error
 
 
 def _dump(data: Any) -> str:

@@ -21,7 +21,9 @@ import psutil
 
 from lg.errors import EnvironmentUnfit, ExitCode, InternalError, InvalidInput
 from lg.model import FileChange
-from lg.runs.audit import AuditLog, AuditRecord
+from lg.runs import crosscheck
+from lg.runs.audit import AuditLog, AuditRecord, Problem
+from lg.runs.database import StateDamaged, connect, reported, unreadable_row
 from lg.runs.gates import GateStore
 from lg.runs.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from lg.runs.states import (
@@ -158,7 +160,9 @@ class RunStore:
         self.path = state_dir / "lg.db"
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db = connect(self.path, timeout=30)
+        except StateDamaged:
+            raise
         except (OSError, sqlite3.Error) as error:
             raise EnvironmentUnfit(f"cannot open the state database {self.path}: {error}",
                                    fix="check the state_dir in lg.yaml (or LG_STATE_DIR) is writable") from error
@@ -167,29 +171,39 @@ class RunStore:
 
     def _init_schema(self) -> None:
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self.audit_log = AuditLog(self._db, self.state_dir)
-            self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise EnvironmentUnfit(f"{self.path} was written by a newer lg (schema {version})",
-                                       fix="upgrade lg, or point LG_STATE_DIR elsewhere")
-            if version == 0:
-                with self.transaction() as db:
-                    # One statement at a time: executescript() would commit our transaction half-way.
-                    for statement in filter(str.strip, SCHEMA.split(";")):
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            for step in range(max(version, 1), SCHEMA_VERSION) if version else ():
-                with self.transaction() as db:
-                    for statement in filter(str.strip, MIGRATIONS[step]):
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version={step + 1}")
-        except sqlite3.DatabaseError as error:
-            raise EnvironmentUnfit(
-                f"the state database {self.path} is unreadable ({error}); it was left as it is",
-                fix="move it aside to keep it for inspection; lg then starts a new one",
-            ) from error
+            with reported(self.path):
+                self._migrate()
+        except StateDamaged:
+            raise
+        except sqlite3.DatabaseError as error:  # rolled back: nothing changed
+            if "duplicate column" in str(error) or "already exists" in str(error):
+                # A migration that cannot apply: the version in the file's header is not its tables' version.
+                raise StateDamaged(self.path, f"{error}: its header's schema version does not match its tables"
+                                   ) from error
+            raise EnvironmentUnfit(f"cannot open the state database {self.path}: {error}",
+                                   fix="check the state directory's disk space and permissions") from error
+
+    def _migrate(self) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self.audit_log = AuditLog(self._db, self.state_dir)
+        self._db.execute("PRAGMA foreign_keys=ON")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version < 0:
+            raise StateDamaged(self.path, f"its header says schema version {version}")
+        if version > SCHEMA_VERSION:
+            raise EnvironmentUnfit(f"{self.path} was written by a newer lg (schema {version})",
+                                   fix="upgrade lg, or point LG_STATE_DIR elsewhere")
+        if version == 0:
+            with self.transaction() as db:
+                # One statement at a time: executescript() would commit our transaction half-way.
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        for step in range(max(version, 1), SCHEMA_VERSION) if version else ():
+            with self.transaction() as db:
+                for statement in filter(str.strip, MIGRATIONS[step]):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={step + 1}")
 
     def audit(self, kind: str, run_id: str | None, **data: Any) -> AuditRecord:
         """Append an audit record in its own transaction (inside an open one, as part of it)."""
@@ -200,8 +214,10 @@ class RunStore:
 
     def require_intact_audit(self) -> None:
         """Refuse to add to an audit log that was tampered with: appending would bury the evidence under valid
-        records. Commands that change state call this first."""
-        problems = self.audit_log.verify()
+        records. Commands that change state call this first. A file with damaged pages is refused before that,
+        whatever the pages hold: writing into it could spread the damage to what is still sound."""
+        self.check_integrity()
+        problems = self.verify_audit()
         if problems:
             first = problems[0]
             raise EnvironmentUnfit(
@@ -209,6 +225,26 @@ class RunStore:
                 "refusing to add to it",
                 fix="`lg audit verify` lists every problem; keep the database as evidence, move the state "
                     "directory aside, and start a new one")
+
+    def verify_audit(self) -> list[Problem]:
+        """The audit chain (lg.runs.audit), and the runs, gates and decisions in the tables against it
+        (lg.runs.crosscheck): a log emptied together with its head is an intact chain, not an intact log."""
+        problems = self.audit_log.verify()
+        records = list(self.audit_log.records())
+        if not records and not self.audit_log.head_path.exists():
+            runs = self._db.execute("SELECT count(*) FROM runs").fetchone()[0]
+            if runs:
+                problems.append(Problem(None, f"the audit log is empty and {self.audit_log.head_path} is missing, "
+                                              f"but the database holds {runs} run(s): records and head were "
+                                              "deleted"))
+        return problems + crosscheck.check(self._db, records)
+
+    def check_integrity(self) -> None:
+        """SQLite's own check of every page and index (`PRAGMA quick_check`: linear in the file's size, about
+        as costly as verifying the audit chain, which these commands do anyway)."""
+        found = [row[0] for row in self._db.execute("PRAGMA quick_check(3)").fetchall()]
+        if found != ["ok"]:
+            raise StateDamaged(self.path, "; ".join(str(problem) for problem in found))
 
     def close(self) -> None:
         self._db.close()
@@ -248,16 +284,16 @@ class RunStore:
         ).fetchall()
         exact = [row for row in rows if row["id"] == run_id]
         if exact:
-            return _run(exact[0])
+            return _run(exact[0], self.path)
         if len(rows) == 1:
-            return _run(rows[0])
+            return _run(rows[0], self.path)
         if not rows:
             raise InvalidInput(f"no run {run_id!r} (see `lg runs`)")
         raise InvalidInput(f"run id prefix {run_id!r} is ambiguous")
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
-        return [_run(row) for row in rows]
+        return [_run(row, self.path) for row in rows]
 
     def run_dir(self, run_id: str) -> Path:
         path = self.state_dir / "runs" / run_id
@@ -373,7 +409,7 @@ class RunStore:
 
     def steps(self, run_id: str) -> list[StepRecord]:
         rows = self._db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
-        return [_step(row) for row in rows]
+        return [_step(row, self.path) for row in rows]
 
     # --- steps: transitions -------------------------------------------------------------------------------
 
@@ -519,13 +555,19 @@ def _write(db: sqlite3.Connection, table: str, columns: Mapping[str, object], wh
     db.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*values, *key))  # noqa: S608
 
 
-def _run(row: sqlite3.Row) -> RunRecord:
-    inputs = json.loads(row["inputs"]) if row["inputs"] is not None else None
-    return RunRecord(**{**dict(row), "status": RunStatus(row["status"]), "inputs": inputs})
+def _run(row: sqlite3.Row, path: Path) -> RunRecord:
+    try:
+        inputs = json.loads(row["inputs"]) if row["inputs"] is not None else None
+        return RunRecord(**{**dict(row), "status": RunStatus(row["status"]), "inputs": inputs})
+    except (ValueError, TypeError) as error:  # a status or JSON lg never wrote: the file is damaged
+        raise unreadable_row(path, "runs", error) from error
 
 
-def _step(row: sqlite3.Row) -> StepRecord:
+def _step(row: sqlite3.Row, path: Path) -> StepRecord:
     data = dict(row)
-    for key in JSON_COLUMNS:
-        data[key] = json.loads(data[key]) if data[key] is not None else None
-    return StepRecord(**{**data, "status": StepStatus(data["status"])})
+    try:
+        for key in JSON_COLUMNS:
+            data[key] = json.loads(data[key]) if data[key] is not None else None
+        return StepRecord(**{**data, "status": StepStatus(data["status"])})
+    except (ValueError, TypeError) as error:
+        raise unreadable_row(path, "steps", error) from error

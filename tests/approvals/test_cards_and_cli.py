@@ -140,7 +140,7 @@ def test_pending_show_approve(state: RunStore, tmp_path: Path, lg: Callable[...,
     ("decided", ["approve", "{run}", "ship.before"], "already approved"),
     ("finished", ["approve", "{run}"], "already finished (succeeded)"),
     ("gate", ["reject", "{run}"], "Missing option '--reason'"),
-    ("gate", ["approve", "{run}", "--digest", "0000"], "what you reviewed is not what would be approved"),
+    ("gate", ["approve", "{run}", "--digest", "0" * 16], "what you reviewed is not what would be approved"),
     ("gate", ["approve", "{run}", "--sign-only", "x.json"], "--sign-only needs --key"),
 ])
 def test_bad_decisions_exit_2_with_a_clear_message(state: RunStore, tmp_path: Path, lg: Callable[..., Any],
@@ -156,6 +156,22 @@ def test_bad_decisions_exit_2_with_a_clear_message(state: RunStore, tmp_path: Pa
     result = lg(*[arg.format(run=run_id) for arg in args])
     assert result.code == 2, result.out + result.err
     assert message in result.err
+
+
+@pytest.mark.parametrize("prefix", ["", "   ", "abc", "0123456", "g" * 16, "{digest8}", "{digest}0"])
+def test_a_short_empty_or_non_hex_digest_prefix_approves_nothing(state: RunStore, tmp_path: Path,
+                                                                 lg: Callable[..., Any], prefix: str) -> None:
+    """Issue #20 item 2: `--digest ""` matched every gate. A prefix under 16 hex digits binds nothing."""
+    run_id, gate_id = make_gate(state, tmp_path)
+    gates = GateStore(state)
+    digest = gates.gate(run_id, gate_id).digest  # type: ignore[union-attr]
+    for verdict in (["approve", run_id, gate_id], ["reject", run_id, gate_id, "--reason", "no"]):
+        result = lg(*verdict, "--digest", prefix.format(digest8=digest[:8], digest=digest))
+        assert result.code == 2, result.out + result.err
+        assert "--digest" in result.err and "16 hex digits" in result.err
+    gate = gates.gate(run_id, gate_id)
+    assert gate is not None and gate.is_open and gates.decisions(gate) == []
+    assert lg("approve", run_id, gate_id, "--digest", digest[:16].upper()).code == 0  # what lg prints is enough
 
 
 def test_cancel_closes_gates_and_refuses_twice(state: RunStore, tmp_path: Path, lg: Callable[..., Any]) -> None:

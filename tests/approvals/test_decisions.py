@@ -218,6 +218,17 @@ def test_a_decision_is_bound_to_the_digest_it_was_made_on(store: RunStore, run: 
         decide(gates, run, changed, "approve", None, user="carol", expected_digest=gate.digest[:16])
 
 
+@pytest.mark.parametrize("prefix", ["", "0", "deadbeef"])
+def test_decide_itself_refuses_a_digest_prefix_too_short_to_bind(store: RunStore, run: RunRecord, clock: Clock,
+                                                                 prefix: str) -> None:
+    """Fail closed below the CLI too: an empty expected digest used to match any gate."""
+    gate = open_gate(store, run, clock)
+    gates = GateStore(store, clock)
+    with pytest.raises(DecisionRefused, match="at least the first 16 hex digits"):
+        decide(gates, run, gate, "approve", None, user="carol", expected_digest=prefix)
+    assert gates.gate(run.id, gate.gate_id).is_open  # type: ignore[union-attr]
+
+
 def test_a_finished_run_s_gates_cannot_be_decided(store: RunStore, run: RunRecord, clock: Clock) -> None:
     from lg.approvals.decide import resolve_gate
 

@@ -228,7 +228,7 @@ def test_held_effects_are_shown_then_applied_byte_for_byte_or_discarded(lg: Call
     assert "-original\n+changed\n" in changes["keep.txt"]["diff"] and changes["blob.bin"]["diff"] is None
     assert shown["level"] == "orange" and shown["card"]["rules"][0]["rule"] == "effects.ci_config"
 
-    assert lg("approve", run.id, "ci.effects", "--digest", shown["digest"][:12]).code == 0
+    assert lg("approve", run.id, "ci.effects", "--digest", shown["digest"][:16]).code == 0
     resumed = lg("resume", run.id)
     assert resumed.code == 0, resumed.out + resumed.err
     assert (project / "blob.bin").read_bytes() == b"bin\x00\x01\xffdata"
