@@ -18,7 +18,7 @@ from lg.model import ApprovalSpec, FileChange, Step
 from lg.policy.model import Assessment, RequiredGate, RiskPolicy
 from lg.runs.gates import Clock, Gate, GateKind, GateRules, GateStore
 from lg.runs.states import GateStatus
-from lg.runs.store import RunRecord, RunStore
+from lg.runs.store import CancelRequested, RunRecord, RunStore
 
 POLL_SECONDS = 0.1
 """How often a waiting run looks for a decision: well inside the half second users are promised."""
@@ -118,6 +118,8 @@ class Waiter:
             current = self.gates.gate(gate.run_id, gate.gate_id)
             if current is None or not current.is_open:
                 break
+            if self.store.run(record.id).cancel_requested is not None:  # `lg cancel`, whatever became of its signal
+                raise CancelRequested(f"run {record.id} was cancelled while waiting at gate {gate.gate_id}")
             self.sleep(POLL_SECONDS)
         assert current is not None  # noqa: S101 - gates are never deleted while their run exists
         if current.status is GateStatus.CANCELLED:
