@@ -45,6 +45,7 @@ from lg.runner.effects import already_applied, apply_held, base_digests, discard
 from lg.runner.gating import GateNeed, Waiter, before_gate, effects_gate
 from lg.runner.interrupts import CancelWatch, deferred
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
+from lg.runner.vms import RunVms
 from lg.runner.workspace import UnsafeChange
 from lg.runs.gates import Clock, Gate, GateStore, gate_id_for
 from lg.runs.states import (
@@ -112,7 +113,7 @@ class _Run:
     waiter: Waiter
     record: RunRecord
     deadline: float | None
-    vms: VmProvider
+    vms: RunVms
 
 
 def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
@@ -135,8 +136,9 @@ def resume_run(request: RunRequest, store: RunStore, record: RunRecord) -> RunOu
 def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcome:
     pipeline = request.pipeline
     gates = GateStore(store, request.clock)
-    waiter = Waiter(store, gates, request.echo, request.colour, request.wait, clock=request.clock)
-    vms = request.vms if request.vms is not None else open_provider(request.config)
+    vms = RunVms(None, request.vms) if request.vms is not None else RunVms(lambda: open_provider(request.config))
+    waiter = Waiter(store, gates, request.echo, request.colour, request.wait, clock=request.clock,
+                    before_waiting=vms.park)
     run = _Run(request, store, gates, waiter, record,
                time.monotonic() + pipeline.timeout if pipeline.timeout else None, vms)
     states = _restore_states(run)
@@ -160,8 +162,7 @@ def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcom
         store.finish_run(record.id, RunStatus.FAILED, error.exit_code, str(error))
         raise
     finally:
-        if request.vms is None:
-            vms.close()  # the run's own pool: its idle VMs go with it
+        vms.close()  # the run's own pool: its idle VMs go with it (a shared one is left to its owner)
     try:
         return _conclude(run, states)
     except CancelRequested:  # asked after the last step ended: the run does not end any other way

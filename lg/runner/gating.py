@@ -99,6 +99,7 @@ class Waiter:
     wait: bool
     sleep: Callable[[float], None] = time.sleep
     clock: Clock = time.time
+    before_waiting: Callable[[], None] = lambda: None
 
     def until_decided(self, record: RunRecord, gate: Gate) -> Gate:
         self.gates.expire_due()
@@ -112,7 +113,9 @@ class Waiter:
             raise AwaitingApproval(
                 f"run {record.id} is waiting for approval at gate {gate.gate_id}; decide with\n  "
                 f"{decide_commands(gate)}\nthen continue it with: lg resume {record.id}")
-        self.echo(f"run {record.id}: waiting for a decision on gate {gate.gate_id}:\n  {decide_commands(gate)}")
+        self.before_waiting()  # no VM stays alive while a human decides (docs/approvals.md)
+        self.echo(f"run {record.id}: waiting for a decision on gate {gate.gate_id} (no VM is kept meanwhile):\n  "
+                  f"{decide_commands(gate)}")
         while True:
             self.gates.expire_due()
             current = self.gates.gate(gate.run_id, gate.gate_id)
