@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -13,8 +15,10 @@ import click
 import psutil
 
 from lg.cli.output import color_enabled, emit_json, json_option, state_store
-from lg.errors import ExitCode, InvalidInput, LgError
+from lg.errors import EnvironmentUnfit, ExitCode, InvalidInput, LgError
 from lg.model import Pipeline
+from lg.runner import interrupts
+from lg.runs.states import RunStatus
 from lg.runs.store import RunRecord, RunStore
 
 if TYPE_CHECKING:
@@ -22,7 +26,8 @@ if TYPE_CHECKING:
     from lg.runner.engine import RunOutcome, RunRequest
 
 CANCEL_GRACE_SECONDS = 30.0
-"""How long `lg cancel` gives a live run to destroy its VM and record the interruption."""
+"""How long `lg cancel` gives a live run to destroy its VM and record the cancellation before killing it."""
+KILL_WAIT_SECONDS = 10.0
 
 wait_option = click.option(
     "--wait", is_flag=True,
@@ -55,6 +60,7 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, 
         else:
             click.echo(render_plan(plan))
         return ExitCode.OK
+    interrupts.install()  # SIGINT and SIGTERM interrupt the run, whatever lg inherited (docs/approvals.md)
     inputs = load_run_inputs(pipeline_file, with_images=True)
     root = _workspace(workspace, inputs.pipeline)
     preflight(inputs)
@@ -85,6 +91,7 @@ def resume(run_id: str, accepted: tuple[Path, ...], wait: bool, as_json: bool) -
     from lg.runner.engine import resume_run  # noqa: PLC0415
     from lg.runner.resume import bind_unchanged_inputs  # noqa: PLC0415
 
+    interrupts.install()
     store = state_store()
     store.require_intact_audit()
     record = store.run(run_id)
@@ -98,9 +105,10 @@ def resume(run_id: str, accepted: tuple[Path, ...], wait: bool, as_json: bool) -
 @click.argument("run_id", metavar="RUN")
 @click.option("--reason", default="cancelled with lg cancel", show_default=True)
 def cancel(run_id: str, reason: str) -> int:
-    """Stop RUN for good: a live run is interrupted (its VM destroyed), open gates are closed as cancelled,
-    held effects are discarded. Nothing more of it is applied."""
-    from lg.runner.effects import discard  # noqa: PLC0415
+    """Stop RUN for good: a live run is stopped at once (its VM destroyed), open gates are closed as
+    cancelled, held effects are discarded. Nothing more of it runs or is applied; a finished run is left as it is."""
+    from lg.approvals.decide import current_user  # noqa: PLC0415
+    from lg.runner.engine import discard_held  # noqa: PLC0415
 
     store = state_store()
     store.require_intact_audit()
@@ -108,27 +116,58 @@ def cancel(run_id: str, reason: str) -> int:
     if record.finished_for_good:
         raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to cancel")
     if record.process_alive and record.pid is not None and record.pid != os.getpid():
-        _interrupt(record.pid, record)
+        # Recorded first: from now on the store refuses the run any progress, whatever becomes of the signal.
+        store.request_cancel(record.id, reason, current_user())
+        _stop(record.pid, record)
+        record = store.run(record.id)
+    if record.status is RunStatus.CANCELLED:
+        click.echo(f"run {record.id}: cancelled (its lg process {record.pid} stopped it)")
+        return ExitCode.OK
+    if record.finished_for_good:  # it ended on its own before the request reached it: never relabelled
+        raise InvalidInput(f"run {record.id} finished ({record.status}) before the cancellation reached it; "
+                           "it is left as it ended")
     store.cancel(record.id, reason)
-    held = store.run_dir(record.id) / "effects"
-    for step_dir in sorted(held.iterdir()) if held.is_dir() else []:
-        discard(step_dir)
-        store.audit("effects.discarded", record.id, step=step_dir.name, reason="run cancelled")
+    discard_held(store, record.id, "run cancelled")
     click.echo(f"run {record.id}: cancelled")
     return ExitCode.OK
 
 
-def _interrupt(pid: int, record: RunRecord) -> None:
-    """Ask the lg process running the run to stop as Ctrl-C would (it destroys its VM), then wait for it."""
+def _stop(pid: int, record: RunRecord) -> None:
+    """Tell the lg process running the run to stop (SIGTERM, which lg handles as an interrupt whatever it
+    inherited) and wait for it to cancel the run and exit. One that does not within CANCEL_GRACE_SECONDS is
+    killed: its VM dies with it, and the cancellation is then finished here."""
     try:
         process = psutil.Process(pid)
-        process.send_signal(signal.SIGINT)
-        process.wait(CANCEL_GRACE_SECONDS)
+        process.send_signal(signal.SIGTERM)
     except psutil.NoSuchProcess:
         return
-    except psutil.TimeoutExpired:
-        raise InvalidInput(f"lg process {pid} running {record.id} did not stop within {CANCEL_GRACE_SECONDS:.0f}s; "
-                           "try again, or kill it (its VM dies with it)") from None
+    except psutil.AccessDenied:
+        raise EnvironmentUnfit(f"lg process {pid} running {record.id} belongs to another user: it is asked to "
+                               "stop (recorded in the state store) and will at its next step",
+                               fix=f"run `lg cancel {record.id}` as that user to stop it now") from None
+    if _gone(process, CANCEL_GRACE_SECONDS):
+        return
+    click.echo(f"lg: lg process {pid} did not stop within {CANCEL_GRACE_SECONDS:.0f}s; killing it", err=True)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.kill()
+    if not _gone(process, KILL_WAIT_SECONDS):
+        raise EnvironmentUnfit(f"lg process {pid} running {record.id} survived SIGKILL for "
+                               f"{KILL_WAIT_SECONDS:.0f}s; the run is marked for cancellation",
+                               fix=f"check the process (ps {pid}), then `lg cancel {record.id}` again")
+
+
+def _gone(process: psutil.Process, seconds: float) -> bool:
+    """Whether the process exits within `seconds`. Exited but not yet reaped by its parent (a zombie) counts
+    as gone: it runs nothing any more, and psutil's own wait() would wait for the parent's reaping."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)  # polling another process's exit: there is no descriptor to wait on for a non-child
+    return False
 
 
 def _workspace(option: Path | None, pipeline: Pipeline) -> Path:

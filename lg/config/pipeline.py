@@ -46,7 +46,9 @@ def build_pipeline(doc: SourceDoc, config: ProjectConfig) -> Pipeline:
     builder = _PipelineBuilder(doc, config)
     pipeline = builder.build()
     if builder.errors:
-        raise InvalidInputs(sorted(builder.errors, key=_line_of))
+        # Each expansion of a matrix step is checked on its own: one mistake in its text is one error, not N.
+        unique = {str(error): error for error in reversed(builder.errors)}
+        raise InvalidInputs(sorted(unique.values(), key=_line_of))
     return pipeline
 
 
@@ -292,6 +294,11 @@ class _PipelineBuilder:
 
     def _check_expression(self, expression: str, key_path: KeyPath, context: Mapping[str, Any],
                           probe: templates.StepsProbe) -> None:
+        github = templates.github_expression_in_if(expression)
+        if github is not None:
+            self.fail(key_path, f"'{expression.strip()}' is GitHub Actions syntax; lg's if: is a bare Jinja "
+                                f"expression: write  if: {github}")
+            return
         try:
             names = templates.expression_names(expression)
             if "steps" in names:

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from lg.config.schema_check import MESSAGE
 from lg.model import HYPERVISOR_CHOICES
 
 STEP_ID_PATTERN = "^[a-z0-9_-]+$"
 ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 SECRET_NAME_PATTERN = "^[A-Z_][A-Z0-9_]*$"  # noqa: S105 - a name pattern, not a secret
 DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$"
+# An image is named by its recipe (images/NAME.yaml), never given as a path: `image: ../../../../etc/shadow`
+# was accepted (issue #20 item 8). A name ending in .yaml would be read as a path, so that is refused too.
+IMAGE_NAME_PATTERN = r"^(?!.*\.(ya?ml|json)$)[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# An artifact is a path or glob inside the workspace: relative, no '..' segment, no '~'.
+ARTIFACT_PATTERN = r"^(?![/~])(?!(.*/)?\.\.(/|$))[^\x00]+$"
 
 MAX_RETRIES = 10
 
@@ -35,6 +41,12 @@ def _env_map(description: str) -> dict[str, Any]:
         "propertyNames": {"pattern": ENV_NAME_PATTERN},
         "additionalProperties": {"type": ["string", "number", "boolean"]},
     }
+
+
+def image_name(description: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": IMAGE_NAME_PATTERN, "description": description,
+            MESSAGE: "an image is named by its recipe (images/NAME.yaml): up to 64 letters, digits, '.', '_' or "
+                     "'-', starting with a letter or digit; not a path"}
 
 
 def _name_ref(description: str) -> dict[str, Any]:
@@ -119,11 +131,15 @@ def step_schema() -> dict[str, Any]:
             "retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
             "continue_on_error": {"type": "boolean"},
             "outputs": _outputs(),
-            "artifacts": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "artifacts": {"type": "array", "items": {
+                "type": "string", "pattern": ARTIFACT_PATTERN,
+                "description": "a path or glob relative to the workspace",
+                MESSAGE: "an artifact is a path or glob inside the workspace: relative, without '..' or a "
+                         "leading '/' or '~'"}},
             "matrix": _matrix(),
             "profile": _name_ref("VM profile name or path, overriding the pipeline's"),
             "hypervisor": {"enum": list(HYPERVISOR_CHOICES)},
-            "image": _name_ref("guest image recipe name, overriding the pipeline's"),
+            "image": image_name("guest image recipe name, overriding the pipeline's"),
             "approve": _approve(),
         },
     }
@@ -166,7 +182,7 @@ def pipeline_schema() -> dict[str, Any]:
             "name": {"type": "string", "minLength": 1},
             "description": {"type": "string"},
             "hypervisor": {"enum": list(HYPERVISOR_CHOICES)},
-            "image": _name_ref("guest image recipe name (images/NAME.yaml); default from lg.yaml"),
+            "image": image_name("guest image recipe name (images/NAME.yaml); default from lg.yaml"),
             "profile": _name_ref("VM profile name (profiles/vm/NAME.yaml) or path"),
             "policy": _name_ref("risk policy name (profiles/risk/NAME.yaml) or path"),
             "vars": {

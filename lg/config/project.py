@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lg.config.locations import default_cache_dir, default_state_dir
+from lg.config.pipeline_schema import image_name
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
@@ -33,7 +34,7 @@ def project_schema() -> dict[str, Any]:
             "hypervisor": {"enum": list(HYPERVISOR_CHOICES),
                            "description": "default VM backend; auto: the best one this host can run"},
             "accelerator": {"enum": list(ACCELERATORS), "description": "auto probes KVM, falls back to TCG"},
-            "image": {"type": "string", "minLength": 1, "description": "default guest image recipe name"},
+            "image": image_name("default guest image recipe name (images/NAME.yaml)"),
             "profile": {"type": "string", "minLength": 1, "description": "default VM profile"},
             "policy": {"type": "string", "minLength": 1, "description": "default risk policy"},
             "state_dir": {**dir_field, "description": "run records and logs; relative to lg.yaml"},

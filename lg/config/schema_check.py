@@ -13,6 +13,10 @@ from lg.config import verdicts
 from lg.config.yamlsource import KeyPath, SourceDoc
 from lg.errors import InvalidInput
 
+MESSAGE = "x-lg-message"
+"""A schema keyword of lg's own: what a `pattern` means, in words, for the error reported when a value does not
+match it (JSON Schema validators ignore keywords they do not know; `x-` marks it as an extension)."""
+
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
@@ -127,6 +131,8 @@ def _to_input_error(doc: SourceDoc, error: ValidationError) -> InvalidInput:
         return doc.error(key_path, f"expected {expected_text}, got {_describe(error.instance)}")
     if error.validator == "required":
         return doc.error(key_path, error.message.replace("is a required property", "is required"))
+    if error.validator == "pattern" and isinstance(schema.get(MESSAGE), str):
+        return doc.error(key_path, f"{_describe(error.instance)}: {schema[MESSAGE]}")
     if error.validator in {"oneOf", "anyOf"}:
         return doc.error(key_path, f"{_describe(error.instance)} is not any of the accepted forms")
     return doc.error(key_path, error.message)

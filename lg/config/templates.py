@@ -118,6 +118,7 @@ class ParsedTemplate:
 def parse(text: str) -> ParsedTemplate:
     jinja2 = _jinja()
     try:
+        _refuse_github_expressions(text)
         names = frozenset(jinja2.meta.find_undeclared_variables(environment().parse(text)))
     except jinja2.TemplateSyntaxError as error:  # also unknown filters and tests (TemplateAssertionError)
         raise TemplateProblem(f"template syntax error: {error.message}", error.lineno) from error
@@ -219,6 +220,33 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError,
             jinja2.exceptions.SecurityError) as error:
         raise TemplateProblem(f"expression failed: {error}", None) from error
+
+
+def _refuse_github_expressions(text: str) -> None:
+    """`${{ matrix.x }}` is GitHub Actions' syntax; to Jinja it is a '$' and then `{{ matrix.x }}`, so it rendered
+    silently as `$3.11` (issue #20 item 11). Found on the lexer's tokens, so that a literal `${{` kept in
+    `{% raw %}` (a step writing a GitHub workflow file) is left alone."""
+    tokens = list(environment().lex(text))
+    for index, (line, kind, value) in enumerate(tokens[:-1]):
+        if kind == "data" and value.endswith("$") and tokens[index + 1][1] == "variable_begin":
+            inside = []
+            for _, inner_kind, inner_value in tokens[index + 2:]:
+                if inner_kind == "variable_end":
+                    break
+                inside.append(inner_value)
+            expression = "".join(inside).strip()
+            raise TemplateProblem(
+                f"'${{{{ {expression} }}}}' is GitHub Actions syntax and would render as '$' then the value; lg "
+                f"templates are Jinja: write {{{{ {expression} }}}} (for a literal '${{{{', wrap it in "
+                "{% raw %}...{% endraw %})", line + value.count("\n"))
+
+
+def github_expression_in_if(expression: str) -> str | None:
+    """The expression inside `if: ${{ ... }}` (GitHub's form), or None: lg's `if:` is a bare expression."""
+    stripped = expression.strip()
+    if stripped.startswith("${{") and stripped.endswith("}}"):
+        return stripped[3:-2].strip()
+    return None
 
 
 def expression_names(expression: str) -> frozenset[str]:

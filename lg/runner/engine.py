@@ -44,8 +44,10 @@ from lg.pool.provider import VmProvider, open_provider
 from lg.runner.console import StepOutput, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
 from lg.runner.gating import GateNeed, Waiter, before_gate, effects_gate
+from lg.runner.interrupts import CancelWatch, deferred
 from lg.runner.secret_outputs import masked_result
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
+from lg.runner.vms import RunVms
 from lg.runner.workspace import UnsafeChange
 from lg.runs.gates import Clock, Gate, GateStore, gate_id_for
 from lg.runs.states import (
@@ -58,7 +60,7 @@ from lg.runs.states import (
     RunStatus,
     StepStatus,
 )
-from lg.runs.store import RunRecord, RunStore, StepRecord
+from lg.runs.store import CancelRequested, RunRecord, RunStore, StepRecord
 from lg.security.profile import VmProfile
 from lg.vm.api import VmSpec
 
@@ -113,7 +115,7 @@ class _Run:
     waiter: Waiter
     record: RunRecord
     deadline: float | None
-    vms: VmProvider
+    vms: RunVms
 
 
 def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
@@ -136,29 +138,61 @@ def resume_run(request: RunRequest, store: RunStore, record: RunRecord) -> RunOu
 def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcome:
     pipeline = request.pipeline
     gates = GateStore(store, request.clock)
-    waiter = Waiter(store, gates, request.echo, request.colour, request.wait, clock=request.clock)
-    vms = request.vms if request.vms is not None else open_provider(request.config)
+    vms = RunVms(None, request.vms) if request.vms is not None else RunVms(lambda: open_provider(request.config))
+    waiter = Waiter(store, gates, request.echo, request.colour, request.wait, clock=request.clock,
+                    before_waiting=vms.park)
     run = _Run(request, store, gates, waiter, record,
                time.monotonic() + pipeline.timeout if pipeline.timeout else None, vms)
     states = _restore_states(run)
     try:
-        _announce_steps(run, [step for step in topological_order(pipeline) if step.id not in states])
-        for step in topological_order(pipeline):
-            if step.id not in states:
-                states[step.id] = _run_step(run, step, states)
+        with CancelWatch(store.path, record.id):
+            _announce_steps(run, [step for step in topological_order(pipeline) if step.id not in states])
+            for step in topological_order(pipeline):
+                if step.id not in states:
+                    states[step.id] = _run_step(run, step, states)
     except KeyboardInterrupt:
+        if store.run(record.id).cancel_requested is not None:  # `lg cancel`'s SIGTERM, or our CancelWatch
+            raise _cancelled(run) from None
         store.finish_run(record.id, RunStatus.INTERRUPTED, ExitCode.INTERRUPTED, "interrupted by the user")
         raise Interrupted(f"run {record.id} interrupted; nothing from the running step was applied "
                           f"(lg resume {record.id} goes on)") from None
+    except CancelRequested:  # the store refused a step of a run `lg cancel` asked to stop
+        raise _cancelled(run) from None
     except (AwaitingApproval, RunCancelled):
         raise  # the pause (or the cancellation) is already recorded
     except LgError as error:
         store.finish_run(record.id, RunStatus.FAILED, error.exit_code, str(error))
         raise
     finally:
-        if request.vms is None:
-            vms.close()  # the run's own pool: its idle VMs go with it
-    return _conclude(run, states)
+        vms.close()  # the run's own pool: its idle VMs go with it (a shared one is left to its owner)
+    try:
+        return _conclude(run, states)
+    except CancelRequested:  # asked after the last step ended: the run does not end any other way
+        raise _cancelled(run) from None
+
+
+def _cancelled(run: _Run) -> RunCancelled:
+    """Finish `lg cancel`'s work from inside the run's own process: the run, its unfinished steps and open gates
+    cancelled in one transaction, held effects discarded. (`lg cancel` does the same itself when the process
+    is gone before doing it.)"""
+    store, run_id = run.store, run.record.id
+    current = store.run(run_id)
+    reason = (current.cancel_requested or {}).get("reason") or "cancelled with lg cancel"
+    if not current.finished_for_good:
+        store.cancel(run_id, reason)
+        discard_held(store, run_id, "run cancelled")
+    elif current.status is not RunStatus.CANCELLED:
+        return RunCancelled(f"run {run_id} had already ended ({current.status}) when it was cancelled")
+    return RunCancelled(f"run {run_id} cancelled ({reason}); the running step was stopped and its VM destroyed; "
+                        "nothing more of the run ran or was applied")
+
+
+def discard_held(store: RunStore, run_id: str, reason: str) -> None:
+    """Discard every step's held effects of a run that will never apply them, each with its audit record."""
+    held = store.run_dir(run_id) / "effects"
+    for step_dir in sorted(held.iterdir()) if held.is_dir() else []:
+        discard(step_dir)
+        store.audit("effects.discarded", run_id, step=step_dir.name, reason=reason)
 
 
 def _announce_steps(run: _Run, steps: list[Step]) -> None:
@@ -438,8 +472,11 @@ def _apply(run: _Run, step: Step, changes: tuple[FileChange, ...], held: Path,
     store, record = run.store, run.record
     store.applying(record.id, step.id, effects_grade)  # durable before the workspace changes
     try:
-        if not already_applied(run.request.workspace, changes):
-            apply_held(run.request.workspace, changes, held, base)
+        with deferred():  # an interrupt (Ctrl-C, lg cancel) waits until the step's effects are all in place
+            if not already_applied(run.request.workspace, changes):
+                apply_held(run.request.workspace, changes, held, base)
+            store.applied(record.id, step.id, changes)
+            discard(held)  # applied: the held copy goes now, not left for a cancellation to report as discarded
     except (UnsafeChange, OSError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         discard(held)
@@ -447,8 +484,6 @@ def _apply(run: _Run, step: Step, changes: tuple[FileChange, ...], held: Path,
         _end_step(run, step, StepStatus.FAILED, f"cannot apply the step's changes to the workspace: {reason}"
                   + ("" if "nothing was applied" in reason else "; nothing was applied"))
         return StepState(StepStatus.FAILED, continued=step.continue_on_error)
-    store.applied(record.id, step.id, changes)
-    discard(held)
     counts = {kind: sum(1 for c in changes if c.kind == kind) for kind in ("created", "modified", "deleted")}
     applied = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     run.request.echo(f"[{step.id}] succeeded" + (f"; applied to the workspace: {applied}" if applied else ""))

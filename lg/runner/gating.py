@@ -18,7 +18,7 @@ from lg.model import ApprovalSpec, FileChange, Step
 from lg.policy.model import Assessment, RequiredGate, RiskPolicy
 from lg.runs.gates import Clock, Gate, GateKind, GateRules, GateStore
 from lg.runs.states import GateStatus
-from lg.runs.store import RunRecord, RunStore
+from lg.runs.store import CancelRequested, RunRecord, RunStore
 
 POLL_SECONDS = 0.1
 """How often a waiting run looks for a decision: well inside the half second users are promised."""
@@ -99,6 +99,7 @@ class Waiter:
     wait: bool
     sleep: Callable[[float], None] = time.sleep
     clock: Clock = time.time
+    before_waiting: Callable[[], None] = lambda: None
 
     def until_decided(self, record: RunRecord, gate: Gate) -> Gate:
         self.gates.expire_due()
@@ -112,12 +113,16 @@ class Waiter:
             raise AwaitingApproval(
                 f"run {record.id} is waiting for approval at gate {gate.gate_id}; decide with\n  "
                 f"{decide_commands(gate)}\nthen continue it with: lg resume {record.id}")
-        self.echo(f"run {record.id}: waiting for a decision on gate {gate.gate_id}:\n  {decide_commands(gate)}")
+        self.before_waiting()  # no VM stays alive while a human decides (docs/approvals.md)
+        self.echo(f"run {record.id}: waiting for a decision on gate {gate.gate_id} (no VM is kept meanwhile):\n  "
+                  f"{decide_commands(gate)}")
         while True:
             self.gates.expire_due()
             current = self.gates.gate(gate.run_id, gate.gate_id)
             if current is None or not current.is_open:
                 break
+            if self.store.run(record.id).cancel_requested is not None:  # `lg cancel`, whatever became of its signal
+                raise CancelRequested(f"run {record.id} was cancelled while waiting at gate {gate.gate_id}")
             self.sleep(POLL_SECONDS)
         assert current is not None  # noqa: S101 - gates are never deleted while their run exists
         if current.status is GateStatus.CANCELLED:

@@ -107,7 +107,13 @@ def vm_request(inputs: RunInputs, step: Step, profile: VmProfile,
     )
     # `auto` becomes the backend it stands for here: pool keys and templates are per backend.
     backend = resolve(config, step.hypervisor or pipeline.hypervisor or config.hypervisor)
-    return key_for(backend, spec, profile_digest(profile.confinement())), spec
+    kernel = inputs.image_for(step).kernel_release or None
+    return key_for(backend, spec, profile_digest(profile.confinement(kernel))), spec
+
+
+def image_kernel(context: StepContext) -> str | None:
+    """The kernel release of the step's image (the seccomp filter's minKernel rules are decided for it)."""
+    return context.inputs.image_for(context.step).kernel_release or None
 
 
 def warmup_for(profile: VmProfile) -> ExecRequest:
@@ -146,7 +152,7 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan)
     env = {"HOME": GUEST_WORKSPACE if uid else "/root", "USER": context.profile.user, **env}
     result = vm.exec(
         ExecRequest(argv=("/bin/sh", "-e", "-c", context.script), env=env, cwd=workdir, timeout=context.timeout,
-                    uid=uid, gid=gid, confine=context.profile.confinement(),
+                    uid=uid, gid=gid, confine=context.profile.confinement(image_kernel(context)),
                     mkdirs=(workdir, GUEST_OUTPUT_DIR)),  # the workspace was put owned by the step's user
         on_output=context.output,
     )

@@ -3,7 +3,7 @@
 Statuses are stored as the text of lg.runs.states' enums, unchanged since version 1.
 """
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 GATES_TABLES = """
 CREATE TABLE IF NOT EXISTS gates (
@@ -47,6 +47,7 @@ MIGRATIONS = {  # from version N to N+1
     4: ("ALTER TABLE steps ADD COLUMN security TEXT",),
     5: ("ALTER TABLE steps ADD COLUMN vm TEXT",),
     6: ("ALTER TABLE runs ADD COLUMN inputs TEXT",),
+    7: ("ALTER TABLE runs ADD COLUMN cancel_requested TEXT",),
 }
 
 SCHEMA = """
@@ -65,7 +66,8 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER,
     pid_started REAL,
     pipeline_sha256 TEXT,
-    inputs TEXT
+    inputs TEXT,
+    cancel_requested TEXT
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,

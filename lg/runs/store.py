@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from lg.errors import EnvironmentUnfit, ExitCode, InternalError, InvalidInput
+from lg.errors import EnvironmentUnfit, ExitCode, InternalError, InvalidInput, RunCancelled
 from lg.model import FileChange
 from lg.runs import crosscheck
 from lg.runs.audit import AuditLog, AuditRecord, Problem
@@ -43,6 +43,11 @@ from lg.runs.states import (
 )
 
 
+class CancelRequested(RunCancelled):
+    """A transition the run's lg process asked for after `lg cancel` asked it to stop: refused, nothing changed.
+    The engine then cancels the run (lg.runner.engine)."""
+
+
 @dataclass(frozen=True)
 class RunRecord:
     id: str
@@ -61,6 +66,9 @@ class RunRecord:
     pipeline_sha256: str | None = None  # of the pipeline file as it was run; a resume refuses a changed file
     # Every file the run's inputs were bound from, as [{kind, path, sha256}] (lg.inputs); None before schema 7
     inputs: list[dict[str, Any]] | None = None
+    # `lg cancel` of a live run, as {reason, by, at}: the run's lg process stops at once (lg.runner.interrupts)
+    # and the store refuses it any further progress (see _refuse_progress)
+    cancel_requested: dict[str, Any] | None = None
 
     @property
     def finished_for_good(self) -> bool:
@@ -139,7 +147,8 @@ class Attempt(Protocol):
 JSON_COLUMNS = ("outputs", "changes", "grade", "effects_grade", "security", "vm")
 # What the transitions may write besides the status; anything else is a bug (see _write).
 _WRITABLE = {
-    "runs": frozenset({"status", "started", "finished", "exit_code", "error", "pid", "pid_started"}),
+    "runs": frozenset({"status", "started", "finished", "exit_code", "error", "pid", "pid_started",
+                       "cancel_requested"}),
     "steps": frozenset({"status", "attempts", "started", "finished", "exit_code", "accelerator", "image_digest",
                         "boot_seconds", "log_path", "detail", *JSON_COLUMNS}),
 }
@@ -350,6 +359,9 @@ class RunStore:
         if seen.process_alive and seen.pid != os.getpid():
             raise InvalidInput(f"run {seen.id} is still being run by lg process {seen.pid}; wait for it, or "
                                f"`lg cancel {seen.id}`")
+        if seen.cancel_requested is not None:
+            raise InvalidInput(f"run {seen.id} is being cancelled (asked by {seen.cancel_requested.get('by')}); "
+                               f"`lg cancel {seen.id}` finishes it")
         with self.transaction() as db:
             current = db.execute("SELECT status, pid FROM runs WHERE id = ?", (seen.id,)).fetchone()
             if (current["status"], current["pid"]) != (seen.status, seen.pid):
@@ -382,6 +394,18 @@ class RunStore:
             self._move_run(db, run_id, status, {"finished": time.time(), "exit_code": exit_code, "error": error},
                            to=_RUN_ENDINGS)
             self.audit_log.append("run.finished", run_id, {"status": status, "exit_code": exit_code, "error": error})
+
+    def request_cancel(self, run_id: str, reason: str, by: str) -> RunRecord:
+        """`lg cancel` of a run a live lg process is running: recorded (and audited) before that process is told,
+        so that from now on it can make no progress whatever happens to the signal (_refuse_progress)."""
+        with self.transaction() as db:
+            record = self.run(run_id)
+            if record.finished_for_good:
+                raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to cancel")
+            request = {"reason": reason, "by": by, "at": time.time()}
+            _write(db, "runs", {"cancel_requested": json.dumps(request)}, "id = ?", (record.id,))
+            self.audit_log.append("run.cancel_requested", record.id, {"reason": reason, "by": by})
+        return self.run(record.id)
 
     def cancel(self, run_id: str, reason: str) -> RunRecord:
         """`lg cancel` in the records, all at once: the run, its steps that had not ended, and its open gates are
@@ -507,6 +531,8 @@ class RunStore:
             raise InvalidInput(f"no run {run_id!r} (see `lg runs`)")
         current = RunStatus(row["status"])
         _check(RUNS, f"run {run_id}", current, wanted, to, source)
+        if wanted not in _WHILE_CANCELLING_RUN:
+            _refuse_progress(db, run_id)
         _write(db, "runs", {"status": wanted, **(columns or {})}, "id = ? AND status = ?", (run_id, current))
 
     def _move_step(self, db: sqlite3.Connection, run_id: str, step_id: str, wanted: StepStatus,
@@ -514,6 +540,8 @@ class RunStore:
                    ) -> None:
         current = self._step_status(db, run_id, step_id)
         _check(STEPS, f"step {step_id} of run {run_id}", current, wanted, to, None)
+        if (current, wanted) not in _LANDING and wanted not in _WHILE_CANCELLING_STEP:
+            _refuse_progress(db, run_id)
         _write(db, "steps", {"status": wanted, **(columns or {})}, "run_id = ? AND step_id = ? AND status = ?",
                (run_id, step_id, current))
 
@@ -532,9 +560,22 @@ class RunStore:
 _RUN_ENDINGS = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.REJECTED, RunStatus.EXPIRED,
                           RunStatus.INTERRUPTED})
 _STEP_ENDINGS = frozenset({StepStatus.FAILED, StepStatus.REJECTED, StepStatus.EXPIRED, StepStatus.INTERRUPTED})
+# What a run and its steps may still do once `lg cancel` asked its lg process to stop: stop (interrupted, as a
+# Ctrl-C on the way would), be cancelled, and finish landing effects already being applied (apply is not undone
+# half-way; lg.runner.interrupts defers the signal across it). Nothing else: no step starts, no gate is passed,
+# no effects start to land, and the run cannot end any other way.
+_WHILE_CANCELLING_RUN = frozenset({RunStatus.CANCELLED, RunStatus.INTERRUPTED})
+_WHILE_CANCELLING_STEP = frozenset({StepStatus.CANCELLED, StepStatus.INTERRUPTED})
+_LANDING = frozenset({(StepStatus.APPLYING, StepStatus.SUCCEEDED)})
 # start_run starts a new run (claim takes up any other); continue_run goes on from a pause
 _NEW = frozenset({RunStatus.PENDING})
 _PAUSED = frozenset({RunStatus.AWAITING_APPROVAL})
+
+
+def _refuse_progress(db: sqlite3.Connection, run_id: str) -> None:
+    row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is not None and row["cancel_requested"] is not None:
+        raise CancelRequested(f"run {run_id} was cancelled with lg cancel; nothing more of it runs or is applied")
 
 
 def _check(machine: Machine[AnyStatus], what: str, current: AnyStatus, wanted: AnyStatus,
@@ -558,7 +599,9 @@ def _write(db: sqlite3.Connection, table: str, columns: Mapping[str, object], wh
 def _run(row: sqlite3.Row, path: Path) -> RunRecord:
     try:
         inputs = json.loads(row["inputs"]) if row["inputs"] is not None else None
-        return RunRecord(**{**dict(row), "status": RunStatus(row["status"]), "inputs": inputs})
+        cancel = json.loads(row["cancel_requested"]) if row["cancel_requested"] is not None else None
+        return RunRecord(**{**dict(row), "status": RunStatus(row["status"]), "inputs": inputs,
+                            "cancel_requested": cancel})
     except (ValueError, TypeError) as error:  # a status or JSON lg never wrote: the file is damaged
         raise unreadable_row(path, "runs", error) from error
 

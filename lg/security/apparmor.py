@@ -20,7 +20,13 @@ from lg.config import verdicts
 from lg.errors import EnvironmentUnfit, InvalidInput, Location
 
 PARSER_TIMEOUT = 60.0
-_PROFILE_NAME = re.compile(r"^\s*profile\s+([A-Za-z0-9_.-]+)", re.MULTILINE)
+# A profile declaration, as apparmor_parser reads one: `profile NAME ...{`, where NAME may be quoted (what
+# Docker, containerd and Podman generate: `profile "docker-default" flags=(...) {`) or a path, or a bare path
+# opening a block (`/usr/bin/foo {`, the profile attached to that program). Rule lines end with ',', so they
+# are not declarations; a hat (`^name {`) is not a profile.
+_PROFILE_NAME = re.compile(
+    r'^[ \t]*(?:profile[ \t]+(?:"((?:[^"\\\n]|\\.)+)"|([^\s{"]+))|"(/(?:[^"\\\n]|\\.)*)"|(/[^\s{]*)(?=[ \t]))'
+    r'(?:[^\n{,(]|\([^)\n]*\))*\{', re.MULTILINE)
 _NOISE = ("Cache read/write disabled", "Kernel needs AppArmor")  # the host kernel may have no AppArmor at all
 
 
@@ -40,12 +46,18 @@ def load_apparmor(path: Path) -> AppArmorProfile:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise InvalidInput(f"AppArmor profile {path}: cannot read it ({error})") from None
-    names = _PROFILE_NAME.findall(text)
+    names = [next(part for part in found if part) for found in _PROFILE_NAME.findall(_without_comments(text))]
     if len(names) != 1:
         raise InvalidInput("an lg AppArmor profile file declares exactly one `profile NAME { ... }` "
                            f"(found {len(names)})", Location(path, 1))
     _compile_check(path, text)
     return AppArmorProfile(names[0], path, text, hashlib.sha256(text.encode()).hexdigest())
+
+
+def _without_comments(text: str) -> str:
+    """The text with comments blanked (`#include` and `include` lines are not comments, but no declaration
+    either); a `#` inside a quoted name is kept."""
+    return re.sub(r'^([^"#\n]*(?:"[^"\n]*"[^"#\n]*)*)#.*$', r"\1", text, flags=re.MULTILINE)
 
 
 def _compile_check(path: Path, text: str) -> None:

@@ -25,7 +25,7 @@ from lg.model import ProjectConfig, ProjectPaths
 from lg.policy.model import Relaxation
 from lg.security.apparmor import AppArmorProfile, load_apparmor
 from lg.security.egress import Egress, network_schema, parse_network
-from lg.security.seccomp import SeccompProfile, load_seccomp
+from lg.security.seccomp import SeccompProfile, Target, capability_names, load_seccomp
 
 
 @dataclass(frozen=True)
@@ -89,14 +89,16 @@ class VmProfile:
     def effective_limits(self) -> Limits:
         return self.limits or default_limits(self.machine)
 
-    def confinement(self) -> dict[str, Any]:
-        """What the guest agent applies before the step's command (lg.guest.confine)."""
+    def confinement(self, kernel_release: str | None = None) -> dict[str, Any]:
+        """What the guest agent applies before the step's command (lg.guest.confine), for a guest running
+        `kernel_release` (the image's; None: unknown, and the seccomp filter's minKernel rules are decided the
+        way that allows less)."""
         limits = self.effective_limits
         confinement: dict[str, Any] = {
             "keep_caps": list(self.keep_capabilities), "no_new_privs": self.no_new_privileges,
             "pids": limits.pids, "memory_bytes": limits.memory_mib << 20, "cpu_percent": limits.cpu_percent}
         if self.seccomp is not None:
-            confinement["seccomp"] = self.seccomp.compiled
+            confinement["seccomp"] = self.seccomp.for_kernel(kernel_release)
         if self.apparmor is not None:
             confinement["apparmor"] = self.apparmor.for_guest()
         if limits.io:
@@ -278,7 +280,10 @@ def _seccomp(doc: SourceDoc, path: Path, directories: tuple[Path, ...]) -> Secco
     if name == UNCONFINED:
         return None
     try:
-        return load_seccomp(resolve_named_file(name, directories, path.parent, "seccomp profile"))
+        # Docker's conditional rules are decided for the capabilities this profile keeps; the guest kernel is
+        # not known until a step's image is (SeccompProfile.for_kernel), so here it is decided as unknown
+        target = Target(capability_names(doc.data.get("capabilities", {}).get("keep", ())))
+        return load_seccomp(resolve_named_file(name, directories, path.parent, "seccomp profile"), target)
     except InvalidInput as error:
         if isinstance(error, InvalidInputs) or error.location is not None:
             raise  # problems inside the seccomp file: they name its own file and line

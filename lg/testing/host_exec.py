@@ -52,7 +52,12 @@ def run_on_host(root: GuestRoot, request: ExecRequest, on_output: OutputCallback
         process = _spawn(command)
     except OSError as problem:
         return _spawn_failed(command, problem, on_output, started)
-    outcome = _wait(process, request.stdin, command.timeout, on_output)
+    try:
+        outcome = _wait(process, request.stdin, command.timeout, on_output)
+    except BaseException:  # interrupted (Ctrl-C, lg cancel): the command dies with its "VM", as in a real one
+        _kill_group(process.pid)
+        process.wait()
+        raise
     code = outcome.status
     return ExecResult(exit_code=code if code >= 0 else None, signal=-code if code < 0 else None,
                       timed_out=outcome.timed_out, duration=time.monotonic() - started,

@@ -426,3 +426,82 @@ def test_missing_image_says_how_to_build_it(lg: Callable[..., Any], project: Pat
     assert result.code == 5
     assert "lg image build tiny" in result.err
 
+
+
+def qemus_of(process: subprocess.Popen[str]) -> list[psutil.Process]:
+    """The QEMU processes an lg process started that are still running (zombies are dead, awaiting reaping)."""
+    found = []
+    for child in psutil.Process(process.pid).children(recursive=True):
+        try:
+            if "qemu" in child.name() and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def test_no_qemu_is_alive_while_a_run_waits_at_a_gate(lg: Callable[..., Any], project: Path) -> None:
+    """Issue #20 item 7: the run's own pool kept warm VMs (and refilled them) through a --wait pause."""
+    path = pipeline(project, """\
+        name: paused
+        steps:
+          - {id: build, run: echo built > built.txt}
+          - {id: ship, needs: build, approve: true, run: echo shipped > shipped.txt}
+          - {id: after, needs: ship, run: echo after > after.txt}
+        """)
+    process = subprocess.Popen([sys.executable, "-m", "lg.cli.main", "run", "--wait", str(path)], cwd=project,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        seen_vms = 0
+        for line in process.stdout:
+            seen_vms = max(seen_vms, len(qemus_of(process)))
+            if "waiting for a decision" in line:
+                break
+        assert seen_vms >= 1  # the run did keep VMs before (the step's, warm ones for the steps to come)
+        assert qemus_of(process) == []
+        time.sleep(2)  # the pool's refill would have started one again by now
+        assert qemus_of(process) == []
+        run, _ = records(project)
+        assert lg("approve", run.id, "ship.before").code == 0
+        rest, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert (project / "shipped.txt").exists() and (project / "after.txt").exists()
+
+
+def test_lg_cancel_stops_a_background_run_in_a_real_vm(project: Path) -> None:
+    """Issue #20 item 1 with QEMU: `lg run &` from a script (SIGINT ignored), cancelled mid-step."""
+    path = pipeline(project, """\
+        name: cancelled
+        steps:
+          - {id: long, run: "echo step-is-running; sleep 120; echo late > late.txt"}
+          - {id: after, needs: long, run: echo after > after.txt}
+        """)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lg.cli.main", "run", str(path)], cwd=project, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # noqa: PLW1509 - as `cmd &` in sh does
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "step-is-running" in line:
+                break
+        vms = qemus_of(process)
+        assert vms
+        run, _ = records(project)
+        cancel = subprocess.run([sys.executable, "-m", "lg.cli.main", "cancel", run.id], cwd=project, text=True,
+                                capture_output=True, timeout=120, check=False)
+        assert cancel.returncode == 0, cancel.stderr
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 4 and f"run {run.id} cancelled" in rest, rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+    psutil.wait_procs(vms, timeout=15)
+    assert not [vm for vm in vms if vm.is_running() and vm.status() != psutil.STATUS_ZOMBIE]
+    run, steps = records(project)
+    assert (run.status, [str(s.status) for s in steps]) == ("cancelled", ["cancelled", "cancelled"])
+    assert not (project / "late.txt").exists() and not (project / "after.txt").exists()
