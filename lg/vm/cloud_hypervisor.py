@@ -35,15 +35,18 @@ from lg.vm.api import BootFailed, GuestImage, HostProbe, Vm, VmError, VmSpec
 from lg.vm.cmdline import kernel_cmdline
 from lg.vm.rundir import create_run_dir, reap_leftovers
 from lg.vm.unix_http import ApiClient, ApiError
+from lg.vm.vmm_binary import VmmBinary
 from lg.vm.vsock_vm import (
     AGENT_VSOCK_PORT,
     GUEST_CID,
-    VmmBinary,
+    SnapshotMeta,
     VsockVm,
     agent_boot_arg,
+    destroyed_on_failure,
     link_or_copy,
     private_disk,
     probe_kvm_vmm,
+    refuse_kvm_only_gaps,
 )
 
 NAME = "cloud-hypervisor"
@@ -56,7 +59,7 @@ VSOCK_SOCKET = "vsock.sock"
 DISK = "rootfs.raw"
 SNAPSHOT_FILES = ("config.json", "memory-ranges", "state.json")  # docs/snapshot_restore.md
 SNAPSHOT_DISK = "disk.raw"
-META = "lg-snapshot.json"
+SNAPSHOT_META = SnapshotMeta("lg-snapshot.json", NAME, "Cloud Hypervisor", API_VERSION)
 CLONE_DIR = "restore"
 
 
@@ -104,7 +107,7 @@ class CloudHypervisor:
     def boot(self, spec: VmSpec) -> CloudHypervisorVm:
         self._refuse_unsupported(spec)
         vm = self._new_vm(spec)
-        try:
+        with destroyed_on_failure(vm, "Cloud Hypervisor refused to boot it"):
             if spec.image.rootfs is not None:
                 private_disk(spec.image.rootfs, vm.run_dir / DISK)
                 vm.has_disk = True
@@ -112,13 +115,6 @@ class CloudHypervisor:
             vm.api.call("PUT", "/vm.create", self.vm_config(vm, spec))
             vm.api.call("PUT", "/vm.boot")
             vm.wait_ready(spec.boot_timeout)
-        except ApiError as error:
-            vm.destroy()
-            raise BootFailed(f"VM {vm.id}: Cloud Hypervisor refused to boot it: {error.message}",
-                             vm.console_tail()) from None
-        except BaseException:
-            vm.destroy()
-            raise
         return vm
 
     def vm_config(self, vm: CloudHypervisorVm, spec: VmSpec) -> dict[str, Any]:
@@ -139,14 +135,7 @@ class CloudHypervisor:
         return " ".join((kernel_cmdline(spec.image, spec.hostname, host.tsc_khz()), agent_boot_arg(AGENT_VSOCK_PORT)))
 
     def _refuse_unsupported(self, spec: VmSpec) -> None:
-        if self.vmm.path() is None:
-            raise EnvironmentUnfit("cloud-hypervisor is not installed", fix=INSTALL_FIX)
-        if spec.accelerator == "tcg":
-            raise EnvironmentUnfit("Cloud Hypervisor runs guests under KVM only, and accelerator tcg was asked for",
-                                   fix="use `hypervisor: qemu` for TCG, or `accelerator: auto`")
-        if spec.network is not None:
-            raise EnvironmentUnfit("network allow-lists are implemented for the QEMU backend only",
-                                   fix="use `hypervisor: qemu` for a step with network access")
+        refuse_kvm_only_gaps(spec, self.vmm, "Cloud Hypervisor")
 
     def _new_vm(self, spec: VmSpec) -> CloudHypervisorVm:
         parent = spec.run_dir if spec.run_dir is not None else self.state_dir / "vms"
@@ -177,18 +166,16 @@ class CloudHypervisor:
             raise VmError(f"VM {vm.id}: Cloud Hypervisor could not save a snapshot: {error.message}") from None
         if vm.has_disk:
             private_disk(vm.run_dir / DISK, path / SNAPSHOT_DISK)
-        meta = {"backend": NAME, "api": API_VERSION, "image_digest": vm.image_digest, "disk": vm.has_disk,
-                "signature": vm.signature, "saved_at": time.time()}
-        (path / META).write_text(json.dumps(meta, indent=2))
+        SNAPSHOT_META.write(path, vm.image_digest, vm.has_disk, vm.signature)
 
     def restore(self, snapshot: Path, spec: VmSpec) -> CloudHypervisorVm:
-        meta = _load_meta(snapshot)
-        if meta.get("image_digest") != spec.image.digest:
-            raise BootFailed(f"snapshot {snapshot} was taken from image {meta.get('image_digest')}, "
-                             f"not {spec.image.digest}")
+        meta = SNAPSHOT_META.read(snapshot, spec)
+        missing = [name for name in SNAPSHOT_FILES if not (snapshot / name).is_file()]
+        if missing:
+            raise BootFailed(f"snapshot {snapshot} lacks {', '.join(missing)}")
         self._refuse_unsupported(spec)
         vm = self._new_vm(spec)
-        try:
+        with destroyed_on_failure(vm, f"Cloud Hypervisor could not restore {snapshot}"):
             if meta.get("disk"):
                 private_disk(snapshot / SNAPSHOT_DISK, vm.run_dir / DISK)
                 vm.has_disk = True
@@ -197,13 +184,6 @@ class CloudHypervisor:
             vm.api.call("PUT", "/vm.restore", {"source_url": f"file://{clone}", "resume": True})
             vm.wait_ready(spec.boot_timeout)
             vm.resync()
-        except ApiError as error:
-            vm.destroy()
-            raise BootFailed(f"VM {vm.id}: Cloud Hypervisor could not restore {snapshot}: {error.message}",
-                             vm.console_tail()) from None
-        except BaseException:
-            vm.destroy()
-            raise
         return vm
 
     def _clone_directory(self, vm: CloudHypervisorVm, snapshot: Path) -> Path:
@@ -224,15 +204,3 @@ class CloudHypervisor:
         (clone / "config.json").write_text(json.dumps(config))
         return clone
 
-
-def _load_meta(snapshot: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads((snapshot / META).read_text())
-    except (OSError, ValueError) as error:
-        raise BootFailed(f"{snapshot} is not a snapshot: {error}") from error
-    if not isinstance(meta, dict) or meta.get("backend") != NAME:
-        raise BootFailed(f"{snapshot} is not a Cloud Hypervisor snapshot")
-    missing = [name for name in SNAPSHOT_FILES if not (snapshot / name).is_file()]
-    if missing:
-        raise BootFailed(f"snapshot {snapshot} lacks {', '.join(missing)}")
-    return meta

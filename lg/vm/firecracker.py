@@ -41,15 +41,18 @@ from lg.vm.api import BootFailed, GuestImage, HostProbe, Problem, Vm, VmError, V
 from lg.vm.cmdline import kernel_cmdline
 from lg.vm.rundir import create_run_dir, reap_leftovers
 from lg.vm.unix_http import ApiClient, ApiError, ApiResponse
+from lg.vm.vmm_binary import VmmBinary
 from lg.vm.vsock_vm import (
     AGENT_VSOCK_PORT,
     GUEST_CID,
-    VmmBinary,
+    SnapshotMeta,
     VsockVm,
     agent_boot_arg,
+    destroyed_on_failure,
     link_or_copy,
     private_disk,
     probe_kvm_vmm,
+    refuse_kvm_only_gaps,
 )
 
 NAME = "firecracker"
@@ -60,7 +63,7 @@ API_SOCKET = "api.sock"
 VSOCK_SOCKET = "vsock.sock"
 KERNEL, INITRD, DISK = "vmlinux", "initrd", "rootfs.ext4"
 STATE, MEMORY = "snapshot.state", "snapshot.mem"  # as Firecracker writes them in its working directory
-META = "snapshot.json"
+SNAPSHOT_META = SnapshotMeta("snapshot.json", NAME, "Firecracker", API_VERSION)
 # Firecracker's own kernel arguments when boot_args is absent include these two; lg passes its own line.
 FIRECRACKER_ARGS = ("reboot=k", "pci=off")
 JAIL_PARENT_CGROUP = "lg-firecracker"
@@ -147,7 +150,7 @@ class FirecrackerHypervisor:
     def boot(self, spec: VmSpec) -> FirecrackerVm:
         self._refuse_unsupported(spec)
         vm = self._new_vm(spec)
-        try:
+        with destroyed_on_failure(vm, "Firecracker refused to boot it"):
             link_or_copy(spec.image.kernel, vm.files_dir / KERNEL)
             link_or_copy(spec.image.initrd, vm.files_dir / INITRD)
             if spec.image.rootfs is not None:
@@ -157,13 +160,6 @@ class FirecrackerHypervisor:
             self._configure(vm, spec)
             vm.api.call("PUT", "/actions", {"action_type": "InstanceStart"})
             vm.wait_ready(spec.boot_timeout)
-        except ApiError as error:
-            vm.destroy()
-            raise BootFailed(f"VM {vm.id}: Firecracker refused to boot it: {error.message}",
-                             vm.console_tail()) from None
-        except BaseException:
-            vm.destroy()
-            raise
         return vm
 
     def _configure(self, vm: FirecrackerVm, spec: VmSpec) -> None:
@@ -182,14 +178,7 @@ class FirecrackerHypervisor:
                          agent_boot_arg(AGENT_VSOCK_PORT)))
 
     def _refuse_unsupported(self, spec: VmSpec) -> None:
-        if self.vmm.path() is None:
-            raise EnvironmentUnfit("firecracker is not installed", fix=INSTALL_FIX)
-        if spec.accelerator == "tcg":
-            raise EnvironmentUnfit("Firecracker runs guests under KVM only, and accelerator tcg was asked for",
-                                   fix="use `hypervisor: qemu` for TCG, or `accelerator: auto`")
-        if spec.network is not None:
-            raise EnvironmentUnfit("network allow-lists are implemented for the QEMU backend only",
-                                   fix="use `hypervisor: qemu` for a step with network access")
+        refuse_kvm_only_gaps(spec, self.vmm, "Firecracker")
         if self.jailer is True and not self._use_jailer():
             problem = self._jailer_problems()[0]
             raise EnvironmentUnfit(problem.message, fix=problem.fix)
@@ -248,20 +237,15 @@ class FirecrackerHypervisor:
         if vm.has_disk:
             private_disk(vm.files_dir / DISK, path / DISK)
             (path / DISK).chmod(0o644)
-        meta = {"backend": NAME, "api": API_VERSION, "image_digest": vm.image_digest, "disk": vm.has_disk,
-                "signature": vm.signature, "saved_at": time.time()}
-        (path / META).write_text(json.dumps(meta, indent=2))
+        SNAPSHOT_META.write(path, vm.image_digest, vm.has_disk, vm.signature)
 
     def restore(self, snapshot: Path, spec: VmSpec) -> FirecrackerVm:
         """A fresh Firecracker process that loads `snapshot` and resumes it; its agent connected anew and its
         clock and RNG resynced."""
-        meta = load_meta(snapshot)
-        if meta.get("image_digest") != spec.image.digest:
-            raise BootFailed(f"snapshot {snapshot} was taken from image {meta.get('image_digest')}, "
-                             f"not {spec.image.digest}")
+        meta = SNAPSHOT_META.read(snapshot, spec)
         self._refuse_unsupported(spec)
         vm = self._new_vm(spec)
-        try:
+        with destroyed_on_failure(vm, f"Firecracker could not restore {snapshot}"):
             link_or_copy(snapshot / STATE, vm.files_dir / STATE)
             link_or_copy(snapshot / MEMORY, vm.files_dir / MEMORY)
             if meta.get("disk"):
@@ -276,24 +260,7 @@ class FirecrackerHypervisor:
             })
             vm.wait_ready(spec.boot_timeout)
             vm.resync()
-        except ApiError as error:
-            vm.destroy()
-            raise BootFailed(f"VM {vm.id}: Firecracker could not restore {snapshot}: {error.message}",
-                             vm.console_tail()) from None
-        except BaseException:
-            vm.destroy()
-            raise
         return vm
-
-
-def load_meta(snapshot: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads((snapshot / META).read_text())
-    except (OSError, ValueError) as error:
-        raise BootFailed(f"{snapshot} is not a snapshot: {error}") from error
-    if not isinstance(meta, dict) or meta.get("backend") != NAME:
-        raise BootFailed(f"{snapshot} is not a Firecracker snapshot")
-    return meta
 
 
 # --- the jailer -------------------------------------------------------------------------------------------

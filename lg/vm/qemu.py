@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import secrets
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from lg.vm.cmdline import kernel_cmdline
 from lg.vm.qemu_argv import create_overlay, qemu_argv
 from lg.vm.qemu_vm import QemuVm
 from lg.vm.rundir import create_run_dir, reap_leftovers
+from lg.vm.vmm_binary import VmmBinary
 
 QEMU_BINARY = "qemu-system-x86_64"
 INSTALL_FIX = "apt-get install qemu-system-x86 (Debian/Ubuntu), then run `lg doctor` again"
@@ -93,25 +91,17 @@ class QemuHypervisor:
         # images (host-wide), or every new project and every test would pay the KVM probe again.
         self.verdict_dir = config.cache_dir if config is not None else state_dir
         self.binary = binary
+        self.vmm = VmmBinary("qemu", binary, INSTALL_FIX, version_pattern=r"version (\S+)")
 
     @property
     def verdict_path(self) -> Path:
         return self.verdict_dir / KVM_VERDICT_FILE
 
     def binary_path(self) -> Path | None:
-        found = shutil.which(self.binary)
-        return Path(found) if found else None
+        return self.vmm.path()
 
     def version(self) -> str | None:
-        path = self.binary_path()
-        if path is None:
-            return None
-        try:
-            done = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=20, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        match = re.search(r"version (\S+)", done.stdout)
-        return match.group(1) if match else None
+        return self.vmm.version() if self.binary_path() is not None else None
 
     def fingerprint(self) -> str:
         return host.host_fingerprint(extra=f"{self.binary_path()} {self.version()}")

@@ -9,18 +9,19 @@ lg.guest.agent): the same image serves QEMU (virtio-serial) and these (vsock), g
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lg.errors import EnvironmentUnfit
 from lg.vm import host
 from lg.vm.agent_client import AgentClient
 from lg.vm.api import (
@@ -31,11 +32,14 @@ from lg.vm.api import (
     HostProbe,
     KvmStatus,
     Problem,
+    VmSpec,
 )
 from lg.vm.base import AgentVm
 from lg.vm.channel import ChannelError, HybridVsockConnector
 from lg.vm.console import read_console_tail
 from lg.vm.rundir import write_owner
+from lg.vm.unix_http import ApiError
+from lg.vm.vmm_binary import VmmBinary
 
 AGENT_VSOCK_PORT = 1024  # the guest agent's vsock port (lg.agent=vsock:1024 on the kernel command line)
 GUEST_CID = 3  # the lowest CID a guest may have; each VMM has its own vsock device, so every VM can use it
@@ -49,30 +53,6 @@ def agent_boot_arg(port: int = AGENT_VSOCK_PORT) -> str:
 
 
 # --- probing ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VmmBinary:
-    """A VMM found (or not) on this host."""
-
-    backend: str
-    name: str  # a name looked up on PATH, or a path
-    install_fix: str
-
-    def path(self) -> Path | None:
-        found = shutil.which(self.name)
-        return Path(found) if found else None
-
-    def version(self) -> str | None:
-        path = self.path()
-        if path is None:
-            return None
-        try:
-            done = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=20, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        match = re.search(r"v?(\d+\.\d+(?:\.\d+)?\S*)", done.stdout + done.stderr)
-        return match.group(1) if match else None
 
 
 def probe_kvm_vmm(binary: VmmBinary, extra: tuple[Problem, ...] = ()) -> HostProbe:
@@ -265,3 +245,60 @@ def private_disk(source: Path, target: Path) -> None:
     if done.returncode != 0:
         raise BootFailed(f"cannot copy the root disk {source}: {done.stderr.strip()}")
     target.chmod(0o600)
+
+
+# --- what both backends do the same way around a boot or a restore -----------------------------------------
+
+
+@contextlib.contextmanager
+def destroyed_on_failure(vm: VsockVm, failure: str) -> Iterator[None]:
+    """Destroy `vm` if the block fails: nothing half-started outlives a failed boot or restore. The VMM's API
+    refusing a call becomes BootFailed naming `failure` and the VMM's message, with the console's tail."""
+    try:
+        yield
+    except ApiError as error:
+        vm.destroy()
+        raise BootFailed(f"VM {vm.id}: {failure}: {error.message}", vm.console_tail()) from None
+    except BaseException:
+        vm.destroy()
+        raise
+
+
+def refuse_kvm_only_gaps(spec: VmSpec, binary: VmmBinary, title: str) -> None:
+    """Refuse what a KVM-only VMM backend of lg cannot give: no binary, TCG, network allow-lists."""
+    if binary.path() is None:
+        raise EnvironmentUnfit(f"{binary.name} is not installed", fix=binary.install_fix)
+    if spec.accelerator == "tcg":
+        raise EnvironmentUnfit(f"{title} runs guests under KVM only, and accelerator tcg was asked for",
+                               fix="use `hypervisor: qemu` for TCG, or `accelerator: auto`")
+    if spec.network is not None:
+        raise EnvironmentUnfit("network allow-lists are implemented for the QEMU backend only",
+                               fix="use `hypervisor: qemu` for a step with network access")
+
+
+@dataclass(frozen=True)
+class SnapshotMeta:
+    """lg's own record beside a VMM's snapshot files: what a restore checks before it trusts them."""
+
+    file_name: str
+    backend: str
+    title: str  # the VMM's name in messages
+    api_version: str
+
+    def write(self, path: Path, image_digest: str, has_disk: bool, signature: str) -> None:
+        meta = {"backend": self.backend, "api": self.api_version, "image_digest": image_digest, "disk": has_disk,
+                "signature": signature, "saved_at": time.time()}
+        (path / self.file_name).write_text(json.dumps(meta, indent=2))
+
+    def read(self, snapshot: Path, spec: VmSpec) -> dict[str, Any]:
+        """The record, refused unless this backend saved it from the image `spec` boots."""
+        try:
+            meta = json.loads((snapshot / self.file_name).read_text())
+        except (OSError, ValueError) as error:
+            raise BootFailed(f"{snapshot} is not a snapshot: {error}") from error
+        if not isinstance(meta, dict) or meta.get("backend") != self.backend:
+            raise BootFailed(f"{snapshot} is not a {self.title} snapshot")
+        if meta.get("image_digest") != spec.image.digest:
+            raise BootFailed(f"snapshot {snapshot} was taken from image {meta.get('image_digest')}, "
+                             f"not {spec.image.digest}")
+        return meta
