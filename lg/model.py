@@ -38,6 +38,14 @@ class PoolSettings:
 
 
 @dataclass(frozen=True)
+class StepCacheLimits:
+    """How big the step cache (`cache:` of steps) may grow; past max_total the least recently used go first."""
+
+    max_entry_mib: int = 2048
+    max_total_mib: int = 10240
+
+
+@dataclass(frozen=True)
 class ProjectPaths:
     """Where named profiles, policies and image recipes are looked up, in order."""
 
@@ -61,6 +69,7 @@ class ProjectConfig:
     cache_dir: Path
     pool: PoolSettings
     paths: ProjectPaths
+    step_cache: StepCacheLimits = field(default_factory=StepCacheLimits)
 
 
 # --- pipelines -------------------------------------------------------------------------------------------
@@ -97,6 +106,14 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class CacheSpec:
+    """Directories kept between runs: restored into the step's VM before it runs, saved after it succeeds."""
+
+    key: str  # a template, rendered when the step runs (hashFiles() reads the host workspace then)
+    paths: tuple[str, ...]  # relative to the workspace
+
+
+@dataclass(frozen=True)
 class Step:
     id: str
     name: str
@@ -117,6 +134,8 @@ class Step:
     image: str | None
     approve: ApprovalSpec | None
     location: Location = field(compare=False, default=Location(None))
+    cache: CacheSpec | None = None
+    artifacts_from: FrozenMap = field(default_factory=frozen_map)  # needed step id -> absolute guest path
 
     @property
     def display_name(self) -> str:

@@ -36,6 +36,8 @@ COMMANDS: dict[str, str] = {
     "show": "lg.cli.approvals:show",
     "approve": "lg.cli.approvals:approve",
     "reject": "lg.cli.approvals:reject",
+    "artifacts": "lg.cli.artifacts:artifacts",
+    "cache": "lg.cli.artifacts:cache",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -58,6 +60,8 @@ SHORT_HELP: dict[str, str] = {
     "show": "Print a gate's diff card: what approving it would let through.",
     "approve": "Approve a gate (optionally SSH-signed).",
     "reject": "Reject a gate: its step does not run or its effects are discarded.",
+    "artifacts": "List a run's kept artifacts, or copy them out.",
+    "cache": "List, remove and prune the step cache.",
 }
 
 

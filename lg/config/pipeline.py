@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lg.config import templates
+from lg.config import step_data, templates
 from lg.config.durations import parse_duration
 from lg.config.pipeline_schema import pipeline_schema
 from lg.config.project import load_project_config
@@ -97,6 +97,8 @@ class _PipelineBuilder:
         for expansion in expansions:
             by_base.setdefault(expansion.base_id, []).append(expansion.step_id)
         all_ids = frozenset(e.step_id for e in expansions)
+        self.shards = {**{step_id: [step_id] for step_id in all_ids}, **by_base}
+        self.raw_by_id = {e.step_id: e.raw for e in expansions}
         needs = {e.step_id: self._resolve_needs(e, by_base, all_ids) for e in expansions}
         self._check_cycles(expansions, needs)
         upstream = _transitive(needs)
@@ -231,6 +233,10 @@ class _PipelineBuilder:
             image=raw.get("image"),
             approve=_approval(raw.get("approve")),
             location=self.doc.location(key_path),
+            cache=step_data.cache_spec(raw.get("cache"), key_path, context, self.fail, self._template_error),
+            artifacts_from=frozen_map(step_data.artifacts_from(
+                raw.get("artifacts_from"), key_path, expansion.step_id, self.shards, upstream,
+                lambda shard: bool(self.raw_by_id[shard].get("artifacts")), self.fail)),
         )
 
     def _check_kind(self, raw: Mapping[str, Any], key_path: KeyPath) -> None:

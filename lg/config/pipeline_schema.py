@@ -136,6 +136,26 @@ def step_schema() -> dict[str, Any]:
                 "description": "a path or glob relative to the workspace",
                 MESSAGE: "an artifact is a path or glob inside the workspace: relative, without '..' or a "
                          "leading '/' or '~'"}},
+            "artifacts_from": {
+                "type": "object",
+                "description": "artifacts of needed steps, put into this step's VM: step id -> absolute guest "
+                               "path (null: /artifacts/STEP)",
+                "propertyNames": {"pattern": STEP_ID_PATTERN},
+                "additionalProperties": {"type": ["string", "null"], "minLength": 1},
+            },
+            "cache": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["key", "paths"],
+                "description": "directories restored before the step runs and saved after it succeeds",
+                "properties": {
+                    "key": {"type": "string", "minLength": 1, "maxLength": 512,
+                            "description": "a template; hashFiles('glob', ...) hashes workspace files"},
+                    "paths": {"type": "array", "minItems": 1, "maxItems": 32,
+                              "items": {"type": "string", "minLength": 1,
+                                        "description": "a directory or file relative to the workspace"}},
+                },
+            },
             "matrix": _matrix(),
             "profile": _name_ref("VM profile name or path, overriding the pipeline's"),
             "hypervisor": {"enum": list(HYPERVISOR_CHOICES)},

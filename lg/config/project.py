@@ -11,7 +11,7 @@ from lg.config.pipeline_schema import image_name
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
-from lg.model import HYPERVISOR_CHOICES, PoolSettings, ProjectConfig, ProjectPaths
+from lg.model import HYPERVISOR_CHOICES, PoolSettings, ProjectConfig, ProjectPaths, StepCacheLimits
 
 PROJECT_FILE = "lg.yaml"
 
@@ -55,6 +55,17 @@ def project_schema() -> dict[str, Any]:
                                   "description": "restore VMs from template snapshots and keep them ready "
                                                  "(default true); false cold-boots every step's VM when it "
                                                  "starts"},
+                },
+            },
+            "step_cache": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "limits of the cache that steps' `cache:` fill (under state_dir/cache)",
+                "properties": {
+                    "max_entry_mib": {"type": "integer", "minimum": 1,
+                                      "description": "a bigger entry is not saved (the step says so)"},
+                    "max_total_mib": {"type": "integer", "minimum": 1,
+                                      "description": "past this the least recently used entries are removed"},
                 },
             },
             "paths": {
@@ -136,6 +147,7 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
             lease_timeout=float(pool.get("lease_timeout", 120)),
             snapshots=bool(pool.get("snapshots", True)),
         ),
+        step_cache=StepCacheLimits(**data.get("step_cache", {})),
         paths=ProjectPaths(
             vm_profiles=_search_dirs(root, paths.get("vm_profiles"), "profiles/vm"),
             risk_policies=_search_dirs(root, paths.get("risk_policies"), "profiles/risk"),

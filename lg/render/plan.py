@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
+from lg.config.step_data import HASH_FILES_MARKER
 from lg.model import ApprovalSpec, Pipeline, Step
 from lg.policy.grade import grade_step
 from lg.policy.model import RiskPolicy
@@ -54,6 +56,8 @@ def step_view(step: Step) -> dict[str, Any]:
         "continue_on_error": step.continue_on_error,
         "outputs": [{"name": o.name, "file": o.file} if o.file else o.name for o in step.outputs],
         "artifacts": list(step.artifacts),
+        "artifacts_from": dict(step.artifacts_from),
+        "cache": {"key": cache_key_view(step.cache.key), "paths": list(step.cache.paths)} if step.cache else None,
         "matrix": dict(step.matrix),
         "profile": step.profile,
         "hypervisor": step.hypervisor,
@@ -63,6 +67,12 @@ def step_view(step: Step) -> dict[str, Any]:
     # Keep the rendering short: drop what is unset, but keep what a reviewer always wants to see.
     always = {"id", "name", "run", "needs"}
     return {key: value for key, value in view.items() if key in always or value not in (None, [], {}, False, 0)}
+
+
+def cache_key_view(key: str) -> str:
+    """A loaded cache key as a reader wrote it: hashFiles() calls are computed when the step runs."""
+    return HASH_FILES_MARKER.sub(
+        lambda found: "hashFiles(" + ", ".join(repr(p) for p in json.loads(found.group(1))) + ")", key)
 
 
 def approval_view(approval: ApprovalSpec | None) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ This is the only module of the runner that talks to a VM, through the backend-ne
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,8 +20,10 @@ from lg.model import FileChange, Step
 from lg.pool.key import PoolKey, key_for, profile_digest
 from lg.pool.pool import Lease
 from lg.pool.provider import VmProvider
+from lg.runner import artifacts
 from lg.runner.console import StepOutput
 from lg.runner.effects import discard, files_to_fetch
+from lg.runner.step_cache import CacheEntry, StepCache, cache_root, resolve_key, under_paths
 from lg.runner.workspace import UnsafeChange, check_change_path, exclude_function, load_ignore_rules
 from lg.runs.states import StepStatus
 from lg.security.enforce import HostPlan, plan_for
@@ -139,7 +141,10 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan)
     step = context.step
     exclude = exclude_function(context.workspace, load_ignore_rules(context.workspace))
     uid, gid = context.profile.uid_gid
+    # The cache goes in first: the workspace put after it records what the step's changes are compared with.
+    cache = _restore_cache(context, vm, image_digest, exclude)
     vm.put_tree(context.workspace, GUEST_WORKSPACE, exclude, owner=(uid, gid))
+    artifacts.deliver(vm, step, context.run_dir, (uid, gid), context.output.note)
     workdir = str(PurePosixPath(GUEST_WORKSPACE) / step.workdir) if step.workdir else GUEST_WORKSPACE
     env = {
         **context.env,
@@ -166,12 +171,69 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan)
     if result.exit_code != 0:
         return replace(base, detail=_failure(result, context.profile))
     outputs = _collect_outputs(vm, step)
-    changes = tuple(vm.changes(GUEST_WORKSPACE))
+    everything = tuple(vm.changes(GUEST_WORKSPACE))
+    # What the step did inside its cache paths is the cache's: never an effect on the host workspace.
+    changes = tuple(c for c in everything if cache is None or not under_paths(c.path, cache.paths))
     for change in changes:
         check_change_path(context.workspace, change)  # refuse before fetching anything
     _fetch_effects(vm, changes, context.effects_dir)
-    _collect_artifacts(vm, step, context.run_dir / "artifacts" / step.id)
+    artifacts.collect(vm, step, GUEST_WORKSPACE, artifacts.guest_paths(context.workspace, exclude, everything),
+                      context.run_dir, context.output.note)
+    if cache is not None and cache.entry is None:
+        _save_cache(context, vm, cache)
     return replace(base, status=StepStatus.SUCCEEDED, outputs=outputs, changes=changes)
+
+
+@dataclass(frozen=True)
+class _CacheUse:
+    store: StepCache
+    key: str
+    scope: str
+    paths: tuple[str, ...]
+    entry: CacheEntry | None  # None: a miss, saved if the step succeeds
+
+
+def _restore_cache(context: StepContext, vm: Vm, image_digest: str,
+                   exclude: Callable[[str], bool]) -> _CacheUse | None:
+    spec = context.step.cache
+    if spec is None:
+        return None
+    config = context.inputs.config
+    store = StepCache(cache_root(config.state_dir), config.step_cache)
+    key = resolve_key(spec.key, context.workspace, exclude)
+    scope = f"{profile_digest(context.profile.confinement(image_kernel(context)))}:{image_digest}"
+    entry = store.lookup(key, scope)
+    if entry is None:
+        context.output.note(f"cache {key}: miss; saved if the step succeeds")
+        return _CacheUse(store, key, scope, spec.paths, None)
+    with tempfile.TemporaryDirectory(prefix="lg-cache-") as scratch:
+        store.extract(entry, Path(scratch))
+        stats = vm.put_tree(Path(scratch), GUEST_WORKSPACE, owner=context.profile.uid_gid)
+    context.output.note(f"cache {key}: restored {stats.files} file(s), {entry.size / 1048576:.1f} MiB")
+    return _CacheUse(store, key, scope, spec.paths, entry)
+
+
+def _save_cache(context: StepContext, vm: Vm, cache: _CacheUse) -> None:
+    """Save the step's cache paths; a cache that cannot be saved is said, and the step still succeeds."""
+    with tempfile.TemporaryDirectory(prefix="lg-cache-") as scratch:
+        present = []
+        for path in cache.paths:
+            try:
+                vm.get_paths(GUEST_WORKSPACE, [path], Path(scratch))
+                present.append(path)
+            except LgError as missing:
+                context.output.note(f"cache {cache.key}: {path} not saved ({missing})")
+        if not present:
+            return
+        try:
+            saved = cache.store.save(cache.key, cache.scope, Path(scratch), tuple(present))
+        except (OSError, LgError) as error:
+            context.output.note(f"cache {cache.key}: not saved ({error})")
+            return
+    if isinstance(saved, str):
+        context.output.note(f"cache {cache.key}: {saved}")
+    else:
+        context.output.note(f"cache {cache.key}: saved {', '.join(present)} ({saved.size / 1048576:.1f} MiB)")
 
 
 def _failure(result: ExecResult, profile: VmProfile) -> str:
@@ -212,13 +274,6 @@ def _collect_outputs(vm: Vm, step: Step) -> dict[str, str]:
         elif spec.name in written:
             outputs[spec.name] = written[spec.name].strip()
     return outputs
-
-
-def _collect_artifacts(vm: Vm, step: Step, destination: Path) -> None:
-    if not step.artifacts:
-        return
-    destination.mkdir(parents=True, exist_ok=True)
-    vm.get_paths(GUEST_WORKSPACE, list(step.artifacts), destination)
 
 
 def _fetch_effects(vm: Vm, changes: tuple[FileChange, ...], destination: Path) -> None:

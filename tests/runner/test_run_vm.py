@@ -505,3 +505,38 @@ def test_lg_cancel_stops_a_background_run_in_a_real_vm(project: Path) -> None:
     run, steps = records(project)
     assert (run.status, [str(s.status) for s in steps]) == ("cancelled", ["cancelled", "cancelled"])
     assert not (project / "late.txt").exists() and not (project / "after.txt").exists()
+
+
+def test_artifact_globs_delivery_and_cache_in_real_vms(lg: Callable[..., Any], project: Path) -> None:
+    """Globs matched against the guest's files, artifacts put into the next step's VM at a guest path, and a
+    cache directory that comes back in the second run's VM and never lands in the workspace."""
+    (project / "lock.txt").write_text("pinned==1\n")
+    path = pipeline(project, """\
+        name: data
+        steps:
+          - id: build
+            run: |
+              mkdir -p dist .deps
+              test -f .deps/built && echo reused > dist/how.txt || { echo fresh > dist/how.txt; touch .deps/built; }
+              echo wheel > dist/app.whl
+            artifacts: ["dist/*.whl", "dist/how.txt"]
+            cache: {key: "deps-{{ hashFiles('lock.txt') }}", paths: [.deps]}
+          - id: check
+            needs: build
+            artifacts_from: {build: /artifacts/build}
+            run: |
+              test "$(cat /artifacts/build/dist/app.whl)" = wheel
+              test "$(stat -c %U /artifacts/build/dist/app.whl)" = lg
+              cp /artifacts/build/dist/how.txt seen.txt
+        """)
+    first = lg("run", path)
+    assert first.code == 0, first.out + first.err
+    assert (project / "seen.txt").read_text() == "fresh\n" and not (project / ".deps").exists()
+    run, steps = records(project)
+    assert {c["path"] for c in steps[1].changes} == {"seen.txt"}  # received artifacts are not changes
+    listed = json.loads(lg("artifacts", run.id, "--json").out)["artifacts"]
+    assert sorted(a["path"] for a in listed) == ["dist/app.whl", "dist/how.txt"]
+    second = lg("run", path)
+    assert second.code == 0, second.out + second.err
+    assert (project / "seen.txt").read_text() == "reused\n"
+    assert "cache deps-" in second.out and "restored" in second.out
