@@ -46,6 +46,15 @@ class StepCacheLimits:
 
 
 @dataclass(frozen=True)
+class WebhookSpec:
+    """Where gate events are POSTed, signed with HMAC-SHA256 under a key read from the environment."""
+
+    url: str
+    secret_env: str  # the environment variable holding the signing key (never the key itself in a file)
+    events: tuple[str, ...] = ("gate.opened", "gate.decided")
+
+
+@dataclass(frozen=True)
 class ProjectPaths:
     """Where named profiles, policies and image recipes are looked up, in order."""
 
@@ -70,6 +79,7 @@ class ProjectConfig:
     pool: PoolSettings
     paths: ProjectPaths
     step_cache: StepCacheLimits = field(default_factory=StepCacheLimits)
+    webhooks: tuple[WebhookSpec, ...] = ()
 
 
 # --- pipelines -------------------------------------------------------------------------------------------

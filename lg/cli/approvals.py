@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lg.cli.output import color_enabled, emit_json, json_option, state_store
+from lg.cli.output import color_enabled, emit_json, json_option, state_store, webhook_courier
 from lg.errors import ExitCode, InvalidInput
 
 if TYPE_CHECKING:
@@ -177,7 +177,10 @@ def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | N
             sign_only.write_text(json.dumps(signed.to_json(), indent=2) + "\n")
             click.echo(f"signed decision for gate {gate.gate_id} written to {sign_only}")
             return ExitCode.OK
-    settled = decide(gates, record, gate, verdict, comment, signed=signed, expected_digest=digest)
+    from lg.config.project import load_project_config  # noqa: PLC0415
+
+    with webhook_courier(load_project_config()):
+        settled = decide(gates, record, gate, verdict, comment, signed=signed, expected_digest=digest)
     if as_json:
         emit_json(gate_view(settled, record))
         return ExitCode.OK

@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "reject": "lg.cli.approvals:reject",
     "artifacts": "lg.cli.artifacts:artifacts",
     "cache": "lg.cli.artifacts:cache",
+    "webhooks": "lg.cli.webhooks:webhooks",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -62,6 +63,7 @@ SHORT_HELP: dict[str, str] = {
     "reject": "Reject a gate: its step does not run or its effects are discarded.",
     "artifacts": "List a run's kept artifacts, or copy them out.",
     "cache": "List, remove and prune the step cache.",
+    "webhooks": "Deliver gate events the project's webhooks have not received yet.",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import click
 from lg.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from lg.model import ProjectConfig
     from lg.runs.store import RunStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,3 +52,12 @@ def state_store() -> RunStore:
     from lg.runs.store import RunStore  # noqa: PLC0415
 
     return RunStore(load_project_config().state_dir)
+
+
+def webhook_courier(config: ProjectConfig) -> contextlib.AbstractContextManager[object]:
+    """Around a command that opens or decides gates: the project's webhooks hear of each as it happens."""
+    if not config.webhooks:
+        return contextlib.nullcontext()
+    from lg.notify.webhooks import Courier  # noqa: PLC0415
+
+    return Courier(config.state_dir, config.webhooks, lambda text: click.echo(f"lg: {text}", err=True))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 import psutil
 
-from lg.cli.output import color_enabled, emit_json, json_option, state_store
+from lg.cli.output import color_enabled, emit_json, json_option, state_store, webhook_courier
 from lg.errors import EnvironmentUnfit, ExitCode, InvalidInput, LgError
 from lg.model import Pipeline
 from lg.runner import interrupts
@@ -69,7 +69,8 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, 
     store = RunStore(inputs.config.state_dir)
     store.require_intact_audit()
     request = _request(inputs, root, as_json, wait)
-    return _reported(store, as_json, lambda: run_pipeline(request, store))
+    with webhook_courier(inputs.config):
+        return _reported(store, as_json, lambda: run_pipeline(request, store))
 
 
 @click.command()
@@ -98,7 +99,8 @@ def resume(run_id: str, accepted: tuple[Path, ...], wait: bool, as_json: bool) -
     inputs = bind_unchanged_inputs(store, record, accepted)
     request = _request(inputs, Path(record.workspace), as_json, wait)
     record = store.claim(record.id, current_user())
-    return _reported(store, as_json, lambda: resume_run(request, store, record))
+    with webhook_courier(inputs.config):
+        return _reported(store, as_json, lambda: resume_run(request, store, record))
 
 
 @click.command()

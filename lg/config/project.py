@@ -11,7 +11,7 @@ from lg.config.pipeline_schema import image_name
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
-from lg.model import HYPERVISOR_CHOICES, PoolSettings, ProjectConfig, ProjectPaths, StepCacheLimits
+from lg.model import HYPERVISOR_CHOICES, PoolSettings, ProjectConfig, ProjectPaths, StepCacheLimits, WebhookSpec
 
 PROJECT_FILE = "lg.yaml"
 
@@ -55,6 +55,23 @@ def project_schema() -> dict[str, Any]:
                                   "description": "restore VMs from template snapshots and keep them ready "
                                                  "(default true); false cold-boots every step's VM when it "
                                                  "starts"},
+                },
+            },
+            "webhooks": {
+                "type": "array",
+                "maxItems": 16,
+                "description": "where gate events are POSTed as signed JSON (docs/approvals.md)",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["url", "secret_env"],
+                    "properties": {
+                        "url": {"type": "string", "pattern": "^https?://[^\\s]+$", "maxLength": 2048},
+                        "secret_env": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                                       "description": "environment variable holding the HMAC key"},
+                        "events": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                   "items": {"enum": ["gate.opened", "gate.decided"]}},
+                    },
                 },
             },
             "step_cache": {
@@ -148,6 +165,9 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
             snapshots=bool(pool.get("snapshots", True)),
         ),
         step_cache=StepCacheLimits(**data.get("step_cache", {})),
+        webhooks=tuple(WebhookSpec(hook["url"], hook["secret_env"],
+                                   tuple(hook.get("events", ("gate.opened", "gate.decided"))))
+                       for hook in data.get("webhooks", ())),
         paths=ProjectPaths(
             vm_profiles=_search_dirs(root, paths.get("vm_profiles"), "profiles/vm"),
             risk_policies=_search_dirs(root, paths.get("risk_policies"), "profiles/risk"),

@@ -98,12 +98,18 @@ class AuditLog:
         self.unwritten_head = record
         return record
 
-    def records(self) -> Iterator[AuditRecord]:
-        for row in self._db.execute("SELECT seq, ts, kind, run_id, data, prev, hash FROM audit ORDER BY rowid"):
+    def records(self, after: int = 0) -> Iterator[AuditRecord]:
+        """The records in order; with `after`, only those whose seq is greater."""
+        for row in self._db.execute("SELECT seq, ts, kind, run_id, data, prev, hash FROM audit WHERE seq > ? "
+                                    "ORDER BY rowid", (after,)):
             try:
                 yield AuditRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
             except (ValueError, TypeError) as error:  # not what append() wrote: the file is damaged
                 raise unreadable_row(path_of(self._db), "audit", error) from error
+
+    def last_seq(self) -> int:
+        row = self._db.execute("SELECT MAX(seq) FROM audit").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     def verify(self) -> list[Problem]:
         """Every break in the chain, in order. An empty list means the log is intact."""

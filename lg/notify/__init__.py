@@ -1,0 +1,1 @@
+"""Telling people outside lg that something needs them: webhooks on gate events."""
