@@ -155,8 +155,9 @@ _WRITABLE = {
 
 
 def new_run_id() -> str:
-    """Sortable by time, unique enough for one host: 20261124-191530-9f2c."""
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    """Sortable by time, with 32 random bits: 20261124-191530-9f2c41d0. create_run draws again on the rare
+    collision (many runs a second share a store: parallel CI jobs on one server, a test's state machine)."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(4)
 
 
 class RunStore:
@@ -314,9 +315,11 @@ class RunStore:
     def create_run(self, pipeline: str, pipeline_path: Path, workspace: Path, initiator: str,
                    steps: list[tuple[str, str]], pipeline_sha256: str | None = None,
                    inputs: list[dict[str, Any]] | None = None) -> RunRecord:
-        run_id = new_run_id()
         now = time.time()
         with self.transaction() as db:
+            run_id = new_run_id()
+            while db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None:
+                run_id = new_run_id()
             db.execute(
                 "INSERT INTO runs (id, pipeline, pipeline_path, workspace, status, created, initiator, pid,"
                 " pid_started, pipeline_sha256, inputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
