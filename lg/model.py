@@ -61,6 +61,7 @@ class ProjectConfig:
     cache_dir: Path
     pool: PoolSettings
     paths: ProjectPaths
+    max_parallel: int | None = None  # a pipeline's default (its own `max_parallel:` wins)
 
 
 # --- pipelines -------------------------------------------------------------------------------------------
@@ -97,6 +98,16 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class MatrixGroup:
+    """The expansions of one matrix step, run as a group: at most `max_parallel` of them at once (None: no
+    limit of their own), and `fail_fast` (None: the pipeline's) says whether one failing cancels the others."""
+
+    id: str  # the matrix step's id in the file (its expansions' ids add the values)
+    max_parallel: int | None = None
+    fail_fast: bool | None = None
+
+
+@dataclass(frozen=True)
 class Step:
     id: str
     name: str
@@ -117,6 +128,7 @@ class Step:
     image: str | None
     approve: ApprovalSpec | None
     location: Location = field(compare=False, default=Location(None))
+    matrix_group: MatrixGroup | None = None  # set on each expansion of a matrix step
 
     @property
     def display_name(self) -> str:
@@ -139,6 +151,8 @@ class Pipeline:
     steps: tuple[Step, ...]
     policy_location: Location = field(compare=False, default=Location(None))
     profile_location: Location = field(compare=False, default=Location(None))
+    max_parallel: int | None = None  # steps run at once; None: lg.yaml's, else from the pool and the cores
+    fail_fast: bool = True  # a step that fails cancels the running ones and skips those not started
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:
