@@ -24,7 +24,8 @@ def errors_of(path: Path) -> list[str]:
 
 
 def test_pipeline_max_parallel_and_fail_fast(write: Write) -> None:
-    pipeline = load_pipeline(write("p.yaml", "name: x\nmax_parallel: 3\nfail_fast: false\nsteps: [{id: a, run: echo}]\n"))
+    text = "name: x\nmax_parallel: 3\nfail_fast: false\nsteps: [{id: a, run: echo}]\n"
+    pipeline = load_pipeline(write("p.yaml", text))
     assert (pipeline.max_parallel, pipeline.fail_fast) == (3, False)
     default = load_pipeline(write("q.yaml", "name: x\nsteps: [{id: a, run: echo}]\n"))
     assert (default.max_parallel, default.fail_fast) == (None, True)
@@ -38,7 +39,7 @@ def test_pipeline_max_parallel_and_fail_fast(write: Write) -> None:
 def test_bad_pipeline_values_name_their_key_and_line(write: Write, text: str, expected: str) -> None:
     path = write("p.yaml", f"name: x\n{text}\nsteps: [{{id: a, run: echo}}]\n")
     (error,) = errors_of(path)
-    assert f"p.yaml:2" in error and expected in error
+    assert "p.yaml:2" in error and expected in error
 
 
 def test_lg_yaml_max_parallel(write: Write) -> None:
