@@ -359,7 +359,18 @@ def _decide(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepState
         run.store.skip_step(run.record.id, step.id, skip)
         run.request.echo(f"[{step.id}] {skip}")
         return StepState(StepStatus.SKIPPED)
+    _render_here(run, step, states)
     return None
+
+
+def _render_here(run: _Run, step: Step, states: Mapping[str, StepState]) -> None:
+    """Render the step's run-time templates once in the run's main thread, the only one where a template that
+    runs too long is stopped (lg.config.templates.render_deadline): the step's thread renders them again from
+    the same values, so it cannot spin longer. A template that fails fails the run here, as it always did."""
+    context = _template_context(run, step, states)
+    _runtime_text(step.run or "", context, f"step {step.id} run")
+    for name, value in step.env.items():
+        _runtime_text(value, context, f"step {step.id} env.{name}")
 
 
 def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepState:

@@ -342,3 +342,17 @@ def test_the_audit_chain_stays_whole_with_steps_ending_at_once(project: Project)
     applied = [r for r in store.audit_log.records() if r.run_id == outcome.run.id and r.kind == "effects.applied"]
     assert len(applied) == 8
     assert sorted(p.name for p in Path(project.root).glob("f*.txt")) == [f"f{n}.txt" for n in range(1, 9)]
+
+
+def test_a_run_time_template_that_spins_is_stopped_though_steps_run_in_threads(project: Project) -> None:
+    spin = "{% for a in steps.big.outputs.x %}{% for b in steps.big.outputs.x %}{% for c in steps.big.outputs.x %}" \
+           "{% endfor %}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    with pytest.raises(StepFailed, match="took longer than"):
+        project.run(f"""\
+            name: spin
+            steps:
+              - {{id: big, run: "printf 'x=%0999d' 0 >> $LG_OUTPUT", outputs: [x]}}
+              - {{id: loop, needs: big, run: "echo {spin}"}}
+            """)
+    assert time.monotonic() - started < 30
