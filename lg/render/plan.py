@@ -31,6 +31,8 @@ def pipeline_view(pipeline: Pipeline, grades: dict[str, dict[str, Any]] | None =
         "image": pipeline.image,
         "profile": pipeline.profile,
         "policy": pipeline.policy,
+        "max_parallel": pipeline.max_parallel,  # None: lg.yaml's, else from the pool and the cores
+        "fail_fast": pipeline.fail_fast,
         "vars": dict(pipeline.vars),
         "env": dict(pipeline.env),
         "secrets": [secret.name for secret in pipeline.secrets],
@@ -55,6 +57,9 @@ def step_view(step: Step) -> dict[str, Any]:
         "outputs": [{"name": o.name, "file": o.file} if o.file else o.name for o in step.outputs],
         "artifacts": list(step.artifacts),
         "matrix": dict(step.matrix),
+        "matrix_limits": {key: value for key, value in (
+            ("max_parallel", step.matrix_group.max_parallel), ("fail_fast", step.matrix_group.fail_fast))
+            if value is not None} if step.matrix_group is not None else None,
         "profile": step.profile,
         "hypervisor": step.hypervisor,
         "image": step.image,
