@@ -47,6 +47,7 @@ from lg.runner.console import StepOutput, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
 from lg.runner.gating import BranchWaiter, GateNeed, Waiter, before_gate, effects_gate
 from lg.runner.interrupts import CancelWatch, deferred
+from lg.runner.landing import Landing
 from lg.runner.scheduler import Scheduler, max_parallel
 from lg.runner.secret_outputs import masked_result
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
@@ -120,6 +121,7 @@ class _Run:
     record: RunRecord
     deadline: float | None
     vms: VmProvider  # the run's (RunVms); while a step runs, its own stoppable view of it (StoppableVms)
+    landing: Landing = field(default_factory=Landing)  # steps running at once land their changes one at a time
 
 
 def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
@@ -536,7 +538,9 @@ def _apply(run: _Run, step: Step, changes: tuple[FileChange, ...], held: Path,
     store, record = run.store, run.record
     store.applying(record.id, step.id, effects_grade)  # durable before the workspace changes
     try:
-        with deferred():  # an interrupt (Ctrl-C, lg cancel) waits until the step's effects are all in place
+        started = store.step(record.id, step.id).started
+        # an interrupt (Ctrl-C, lg cancel) waits until the step's effects are all in place
+        with deferred(), run.landing.exclusive(step.id, started, changes):
             if not already_applied(run.request.workspace, changes):
                 apply_held(run.request.workspace, changes, held, base)
             store.applied(record.id, step.id, changes)

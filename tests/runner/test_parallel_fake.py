@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace as changed
 from pathlib import Path
 
 import pytest
 
 from lg.approvals.decide import decide
+from lg.config.pipeline import build_pipeline
+from lg.config.project import load_project_config
+from lg.config.yamlsource import parse_yaml
 from lg.errors import AwaitingApproval, ExitCode, StepFailed
+from lg.model import Pipeline, PoolSettings
+from lg.runner.scheduler import max_parallel
 from lg.runs.gates import GateStore
 from lg.runs.states import StepStatus
 from lg.runs.store import RunStore, StepRecord
@@ -21,6 +27,10 @@ from tests.runner.test_engine_fake import Project
 project = test_engine_fake.project  # the fixture: a project on a warm pool of fake VMs
 
 pytestmark = pytest.mark.timeout(120)
+
+
+def load_pipeline_text(text: str) -> Pipeline:
+    return build_pipeline(parse_yaml(text, Path("p.yaml")), load_project_config(Path("/nonexistent")))
 
 
 def spans(store: RunStore, run_id: str) -> dict[str, tuple[float, float]]:
@@ -356,3 +366,44 @@ def test_a_run_time_template_that_spins_is_stopped_though_steps_run_in_threads(p
               - {{id: loop, needs: big, run: "echo {spin}"}}
             """)
     assert time.monotonic() - started < 30
+
+
+def test_steps_at_once_never_silently_undo_each_other_s_change(project: Project) -> None:
+    with pytest.raises(StepFailed):
+        project.run("""\
+            name: clash
+            fail_fast: false
+            steps:
+              - {id: first, run: "echo first > shared.txt; mkdir -p out; echo 1 > out/one.txt"}
+              - {id: second, run: "sleep 0.5; echo second > shared.txt; mkdir -p out; echo 2 > out/two.txt"}
+              - {id: same, run: "sleep 1; echo first > shared.txt"}
+            """)
+    _, steps = last_run(project)
+    assert {sid: str(s.status) for sid, s in steps.items()} == {
+        "first": "succeeded", "second": "failed", "same": "succeeded"}
+    assert "shared.txt was changed by step 'first', which ran at the same time" in (steps["second"].detail or "")
+    assert (project.root / "shared.txt").read_text() == "first\n"
+    assert (project.root / "out/one.txt").exists() and not (project.root / "out/two.txt").exists()
+
+
+def test_independent_changes_of_one_directory_all_land(project: Project) -> None:
+    outcome = project.run("""\
+        name: together
+        steps:
+          - id: part
+            matrix: {n: [1, 2, 3]}
+            run: "mkdir -p out; echo {{ matrix.n }} > out/{{ matrix.n }}.txt"
+        """)
+    assert outcome.exit_code == ExitCode.OK
+    assert sorted(p.name for p in (project.root / "out").iterdir()) == ["1.txt", "2.txt", "3.txt"]
+
+
+def test_the_default_max_parallel_is_two_a_core_within_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_project_config(Path("/nonexistent"))
+    pipeline = changed(load_pipeline_text("name: x\nsteps: [{id: a, run: echo}]\n"), max_parallel=None)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert max_parallel(pipeline, changed(config, pool=PoolSettings(max_active=8))) == 4
+    assert max_parallel(pipeline, changed(config, pool=PoolSettings(max_active=3))) == 3
+    assert max_parallel(changed(pipeline, max_parallel=6), changed(config, pool=PoolSettings(max_active=8))) == 6
+    assert max_parallel(pipeline, changed(config, max_parallel=5, pool=PoolSettings(max_active=8))) == 5
+    assert max_parallel(changed(pipeline, max_parallel=50), changed(config, pool=PoolSettings(max_active=8))) == 8
