@@ -13,7 +13,6 @@ directory, and effects that were being applied are finished idempotently.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -43,7 +42,7 @@ from lg.policy.model import Assessment, RiskPolicy
 from lg.pool.key import PoolKey
 from lg.pool.provider import VmProvider, open_provider
 from lg.runner.conditions import skip_reason
-from lg.runner.console import StepOutput, open_log
+from lg.runner.console import StepOutput, line_atomic, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
 from lg.runner.gating import BranchWaiter, GateNeed, Waiter, before_gate, effects_gate
 from lg.runner.interrupts import CancelWatch, deferred
@@ -142,7 +141,7 @@ def resume_run(request: RunRequest, store: RunStore, record: RunRecord) -> RunOu
 
 
 def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcome:
-    request = replace(request, echo=_line_atomic(request.echo))  # steps print from threads of their own
+    request = replace(request, echo=line_atomic(request.echo))  # steps print from threads of their own
     pipeline = request.pipeline
     gates = GateStore(store, request.clock)
     vms = RunVms(None, request.vms) if request.vms is not None else RunVms(lambda: open_provider(request.config))
@@ -174,17 +173,6 @@ def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcom
         return _conclude(run, states)
     except CancelRequested:  # asked after the last step ended: the run does not end any other way
         raise _cancelled(run) from None
-
-
-def _line_atomic(echo: Callable[[str], None]) -> Callable[[str], None]:
-    """`echo`, one call at a time: a line (or a gate's card) is never cut by another step's."""
-    lock = threading.Lock()
-
-    def locked(text: str) -> None:
-        with lock:
-            echo(text)
-
-    return locked
 
 
 @dataclass(frozen=True)
