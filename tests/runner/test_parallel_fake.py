@@ -17,6 +17,7 @@ from lg.config.project import load_project_config
 from lg.config.yamlsource import parse_yaml
 from lg.errors import AwaitingApproval, ExitCode, StepFailed
 from lg.model import Pipeline, PoolSettings
+from lg.runner.engine import run_pipeline
 from lg.runner.scheduler import max_parallel
 from lg.runs.gates import GateStore
 from lg.runs.states import StepStatus
@@ -407,3 +408,28 @@ def test_the_default_max_parallel_is_two_a_core_within_the_pool(monkeypatch: pyt
     assert max_parallel(changed(pipeline, max_parallel=6), changed(config, pool=PoolSettings(max_active=8))) == 6
     assert max_parallel(pipeline, changed(config, max_parallel=5, pool=PoolSettings(max_active=8))) == 5
     assert max_parallel(changed(pipeline, max_parallel=50), changed(config, pool=PoolSettings(max_active=8))) == 8
+
+
+def test_with_wait_the_run_waits_only_once_nothing_else_can_run(project: Project) -> None:
+    store = project.store
+
+    def approve_once_paused() -> None:
+        mine = RunStore(project.root / ".lg")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            runs = mine.runs(1)
+            if runs and str(runs[0].status) == "awaiting_approval":
+                approve(mine, runs[0].id, "deploy.before")
+                return
+            time.sleep(0.05)
+
+    approver = threading.Thread(target=approve_once_paused)
+    approver.start()
+    request = changed(project.request(GATED_BRANCH), wait=True)
+    outcome = run_pipeline(request, store)
+    approver.join()
+    assert outcome.exit_code == ExitCode.OK
+    kinds = [(r.kind, r.data.get("step")) for r in store.audit_log.records() if r.run_id == outcome.run.id]
+    paused = kinds.index(("run.paused", None))
+    assert ("effects.applied", "test") in kinds[:paused]  # the other branch ran to its end first
+    assert ("run.continued", None) in kinds[paused:] and ("effects.applied", "after-deploy") in kinds[paused:]
