@@ -433,3 +433,20 @@ def test_with_wait_the_run_waits_only_once_nothing_else_can_run(project: Project
     paused = kinds.index(("run.paused", None))
     assert ("effects.applied", "test") in kinds[:paused]  # the other branch ran to its end first
     assert ("run.continued", None) in kinds[paused:] and ("effects.applied", "after-deploy") in kinds[paused:]
+
+
+def test_a_matrix_fail_fast_cancels_its_own_steps_only_when_the_pipeline_s_is_off(project: Project) -> None:
+    with pytest.raises(StepFailed):
+        project.run("""\
+            name: shards-stop
+            fail_fast: false
+            max_parallel: 4
+            steps:
+              - id: shard
+                matrix: {n: [1, 2, 3], fail_fast: true}
+                run: 'if [ {{ matrix.n }} = 1 ]; then sleep 0.3; exit 1; fi; sleep 30'
+              - {id: other, run: "sleep 1; echo other > other.txt"}
+            """)
+    _, steps = last_run(project)
+    assert {sid: str(s.status) for sid, s in steps.items()} == {
+        "shard-1": "failed", "shard-2": "cancelled", "shard-3": "cancelled", "other": "succeeded"}
