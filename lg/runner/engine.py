@@ -47,7 +47,7 @@ from lg.runner.effects import already_applied, apply_held, base_digests, discard
 from lg.runner.gating import BranchWaiter, GateNeed, Waiter, before_gate, effects_gate
 from lg.runner.interrupts import CancelWatch, deferred
 from lg.runner.landing import Landing
-from lg.runner.scheduler import Scheduler, max_parallel
+from lg.runner.scheduler import Scheduler, limit_note, max_parallel
 from lg.runner.secret_outputs import masked_result
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
 from lg.runner.stopping import StepStopped, StoppableVms, StopSwitch
@@ -153,6 +153,9 @@ def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcom
     try:
         with CancelWatch(store.path, record.id):
             _announce_steps(run, [step for step in topological_order(pipeline) if step.id not in states])
+            note = limit_note(pipeline, request.config)
+            if note is not None:
+                request.echo(f"run {record.id}: {note}")
             Scheduler(pipeline, states, _Hooks(run), max_parallel(pipeline, request.config)).run()
     except KeyboardInterrupt:
         if store.run(record.id).cancel_requested is not None:  # `lg cancel`'s SIGTERM, or our CancelWatch

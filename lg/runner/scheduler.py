@@ -66,6 +66,15 @@ def max_parallel(pipeline: Pipeline, config: ProjectConfig) -> int:
     return max(1, min(wanted, config.pool.max_active))
 
 
+def limit_note(pipeline: Pipeline, config: ProjectConfig) -> str | None:
+    """What to tell the user when the max_parallel they asked for is more than the pool allows."""
+    asked = pipeline.max_parallel or config.max_parallel
+    if asked is None or asked <= config.pool.max_active:
+        return None
+    return (f"max_parallel {asked} is more than the pool's max_active ({config.pool.max_active}): "
+            f"{config.pool.max_active} steps at most run at once (raise pool.max_active in lg.yaml)")
+
+
 class Scheduler(Generic[S]):
     def __init__(self, pipeline: Pipeline, states: dict[str, S], hooks: Hooks[S], limit: int) -> None:
         self.pipeline, self.states, self.hooks, self.limit = pipeline, states, hooks, limit

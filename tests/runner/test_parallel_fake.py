@@ -18,7 +18,7 @@ from lg.config.yamlsource import parse_yaml
 from lg.errors import AwaitingApproval, ExitCode, StepFailed
 from lg.model import Pipeline, PoolSettings
 from lg.runner.engine import run_pipeline
-from lg.runner.scheduler import max_parallel
+from lg.runner.scheduler import limit_note, max_parallel
 from lg.runs.gates import GateStore
 from lg.runs.states import StepStatus
 from lg.runs.store import RunStore, StepRecord
@@ -408,6 +408,9 @@ def test_the_default_max_parallel_is_two_a_core_within_the_pool(monkeypatch: pyt
     assert max_parallel(changed(pipeline, max_parallel=6), changed(config, pool=PoolSettings(max_active=8))) == 6
     assert max_parallel(pipeline, changed(config, max_parallel=5, pool=PoolSettings(max_active=8))) == 5
     assert max_parallel(changed(pipeline, max_parallel=50), changed(config, pool=PoolSettings(max_active=8))) == 8
+    assert "raise pool.max_active" in (limit_note(changed(pipeline, max_parallel=50),
+                                                  changed(config, pool=PoolSettings(max_active=8))) or "")
+    assert limit_note(pipeline, changed(config, pool=PoolSettings(max_active=8))) is None
 
 
 def test_with_wait_the_run_waits_only_once_nothing_else_can_run(project: Project) -> None:
