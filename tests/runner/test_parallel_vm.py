@@ -82,3 +82,24 @@ def test_fail_fast_stops_the_running_sibling_s_vm(project: Path) -> None:
     assert {s.step_id: s.status for s in steps} == {"broken": "failed", "slow": "cancelled", "cleanup": "succeeded"}
     assert "[slow] cancelled: step 'broken' failed (fail_fast); VM stopped, nothing applied" in output
     assert not (project / "late.txt").exists() and (project / "cleaned.txt").read_text() == "cleaned\n"
+
+
+def test_a_gate_pauses_its_branch_while_the_other_runs_in_its_vm(lg: Callable[..., Any], project: Path) -> None:
+    path = pipeline(project, """\
+        name: branch-gate
+        steps:
+          - {id: ship, approve: true, run: echo shipped > shipped.txt}
+          - {id: build, run: "sleep 2; echo built > built.txt"}
+        """)
+    paused = lg("run", path)
+    assert paused.code == 3, paused.out + paused.err
+    run, steps = records(project)
+    assert run.status == "awaiting_approval"
+    assert {s.step_id: s.status for s in steps} == {"ship": "awaiting_approval", "build": "succeeded"}
+    assert (project / "built.txt").read_text() == "built\n" and not (project / "shipped.txt").exists()
+    assert lg("approve", run.id, "ship.before").code == 0
+    resumed = lg("resume", run.id)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert (project / "shipped.txt").read_text() == "shipped\n"
+    _, steps = records(project)
+    assert [s.attempts for s in steps] == [1, 1]  # build did not run again
