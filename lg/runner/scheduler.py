@@ -76,6 +76,9 @@ def limit_note(pipeline: Pipeline, config: ProjectConfig) -> str | None:
 
 
 class Scheduler(Generic[S]):
+    """One run's loop (see the module). `states` holds how each ended step ended, and gets the others' as they
+    end: a resumed run passes those its earlier processes ended, which never run again."""
+
     def __init__(self, pipeline: Pipeline, states: dict[str, S], hooks: Hooks[S], limit: int) -> None:
         self.pipeline, self.states, self.hooks, self.limit = pipeline, states, hooks, limit
         order = topological_order(pipeline)
