@@ -80,6 +80,7 @@ class ProjectConfig:
     paths: ProjectPaths
     step_cache: StepCacheLimits = field(default_factory=StepCacheLimits)
     webhooks: tuple[WebhookSpec, ...] = ()
+    max_parallel: int | None = None  # a pipeline's default (its own `max_parallel:` wins)
 
 
 # --- pipelines -------------------------------------------------------------------------------------------
@@ -124,6 +125,16 @@ class CacheSpec:
 
 
 @dataclass(frozen=True)
+class MatrixGroup:
+    """The expansions of one matrix step, run as a group: at most `max_parallel` of them at once (None: no
+    limit of their own), and `fail_fast` (None: the pipeline's) says whether one failing cancels the others."""
+
+    id: str  # the matrix step's id in the file (its expansions' ids add the values)
+    max_parallel: int | None = None
+    fail_fast: bool | None = None
+
+
+@dataclass(frozen=True)
 class Step:
     id: str
     name: str
@@ -146,6 +157,7 @@ class Step:
     location: Location = field(compare=False, default=Location(None))
     cache: CacheSpec | None = None
     artifacts_from: FrozenMap = field(default_factory=frozen_map)  # needed step id -> absolute guest path
+    matrix_group: MatrixGroup | None = None  # set on each expansion of a matrix step
 
     @property
     def display_name(self) -> str:
@@ -168,6 +180,8 @@ class Pipeline:
     steps: tuple[Step, ...]
     policy_location: Location = field(compare=False, default=Location(None))
     profile_location: Location = field(compare=False, default=Location(None))
+    max_parallel: int | None = None  # steps run at once; None: lg.yaml's, else from the pool and the cores
+    fail_fast: bool = True  # a step that fails cancels the running ones and skips those not started
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:

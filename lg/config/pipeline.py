@@ -11,13 +11,14 @@ from typing import Any
 
 from lg.config import step_data, templates
 from lg.config.durations import parse_duration
-from lg.config.pipeline_schema import pipeline_schema
+from lg.config.pipeline_schema import MATRIX_KEYWORDS, pipeline_schema
 from lg.config.project import load_project_config
 from lg.config.schema_check import check_schema, suggest
 from lg.config.yamlsource import KeyPath, SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
 from lg.model import (
     ApprovalSpec,
+    MatrixGroup,
     OutputSpec,
     Pipeline,
     ProjectConfig,
@@ -122,6 +123,8 @@ class _PipelineBuilder:
             steps=steps,
             policy_location=self.doc.location(("policy",)),
             profile_location=self.doc.location(("profile",)),
+            max_parallel=self.data.get("max_parallel"),
+            fail_fast=self.data.get("fail_fast", True),
         )
 
     def _secrets(self) -> tuple[SecretSpec, ...]:
@@ -146,7 +149,11 @@ class _PipelineBuilder:
             if not matrix:
                 yield _Expansion(index, raw["id"], raw["id"], raw, {})
                 continue
-            for values in _matrix_combinations(matrix):
+            combinations = _matrix_combinations(matrix)
+            if not combinations:
+                self.fail(("steps", index, "matrix"), "the matrix expands to no step: give it an axis (a list of "
+                          "values) or an include, and do not exclude every combination")
+            for values in combinations:
                 suffix = "-".join(_slug(value) for value in values.values())
                 yield _Expansion(index, raw["id"], f"{raw['id']}-{suffix}", raw, values)
 
@@ -237,6 +244,7 @@ class _PipelineBuilder:
             artifacts_from=frozen_map(step_data.artifacts_from(
                 raw.get("artifacts_from"), key_path, expansion.step_id, self.shards, upstream,
                 lambda shard: bool(self.raw_by_id[shard].get("artifacts")), self.fail)),
+            matrix_group=_matrix_group(expansion),
         )
 
     def _check_kind(self, raw: Mapping[str, Any], key_path: KeyPath) -> None:
@@ -307,10 +315,13 @@ class _PipelineBuilder:
             return
         try:
             names = templates.expression_names(expression)
-            if "steps" in names:
-                templates.evaluate(expression, {**context, "steps": probe})
-            else:
-                templates.evaluate(expression, context)
+            # Each status function is tried both ways: `failure() and vars.x == 'y'` is checked past `and`
+            for outcome in (True, False):
+                functions = templates.status_stand_ins(outcome)
+                if "steps" in names:
+                    templates.evaluate(expression, {**context, **functions, "steps": probe})
+                else:
+                    templates.evaluate(expression, {**context, **functions})
         except templates.TemplateProblem as problem:
             self._template_error(key_path, problem)
 
@@ -342,13 +353,33 @@ def _default_name(expansion: _Expansion) -> str:
     return f"{expansion.base_id} ({values})"
 
 
-def _matrix_combinations(matrix: Mapping[str, Any]) -> Iterator[dict[str, str]]:
-    axes = {name: [_text(v) for v in values] for name, values in matrix.items() if name != "exclude"}
+def _matrix_combinations(matrix: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The axes' product, less `exclude`, then `include` as GitHub Actions does it (docs/pipeline.md): an entry
+    adds its other values to every combination whose axis values it matches (never changing an axis value),
+    and one that matches none is a combination of its own."""
+    axes = {name: [_text(v) for v in values] for name, values in matrix.items() if name not in MATRIX_KEYWORDS}
     excluded = [{k: _text(v) for k, v in rule.items()} for rule in matrix.get("exclude", [])]
-    for combination in itertools.product(*axes.values()):
-        values = dict(zip(axes, combination, strict=True))
-        if not any(all(values.get(k) == v for k, v in rule.items()) for rule in excluded):
-            yield values
+    combinations = [dict(zip(axes, combination, strict=True)) for combination in itertools.product(*axes.values())
+                    ] if axes else []
+    combinations = [values for values in combinations
+                    if not any(all(values.get(k) == v for k, v in rule.items()) for rule in excluded)]
+    expanded = len(combinations)
+    for entry in matrix.get("include", []):
+        values = {k: _text(v) for k, v in entry.items()}
+        matching = [combination for combination in combinations[:expanded]
+                    if all(combination[k] == v for k, v in values.items() if k in axes)]
+        for combination in matching:
+            combination.update({k: v for k, v in values.items() if k not in axes})
+        if not matching:
+            combinations.append(values)
+    return combinations
+
+
+def _matrix_group(expansion: _Expansion) -> MatrixGroup | None:
+    matrix = expansion.raw.get("matrix")
+    if not matrix:
+        return None
+    return MatrixGroup(expansion.base_id, matrix.get("max_parallel"), matrix.get("fail_fast"))
 
 
 def _condition(raw: str | bool | None) -> str | None:

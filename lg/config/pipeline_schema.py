@@ -91,18 +91,37 @@ def _outputs() -> dict[str, Any]:
     }
 
 
+MAX_PARALLEL = 256
+MAX_PARALLEL_SCHEMA: dict[str, Any] = {
+    "type": "integer", "minimum": 1, "maximum": MAX_PARALLEL,
+    "description": "how many steps run at once (each in its own VM); default: lg.yaml's, else from the pool's "
+                   "max_active and the host's cores",
+}
+MATRIX_KEYWORDS = ("exclude", "include", "max_parallel", "fail_fast")
+"""Keys of `matrix:` that are not axes."""
+
+
 def _matrix() -> dict[str, Any]:
     scalar = {"type": ["string", "number", "boolean"]}
+    combination = {"type": "object", "additionalProperties": scalar, "minProperties": 1,
+                   "propertyNames": {"pattern": "^[a-z_][a-z0-9_]*$"}}
     return {
         "description": "expands the step once per combination of values",
         "type": "object",
         "minProperties": 1,
         "propertyNames": {"pattern": "^[a-z_][a-z0-9_]*$"},
         "properties": {
-            "exclude": {
-                "type": "array",
-                "items": {"type": "object", "additionalProperties": scalar, "minProperties": 1},
-            },
+            "exclude": {"type": "array", "items": combination,
+                        "description": "combinations left out (every value given must match)"},
+            "include": {"type": "array", "items": combination,
+                        "description": "values added to the combinations they match without changing an axis "
+                                       "value, or else one more combination"},
+            "max_parallel": {**MAX_PARALLEL_SCHEMA,
+                             "description": "how many of this matrix's steps run at once (default: no limit of "
+                                            "its own)"},
+            "fail_fast": {"type": "boolean",
+                          "description": "one failing step of the matrix cancels the others (default: the "
+                                         "pipeline's fail_fast)"},
         },
         "additionalProperties": {"type": "array", "items": scalar, "minItems": 1, "maxItems": 256},
     }
@@ -124,7 +143,9 @@ def step_schema() -> dict[str, Any]:
                     {"type": "array", "items": {"type": "string", "pattern": STEP_ID_PATTERN}},
                 ],
             },
-            "if": {"type": ["string", "boolean"], "description": "a jinja2 expression"},
+            "if": {"type": ["string", "boolean"],
+                   "description": "a jinja2 expression; may call always(), success(), failure(), cancelled() "
+                                  "(without any: success() and the expression)"},
             "env": _env_map("environment variables for this step"),
             "workdir": {"type": "string", "minLength": 1, "description": "relative to the workspace"},
             "timeout": duration_schema("the step's time limit; the VM is killed past it"),
@@ -213,6 +234,10 @@ def pipeline_schema() -> dict[str, Any]:
             "env": _env_map("environment variables for every step"),
             "secrets": _secrets(),
             "timeout": duration_schema("the whole run's time limit"),
+            "max_parallel": MAX_PARALLEL_SCHEMA,
+            "fail_fast": {"type": "boolean",
+                          "description": "a failing step cancels the running steps and skips those not started "
+                                         "(default true); false: only the steps that need it are skipped"},
             "steps": {"type": "array", "minItems": 1, "items": step_schema()},
         },
     }

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lg.config.locations import default_cache_dir, default_state_dir
-from lg.config.pipeline_schema import image_name
+from lg.config.pipeline_schema import MAX_PARALLEL_SCHEMA, image_name
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
@@ -39,6 +39,7 @@ def project_schema() -> dict[str, Any]:
             "policy": {"type": "string", "minLength": 1, "description": "default risk policy"},
             "state_dir": {**dir_field, "description": "run records and logs; relative to lg.yaml"},
             "cache_dir": {**dir_field, "description": "built guest images, keyed by content digest"},
+            "max_parallel": MAX_PARALLEL_SCHEMA,
             "pool": {
                 "type": "object",
                 "additionalProperties": False,
@@ -168,6 +169,7 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
         webhooks=tuple(WebhookSpec(hook["url"], hook["secret_env"],
                                    tuple(hook.get("events", ("gate.opened", "gate.decided"))))
                        for hook in data.get("webhooks", ())),
+        max_parallel=data.get("max_parallel"),
         paths=ProjectPaths(
             vm_profiles=_search_dirs(root, paths.get("vm_profiles"), "profiles/vm"),
             risk_policies=_search_dirs(root, paths.get("risk_policies"), "profiles/risk"),

@@ -72,7 +72,8 @@ def environment() -> ImmutableSandboxedEnvironment:
                 known = ", ".join(sorted(owner)) or "nothing"
                 return f"{owner.label}.{name} is not defined{suggest(name, owner)} ({owner.label} has: {known})"
             if isinstance(name, str) and owner is jinja2.utils.missing:
-                return f"{name!r} is not defined (templates can use: vars, env, matrix, pipeline, steps)"
+                return (f"{name!r} is not defined (templates can use: vars, env, matrix, pipeline, steps; "
+                        "an if: may also call always(), success(), failure(), cancelled())")
             return str(super()._undefined_message)
 
     class Bounded(jinja2.sandbox.ImmutableSandboxedEnvironment):  # type: ignore[misc,name-defined]
@@ -259,6 +260,20 @@ def expression_names(expression: str) -> frozenset[str]:
         if name in names:
             raise TemplateProblem(f"'{name}' cannot be used in an expression: {why}", None)
     return names
+
+
+STATUS_FUNCTIONS = ("always", "success", "failure", "cancelled")
+"""What an `if:` may call about the steps before it (lg.runner.conditions gives them their meaning)."""
+
+
+def uses_status(expression: str) -> bool:
+    """Whether an `if:` calls a status function (without one, the step runs only on success)."""
+    return bool(expression_names(expression) & set(STATUS_FUNCTIONS))
+
+
+def status_stand_ins(outcome: bool) -> dict[str, Callable[[], bool]]:
+    """Status functions that all answer `outcome`, to check an `if:` before anything ran."""
+    return dict.fromkeys(STATUS_FUNCTIONS, lambda: outcome)
 
 
 class Scope(dict[str, Any]):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -105,11 +106,25 @@ class Analysis:
 
 
 @functools.cache
-def _parser() -> Any:
+def _language() -> Any:
     import tree_sitter  # noqa: PLC0415 - imported only when something is graded
     import tree_sitter_bash  # noqa: PLC0415
 
-    return tree_sitter.Parser(tree_sitter.Language(tree_sitter_bash.language()))
+    return tree_sitter.Language(tree_sitter_bash.language())
+
+
+_parsers = threading.local()
+
+
+def _parser() -> Any:
+    """A parser of this thread's own: steps are graded in threads of their own (lg.runner.scheduler), and a
+    tree-sitter parser holds the state of the parse it is doing."""
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        import tree_sitter  # noqa: PLC0415
+
+        parser = _parsers.parser = tree_sitter.Parser(_language())
+    return parser
 
 
 @functools.lru_cache(maxsize=4096)

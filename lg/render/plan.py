@@ -33,6 +33,8 @@ def pipeline_view(pipeline: Pipeline, grades: dict[str, dict[str, Any]] | None =
         "image": pipeline.image,
         "profile": pipeline.profile,
         "policy": pipeline.policy,
+        "max_parallel": pipeline.max_parallel,  # None: lg.yaml's, else from the pool and the cores
+        "fail_fast": pipeline.fail_fast,
         "vars": dict(pipeline.vars),
         "env": dict(pipeline.env),
         "secrets": [secret.name for secret in pipeline.secrets],
@@ -59,6 +61,9 @@ def step_view(step: Step) -> dict[str, Any]:
         "artifacts_from": dict(step.artifacts_from),
         "cache": {"key": cache_key_view(step.cache.key), "paths": list(step.cache.paths)} if step.cache else None,
         "matrix": dict(step.matrix),
+        "matrix_limits": {key: value for key, value in (
+            ("max_parallel", step.matrix_group.max_parallel), ("fail_fast", step.matrix_group.fail_fast))
+            if value is not None} if step.matrix_group is not None else None,
         "profile": step.profile,
         "hypervisor": step.hypervisor,
         "image": step.image,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TextIO
@@ -45,6 +46,18 @@ class StepOutput:
         self.log.write(f"{text}\n" if stream == "stdout" else f"! {text}\n")
         self.log.flush()  # `lg logs` of a running step, and a killed lg, see every line that was printed
         self.echo(f"[{self.step_id}] {text}")
+
+
+def line_atomic(echo: Callable[[str], None]) -> Callable[[str], None]:
+    """`echo`, one call at a time: steps running at once print from threads of their own, and a line (or a
+    gate's card) is never cut by another step's."""
+    lock = threading.Lock()
+
+    def locked(text: str) -> None:
+        with lock:
+            echo(text)
+
+    return locked
 
 
 def open_log(path: Path) -> TextIO:

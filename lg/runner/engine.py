@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from lg.approvals.card import CardInput, build
 from lg.approvals.decide import current_user
 from lg.config.pipeline import topological_order
 from lg.config.secrets import SecretValues
-from lg.config.templates import Scope, TemplateProblem, evaluate, is_template, render
+from lg.config.templates import Scope, TemplateProblem, is_template, render
 from lg.errors import (
     ApprovalRejected,
     AwaitingApproval,
@@ -41,12 +41,16 @@ from lg.policy.grade import grade_effects, grade_script
 from lg.policy.model import Assessment, RiskPolicy
 from lg.pool.key import PoolKey
 from lg.pool.provider import VmProvider, open_provider
-from lg.runner.console import StepOutput, open_log
+from lg.runner.conditions import skip_reason
+from lg.runner.console import StepOutput, line_atomic, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
-from lg.runner.gating import GateNeed, Waiter, before_gate, effects_gate
+from lg.runner.gating import BranchWaiter, GateNeed, Waiter, before_gate, effects_gate
 from lg.runner.interrupts import CancelWatch, deferred
+from lg.runner.landing import Landing
+from lg.runner.scheduler import Scheduler, limit_note, max_parallel
 from lg.runner.secret_outputs import masked_result
 from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
+from lg.runner.stopping import StepStopped, StoppableVms, StopSwitch
 from lg.runner.vms import RunVms
 from lg.runner.workspace import UnsafeChange
 from lg.runs.gates import Clock, Gate, GateStore, gate_id_for
@@ -115,7 +119,8 @@ class _Run:
     waiter: Waiter
     record: RunRecord
     deadline: float | None
-    vms: RunVms
+    vms: VmProvider  # the run's (RunVms); while a step runs, its own stoppable view of it (StoppableVms)
+    landing: Landing = field(default_factory=Landing)  # steps running at once land their changes one at a time
 
 
 def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
@@ -136,20 +141,22 @@ def resume_run(request: RunRequest, store: RunStore, record: RunRecord) -> RunOu
 
 
 def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcome:
+    request = replace(request, echo=line_atomic(request.echo))  # steps print from threads of their own
     pipeline = request.pipeline
     gates = GateStore(store, request.clock)
     vms = RunVms(None, request.vms) if request.vms is not None else RunVms(lambda: open_provider(request.config))
-    waiter = Waiter(store, gates, request.echo, request.colour, request.wait, clock=request.clock,
-                    before_waiting=vms.park)
+    waiter = BranchWaiter(store, gates, request.echo, request.colour, request.wait, clock=request.clock,
+                          before_waiting=vms.park)
     run = _Run(request, store, gates, waiter, record,
                time.monotonic() + pipeline.timeout if pipeline.timeout else None, vms)
     states = _restore_states(run)
     try:
         with CancelWatch(store.path, record.id):
             _announce_steps(run, [step for step in topological_order(pipeline) if step.id not in states])
-            for step in topological_order(pipeline):
-                if step.id not in states:
-                    states[step.id] = _run_step(run, step, states)
+            note = limit_note(pipeline, request.config)
+            if note is not None:
+                request.echo(f"run {record.id}: {note}")
+            Scheduler(pipeline, states, _Hooks(run), max_parallel(pipeline, request.config)).run()
     except KeyboardInterrupt:
         if store.run(record.id).cancel_requested is not None:  # `lg cancel`'s SIGTERM, or our CancelWatch
             raise _cancelled(run) from None
@@ -169,6 +176,42 @@ def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcom
         return _conclude(run, states)
     except CancelRequested:  # asked after the last step ended: the run does not end any other way
         raise _cancelled(run) from None
+
+
+@dataclass(frozen=True)
+class _Hooks:
+    """What the scheduler (lg.runner.scheduler) has the engine do for one run."""
+
+    run: _Run
+
+    def decide(self, step: Step, states: Mapping[str, StepState]) -> StepState | None:
+        return _decide(self.run, step, states)
+
+    def execute(self, step: Step, states: Mapping[str, StepState], switch: StopSwitch) -> StepState:
+        try:
+            return _run_step(replace(self.run, vms=StoppableVms(self.run.vms, switch)), step, states)
+        except StepStopped as stopped:
+            if not stopped.cancelled:
+                raise
+            return StepState(StepStatus.CANCELLED)  # recorded by _execute
+
+    def cancel_waiting(self, step: Step, reason: str) -> StepState:
+        run = self.run
+        run.store.cancel_step(run.record.id, step.id, reason)
+        held = effects_dir(run.store.run_dir(run.record.id), step.id)
+        if held.exists():
+            discard(held)
+            run.store.audit("effects.discarded", run.record.id, step=step.id, reason=reason)
+        run.request.echo(f"[{step.id}] {reason}; nothing of it was applied")
+        return StepState(StepStatus.CANCELLED)
+
+    def decided(self, gates: list[Gate]) -> list[Gate]:
+        assert isinstance(self.run.waiter, BranchWaiter)  # noqa: S101 - _drive makes it
+        return self.run.waiter.decided(gates)
+
+    def stall(self, gates: list[Gate]) -> None:
+        assert isinstance(self.run.waiter, BranchWaiter)  # noqa: S101 - _drive makes it
+        self.run.waiter.stall(self.run.record, gates)
 
 
 def _cancelled(run: _Run) -> RunCancelled:
@@ -226,7 +269,10 @@ def _pool_request(run: _Run, step: Step) -> tuple[PoolKey, VmSpec, VmProfile] | 
 
 def _conclude(run: _Run, states: Mapping[str, StepState]) -> RunOutcome:
     record, store = run.record, run.store
-    stopped = [sid for sid, state in states.items() if state.status not in PASSED_STEPS and not state.continued]
+    order = [step.id for step in run.request.pipeline.steps]
+    cancelled = [sid for sid in order if states[sid].status is StepStatus.CANCELLED]
+    stopped = [sid for sid in order if states[sid].status not in PASSED_STEPS | {StepStatus.CANCELLED}
+               and not states[sid].continued] or cancelled
     gated = [sid for sid in stopped if states[sid].status in STOPPED_AT_GATE]
     if gated:
         rejected = any(states[sid].status is StepStatus.REJECTED for sid in gated)
@@ -235,8 +281,9 @@ def _conclude(run: _Run, states: Mapping[str, StepState]) -> RunOutcome:
         raise ApprovalRejected(f"run {record.id} stopped: the gate of step(s) {', '.join(gated)} was {status}; "
                                "nothing it guarded was applied")
     if stopped:
-        store.finish_run(record.id, RunStatus.FAILED, ExitCode.FAILED, f"step(s) failed: {', '.join(stopped)}")
-        raise StepFailed(f"run {record.id} failed: step(s) {', '.join(stopped)} failed (lg logs {record.id})")
+        also = f"; cancelled: {', '.join(cancelled)}" if cancelled and cancelled != stopped else ""
+        store.finish_run(record.id, RunStatus.FAILED, ExitCode.FAILED, f"step(s) failed: {', '.join(stopped)}{also}")
+        raise StepFailed(f"run {record.id} failed: step(s) {', '.join(stopped)} failed{also} (lg logs {record.id})")
     expired = [sid for sid, state in states.items() if state.status is StepStatus.EXPIRED]
     code = ExitCode.REJECTED if expired else ExitCode.OK
     store.finish_run(record.id, RunStatus.SUCCEEDED, code,
@@ -267,17 +314,6 @@ def _continues(run: _Run, step: Step, status: StepStatus) -> bool:
     return False
 
 
-def _skip_reason(step: Step, states: Mapping[str, StepState]) -> str | None:
-    for need in step.needs:
-        state = states.get(need)
-        if state is None or (state.status is not StepStatus.SUCCEEDED and not state.continued):
-            return f"skipped: needed step {need!r} did not succeed"
-    stopped = [sid for sid, s in states.items() if s.status not in PASSED_STEPS and not s.continued]
-    if stopped:
-        return f"skipped: the run stops after {stopped[0]!r} did not succeed"
-    return None
-
-
 def _template_context(run: _Run, step: Step, states: Mapping[str, StepState]) -> dict[str, object]:
     pipeline = run.request.pipeline
     steps = {
@@ -302,23 +338,40 @@ def _runtime_text(text: str, context: Mapping[str, object], what: str) -> str:
         raise StepFailed(f"{what}: {problem.message}") from problem
 
 
-def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepState:
-    record = run.store.step(run.record.id, step.id)
-    context = _template_context(run, step, states)
-    if record.status in RAN_STEPS:  # a resumed run: the step ran; its effects wait or were landing
-        return _settle_effects(run, step, record, _runtime_text(step.run or "", context, f"step {step.id} run"))
-    skip = _skip_reason(step, states)
-    if skip is None and step.condition is not None:
-        try:
-            if not evaluate(step.condition, context):
-                skip = f"skipped: if: {step.condition}"
-        except TemplateProblem as problem:
-            _end_step(run, step, StepStatus.FAILED, f"if: {problem.message}")
-            return StepState(StepStatus.FAILED, continued=step.continue_on_error)
+def _decide(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepState | None:
+    """Whether a step whose needs have ended runs (None), or how it ends without running (recorded). Decided in
+    the run's main thread, before the step's own starts (lg.runner.conditions)."""
+    if run.store.step(run.record.id, step.id).status in RAN_STEPS:
+        return None  # a resumed run: the step ran; its effects wait or were landing
+    try:
+        skip = skip_reason(run.request.pipeline, step, states, _template_context(run, step, states))
+    except TemplateProblem as problem:
+        _end_step(run, step, StepStatus.FAILED, f"if: {problem.message}")
+        return StepState(StepStatus.FAILED, continued=step.continue_on_error)
     if skip is not None:
         run.store.skip_step(run.record.id, step.id, skip)
         run.request.echo(f"[{step.id}] {skip}")
         return StepState(StepStatus.SKIPPED)
+    _render_here(run, step, states)
+    return None
+
+
+def _render_here(run: _Run, step: Step, states: Mapping[str, StepState]) -> None:
+    """Render the step's run-time templates once in the run's main thread, the only one where a template that
+    runs too long is stopped (lg.config.templates.render_deadline): the step's thread renders them again from
+    the same values, so it cannot spin longer. A template that fails fails the run here, as it always did."""
+    context = _template_context(run, step, states)
+    _runtime_text(step.run or "", context, f"step {step.id} run")
+    for name, value in step.env.items():
+        _runtime_text(value, context, f"step {step.id} env.{name}")
+
+
+def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepState:
+    """One step that runs (lg.runner.scheduler calls it in a thread of its own, once _decide said it runs)."""
+    record = run.store.step(run.record.id, step.id)
+    context = _template_context(run, step, states)
+    if record.status in RAN_STEPS:  # a resumed run: the step ran; its effects wait or were landing
+        return _settle_effects(run, step, record, _runtime_text(step.run or "", context, f"step {step.id} run"))
     script = _runtime_text(step.run or "", context, f"step {step.id} run")
     env = {name: _runtime_text(value, context, f"step {step.id} env.{name}") for name, value in step.env.items()}
     profile = _profile(run, step)
@@ -393,9 +446,13 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
                                   profile, held, run.vms)
             try:
                 result = run_attempt(context)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as stop:
                 output.flush()
                 discard(held)
+                if isinstance(stop, StepStopped) and stop.cancelled:  # another step failed (fail_fast)
+                    store.cancel_step(record.id, step.id, f"{stop.reason}; VM stopped, nothing applied")
+                    request.echo(f"[{step.id}] {stop.reason}; VM stopped, nothing applied")
+                    raise
                 store.end_step(record.id, step.id, StepStatus.INTERRUPTED, "interrupted; VM destroyed, nothing applied",
                                audited=False)  # the run's record of its interruption says it
                 raise
@@ -472,7 +529,9 @@ def _apply(run: _Run, step: Step, changes: tuple[FileChange, ...], held: Path,
     store, record = run.store, run.record
     store.applying(record.id, step.id, effects_grade)  # durable before the workspace changes
     try:
-        with deferred():  # an interrupt (Ctrl-C, lg cancel) waits until the step's effects are all in place
+        started = store.step(record.id, step.id).started
+        # an interrupt (Ctrl-C, lg cancel) waits until the step's effects are all in place
+        with deferred(), run.landing.exclusive(step.id, started, changes):
             if not already_applied(run.request.workspace, changes):
                 apply_held(run.request.workspace, changes, held, base)
             store.applied(record.id, step.id, changes)

@@ -130,3 +130,53 @@ class Waiter:
         self.store.continue_run(record.id, gate.gate_id, current.status,
                                 noticed_after=round(self.clock() - (current.decided or self.clock()), 4))
         return current
+
+
+class BranchPaused(Exception):
+    """A step met an open gate: its branch of the run waits there while the others go on (lg.runner.scheduler)."""
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__(f"step {gate.step_id} waits at gate {gate.gate_id}")
+        self.gate = gate
+
+
+@dataclass
+class BranchWaiter(Waiter):
+    """Waits at gates when steps run as a DAG: a step at an open gate pauses its own branch (BranchPaused) and the
+    others go on; only when nothing else can run does the run pause (`stall`), as one Waiter pauses it."""
+
+    def until_decided(self, record: RunRecord, gate: Gate) -> Gate:
+        self.gates.expire_due()
+        gate = self.gates.gate(gate.run_id, gate.gate_id) or gate
+        if not gate.is_open:
+            return gate
+        self.echo(render(gate.card, digest=gate.digest, status=gate.status, outcome=gate.outcome,
+                         colour=self.colour))
+        raise BranchPaused(gate)
+
+    def decided(self, gates: Sequence[Gate]) -> list[Gate]:
+        """Those of `gates` that are no longer open (expired ones included)."""
+        self.gates.expire_due()
+        current = [self.gates.gate(gate.run_id, gate.gate_id) for gate in gates]
+        return [gate for gate in current if gate is not None and not gate.is_open]
+
+    def stall(self, record: RunRecord, gates: Sequence[Gate]) -> None:
+        """Nothing but `gates` is left to pass: record the pause and exit 3, or (--wait) return once one of
+        them is decided, no VM kept meanwhile."""
+        self.store.pause(record.id, gates[0].gate_id, waiting=self.wait)
+        commands = "\n  ".join(decide_commands(gate) for gate in gates)
+        named = ("gate " if len(gates) == 1 else "gates ") + ", ".join(gate.gate_id for gate in gates)
+        if not self.wait:
+            raise AwaitingApproval(f"run {record.id} is waiting for approval at {named}; decide with\n  "
+                                   f"{commands}\nthen continue it with: lg resume {record.id}")
+        self.before_waiting()  # no VM stays alive while a human decides (docs/approvals.md)
+        self.echo(f"run {record.id}: waiting for a decision on {named} (no VM is kept meanwhile):\n  {commands}")
+        while not (closed := self.decided(gates)):
+            if self.store.run(record.id).cancel_requested is not None:
+                raise CancelRequested(f"run {record.id} was cancelled while waiting at gate(s)")
+            self.sleep(POLL_SECONDS)
+        first = closed[0]
+        if first.status is GateStatus.CANCELLED:
+            raise RunCancelled(f"run {record.id} was cancelled while waiting at gate {first.gate_id}")
+        self.store.continue_run(record.id, first.gate_id, first.status,
+                                noticed_after=round(self.clock() - (first.decided or self.clock()), 4))

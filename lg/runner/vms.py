@@ -10,6 +10,7 @@ one a caller passed in) is not the run's to close, so the run withdraws its anno
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 
@@ -25,39 +26,44 @@ class RunVms:
     def __init__(self, opener: Callable[[], VmProvider] | None, shared: VmProvider | None = None) -> None:
         """`opener` makes the run's own provider (closed when parked and at the end); or `shared` is used as is."""
         self._opener, self._current = opener, shared
+        self._lock = threading.Lock()  # steps lease from threads of their own (lg.runner.scheduler)
         self.description = shared.description if shared is not None else "the run's VMs"
         self._parked = False
         self._announced: Counter[PoolKey] = Counter()  # announced and not yet leased
         self._shapes: dict[PoolKey, tuple[VmSpec, ExecRequest | None]] = {}
 
     def expect(self, key: PoolKey, spec: VmSpec, count: int, warmup: ExecRequest | None = None) -> None:
-        provider = self._provider()
-        self._announced[key] += count
-        self._shapes[key] = (spec, warmup)
-        provider.expect(key, spec, count, warmup)
+        with self._lock:
+            provider = self._provider()
+            self._announced[key] += count
+            self._shapes[key] = (spec, warmup)
+            provider.expect(key, spec, count, warmup)
 
     def lease(self, key: PoolKey, spec: VmSpec, timeout: float | None = None,
               warmup: ExecRequest | None = None) -> Lease:
-        provider = self._provider()
-        if self._announced[key] > 0:
-            self._announced[key] -= 1
-        return provider.lease(key, spec, timeout, warmup)
+        with self._lock:
+            provider = self._provider()
+            if self._announced[key] > 0:
+                self._announced[key] -= 1
+        return provider.lease(key, spec, timeout, warmup)  # outside the lock: it may wait for a free VM
 
     def park(self) -> None:
         """Leave no VM alive on the run's account while it waits (a run holds no lease when it waits at a gate)."""
-        if self._current is None or self._parked:
-            return
-        if self._opener is not None:
-            self._current.close()  # idle VMs destroyed, refill stopped
-            self._current = None
-            return
-        self._announce(-1)  # a shared pool: withdraw what the run announced
-        self._parked = True
+        with self._lock:
+            if self._current is None or self._parked:
+                return
+            if self._opener is not None:
+                self._current.close()  # idle VMs destroyed, refill stopped
+                self._current = None
+                return
+            self._announce(-1)  # a shared pool: withdraw what the run announced
+            self._parked = True
 
     def close(self) -> None:
-        if self._opener is not None and self._current is not None:
-            self._current.close()
-            self._current = None
+        with self._lock:
+            if self._opener is not None and self._current is not None:
+                self._current.close()
+                self._current = None
 
     def _provider(self) -> VmProvider:
         if self._current is None:

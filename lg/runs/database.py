@@ -12,6 +12,7 @@ writes: the file is left as it was, for inspection.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,43 +62,53 @@ def unreadable_row(path: Path, table: str, error: Exception) -> StateDamaged:
 
 
 class GuardedCursor(sqlite3.Cursor):
-    """A cursor whose queries and fetches report damage as StateDamaged."""
+    """A cursor whose queries and fetches report damage as StateDamaged, each under its connection's lock."""
 
     @property
     def _path(self) -> Path:
         return path_of(self.connection)
 
+    @property
+    def _lock(self) -> threading.RLock:
+        return lock_of(self.connection)
+
     def execute(self, sql: str, parameters: Any = (), /) -> GuardedCursor:
-        with reported(self._path):
+        with self._lock, reported(self._path):
             super().execute(sql, parameters)
         return self
 
     def executemany(self, sql: str, parameters: Any, /) -> GuardedCursor:
-        with reported(self._path):
+        with self._lock, reported(self._path):
             super().executemany(sql, parameters)
         return self
 
     def fetchone(self) -> Any:
-        with reported(self._path):
+        with self._lock, reported(self._path):
             return super().fetchone()
 
     def fetchall(self) -> list[Any]:
-        with reported(self._path):
+        with self._lock, reported(self._path):
             return super().fetchall()
 
     def fetchmany(self, size: int | None = 1) -> list[Any]:
-        with reported(self._path):
+        with self._lock, reported(self._path):
             return super().fetchmany(size if size is not None else self.arraysize)
 
     def __next__(self) -> Any:
-        with reported(self._path):
+        with self._lock, reported(self._path):
             return super().__next__()
 
 
 class GuardedConnection(sqlite3.Connection):
-    """sqlite3's connection, whose `execute` shortcuts use GuardedCursor (`sqlite3.connect(factory=...)`)."""
+    """sqlite3's connection, whose `execute` shortcuts use GuardedCursor (`sqlite3.connect(factory=...)`).
+
+    One connection serves every thread of a run (the engine runs steps in threads, lg.runner.scheduler). Its
+    `lock` makes that safe: every statement and fetch holds it, and so does a whole write transaction
+    (RunStore.transaction), so a thread never reads or joins another thread's uncommitted transaction, and
+    audit records are appended (and the chain's head moved) in commit order."""
 
     path: Path = Path("lg.db")
+    lock: threading.RLock
 
     def execute(self, sql: str, parameters: Any = (), /) -> GuardedCursor:
         return self.cursor(GuardedCursor).execute(sql, parameters)
@@ -108,10 +119,20 @@ class GuardedConnection(sqlite3.Connection):
 
 def connect(path: Path, timeout: float) -> GuardedConnection:
     with reported(path):
-        connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, factory=GuardedConnection)
+        connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, factory=GuardedConnection,
+                                     check_same_thread=False)  # shared by a run's threads, under `lock`
     assert isinstance(connection, GuardedConnection)  # noqa: S101 - the factory above
     connection.path = path
+    connection.lock = threading.RLock()
     return connection
+
+
+_UNSHARED = threading.RLock()  # a connection lg did not make is not shared between threads by lg either
+
+
+def lock_of(connection: sqlite3.Connection) -> threading.RLock:
+    """The lock a connection made by `connect` is used under (see GuardedConnection)."""
+    return connection.lock if isinstance(connection, GuardedConnection) else _UNSHARED
 
 
 def path_of(connection: sqlite3.Connection) -> Path:

@@ -186,11 +186,12 @@ class GateStore:
             expired.append(gate)
         return expired
 
-    def cancel(self, run_id: str, reason: str) -> None:
-        """Close every open gate of the run as cancelled (RunStore.cancel does this as part of cancelling it)."""
+    def cancel(self, run_id: str, reason: str, step_id: str | None = None) -> None:
+        """Close every open gate of the run (or of one of its steps) as cancelled (RunStore.cancel and
+        RunStore.cancel_step do this as part of cancelling the run, or the step)."""
         with self.store.transaction():
             for gate in self.gates(run_id):
-                if gate.is_open:
+                if gate.is_open and step_id in (None, gate.step_id):
                     self._close(gate, GateStatus.CANCELLED, reason, self.clock())
 
     def record(self, gate: Gate, decision: Decision) -> Gate:

@@ -23,7 +23,7 @@ from lg.errors import EnvironmentUnfit, ExitCode, InternalError, InvalidInput, R
 from lg.model import FileChange
 from lg.runs import crosscheck
 from lg.runs.audit import AuditLog, AuditRecord, Problem
-from lg.runs.database import StateDamaged, connect, reported, unreadable_row
+from lg.runs.database import StateDamaged, connect, lock_of, reported, unreadable_row
 from lg.runs.gates import GateStore
 from lg.runs.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from lg.runs.states import (
@@ -217,10 +217,11 @@ class RunStore:
 
     def audit(self, kind: str, run_id: str | None, **data: Any) -> AuditRecord:
         """Append an audit record in its own transaction (inside an open one, as part of it)."""
-        if self._db.in_transaction:
-            return self.audit_log.append(kind, run_id, data)
-        with self.transaction():
-            return self.audit_log.append(kind, run_id, data)
+        with lock_of(self._db):  # another thread's open transaction is not ours to join
+            if self._db.in_transaction:
+                return self.audit_log.append(kind, run_id, data)
+            with self.transaction():
+                return self.audit_log.append(kind, run_id, data)
 
     def require_intact_audit(self) -> None:
         """Refuse to add to an audit log that was tampered with: appending would bury the evidence under valid
@@ -268,22 +269,24 @@ class RunStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE: writers queue up instead of failing half-way). Audit records
         appended inside it commit with it, and the head moves only once they are durable. Nested use joins
-        the outer transaction."""
-        if self._db.in_transaction:
-            yield self._db
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        self.audit_log.unwritten_head = None
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+        the outer transaction (in the same thread: the connection's lock, held throughout, keeps the other
+        threads of the run out until it is committed and the audit head moved)."""
+        with lock_of(self._db):
+            if self._db.in_transaction:
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
             self.audit_log.unwritten_head = None
-            raise
-        self._db.execute("COMMIT")
-        head, self.audit_log.unwritten_head = self.audit_log.unwritten_head, None
-        if head is not None:
-            self.audit_log.write_head(head)
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self.audit_log.unwritten_head = None
+                raise
+            self._db.execute("COMMIT")
+            head, self.audit_log.unwritten_head = self.audit_log.unwritten_head, None
+            if head is not None:
+                self.audit_log.write_head(head)
 
     # --- runs: reading ------------------------------------------------------------------------------------
 
@@ -466,6 +469,15 @@ class RunStore:
                             to=_STEP_ENDINGS)
             if audited:
                 self.audit_log.append(f"step.{status}", run_id, {"step": step_id, "detail": detail})
+
+    def cancel_step(self, run_id: str, step_id: str, reason: str) -> None:
+        """One step of a run that goes on is cancelled: stopped while it ran (its VM destroyed, nothing of it
+        applied) or while it waited at a gate, because another step failed under `fail_fast`. Its open gate,
+        if any, is cancelled with it."""
+        with self.transaction() as db:
+            self._move_step(db, run_id, step_id, StepStatus.CANCELLED, {"detail": reason, "finished": time.time()})
+            self.audit_log.append("step.cancelled", run_id, {"step": step_id, "reason": reason})
+            GateStore(self).cancel(run_id, reason, step_id)
 
     def end_attempts(self, run_id: str, step_id: str, status: StepStatus) -> None:
         """The step's last attempt failed or timed out: the step ends as it did (its exit code and detail are

@@ -42,7 +42,7 @@ from lg.model import FileChange, PoolSettings
 from lg.pool.pool import WarmPool
 from lg.testing.conformance import Capability
 from lg.testing.guest_root import GuestRoot
-from lg.testing.host_exec import run_on_host
+from lg.testing.host_exec import kill_group, run_on_host
 from lg.vm.api import (
     Accelerator,
     AgentFailure,
@@ -164,6 +164,7 @@ class FakeVm:
         self.paused = False
         self.destroyed = False
         self._id = f"vm-{secrets.token_hex(5)}"
+        self._groups: set[int] = set()  # process groups of the commands running in it
         self._boot_seconds = 0.0
 
     def booted(self, seconds: float, how: str) -> None:
@@ -205,11 +206,23 @@ class FakeVm:
         self._check_running()
         self.executed.append(request)
         scripted = self.handler(self, request, on_output) if self.handler is not None else None
-        result = scripted if scripted is not None else run_on_host(self.root, request, on_output)
+        result = scripted if scripted is not None else self._run_on_host(request, on_output)
         ended = f"killed by signal {result.signal}" if result.signal is not None else f"exit {result.exit_code}"
         timed_out = " (timed out)" if result.timed_out else ""
         self._console(f"exec {(request.argv or ('/bin/sh',))[0]}: {ended}{timed_out}")  # never the script: secrets
         return result
+
+    def _run_on_host(self, request: ExecRequest, on_output: OutputCallback | None) -> ExecResult:
+        started: list[int] = []
+
+        def running(group: int) -> None:
+            started.append(group)
+            self._groups.add(group)
+
+        try:
+            return run_on_host(self.root, request, on_output, running)
+        finally:
+            self._groups.difference_update(started)  # reaped: its id may be another process's from now on
 
     def put_tree(self, host_dir: Path, guest_dir: str, exclude: Callable[[str], bool] | None = None,
                  owner: tuple[int, int] | None = None) -> TransferStats:
@@ -259,8 +272,11 @@ class FakeVm:
         return read_console_tail(self.console_log, lines) or ""
 
     def destroy(self) -> None:
+        """As a real VM's end: the commands it runs die with it (lg.runner.stopping stops a step this way)."""
         if not self.destroyed:
             self.destroyed = True
+            for group in list(self._groups):
+                kill_group(group)
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> Self:

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -45,17 +45,21 @@ class _Outcome:
     timed_out: bool
 
 
-def run_on_host(root: GuestRoot, request: ExecRequest, on_output: OutputCallback | None) -> ExecResult:
+def run_on_host(root: GuestRoot, request: ExecRequest, on_output: OutputCallback | None,
+                on_start: Callable[[int], None] | None = None) -> ExecResult:
+    """`on_start` is told the command's process group (which dies with its fake VM: FakeVm.destroy)."""
     started = time.monotonic()
     command = _command(root, request)
     try:
         process = _spawn(command)
     except OSError as problem:
         return _spawn_failed(command, problem, on_output, started)
+    if on_start is not None:
+        on_start(process.pid)
     try:
         outcome = _wait(process, request.stdin, command.timeout, on_output)
     except BaseException:  # interrupted (Ctrl-C, lg cancel): the command dies with its "VM", as in a real one
-        _kill_group(process.pid)
+        kill_group(process.pid)
         process.wait()
         raise
     code = outcome.status
@@ -114,10 +118,10 @@ def _wait(process: subprocess.Popen[bytes], stdin: bytes | None, timeout: float 
         while True:
             exited = _exited(process.pid)
             if not exited and deadline is not None and time.monotonic() >= deadline:
-                _kill_group(process.pid)
+                kill_group(process.pid)
                 timed_out, deadline = True, None
             if exited and drain_until is None:
-                _kill_group(process.pid)  # what it left behind, before its pid (the group's id) can be reused
+                kill_group(process.pid)  # what it left behind, before its pid (the group's id) can be reused
                 drain_until = time.monotonic() + DRAIN_SECONDS
             if drain_until is not None and (not selector.get_map() or time.monotonic() >= drain_until):
                 break
@@ -171,7 +175,7 @@ def _exited(pid: int) -> bool:
         return True
 
 
-def _kill_group(pgid: int) -> None:
+def kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 

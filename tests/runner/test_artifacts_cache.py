@@ -112,7 +112,7 @@ def test_artifacts_of_a_needed_step_arrive_in_the_later_step_s_vm_not_its_worksp
 
     def look(vm: FakeVm, request: ExecRequest, attempt: int) -> ExecResult | None:
         if request.env.get("LG_STEP_ID") == "test":
-            for name in ("/artifacts/build/dist/app.whl", "/opt/shards/pack-x/out.tar", "/opt/shards/pack-y/out.tar"):
+            for name in ("/artifacts/build/dist/app.whl", "/opt/shards/pack-x/out-x.tar", "/opt/shards/pack-y/out-y.tar"):
                 path = vm.host_path(name)
                 received[name] = path.read_text() if path.is_file() else "MISSING"
         return None
@@ -126,16 +126,16 @@ def test_artifacts_of_a_needed_step_arrive_in_the_later_step_s_vm_not_its_worksp
             artifacts: [dist/]
           - id: pack
             matrix: {flavour: [x, y]}
-            run: echo "{{ matrix.flavour }}" > out.tar
-            artifacts: [out.tar]
+            run: echo "{{ matrix.flavour }}" > "out-{{ matrix.flavour }}.tar"
+            artifacts: ["out-*.tar"]
           - id: test
             needs: [build, pack]
             run: echo tested > tested.txt
             artifacts_from: {build: null, pack: /opt/shards}
         """)
     assert outcome.exit_code == ExitCode.OK, engine_project.echoed
-    assert received == {"/artifacts/build/dist/app.whl": "app\n", "/opt/shards/pack-x/out.tar": "x\n",
-                        "/opt/shards/pack-y/out.tar": "y\n"}
+    assert received == {"/artifacts/build/dist/app.whl": "app\n", "/opt/shards/pack-x/out-x.tar": "x\n",
+                        "/opt/shards/pack-y/out-y.tar": "y\n"}
     changes = {c["path"] for c in engine_project.store.step(outcome.run.id, "test").changes}
     assert changes == {"tested.txt"}
 

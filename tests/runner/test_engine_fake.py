@@ -208,7 +208,7 @@ def test_a_step_failing_every_attempt_fails_the_run_and_changes_nothing(project:
             name: broken
             steps:
               - {id: broken, retries: 1, run: "echo half > half.txt; exit 3"}
-              - {id: after, run: echo never > never.txt}
+              - {id: after, needs: broken, run: echo never > never.txt}
             """)
     assert stopped.value.exit_code == ExitCode.FAILED
     run_id = project.store.runs(1)[0].id

@@ -79,6 +79,7 @@ TWO_GATED = """\
         approve: {reason: first look}
         run: echo one > one.txt
       - id: second
+        needs: first
         approve: {reason: second look}
         run: echo two > two.txt
 """

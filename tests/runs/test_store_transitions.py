@@ -56,14 +56,14 @@ def run_move_allowed(method: str, current: RunStatus, wanted: RunStatus) -> bool
 
 
 def step_moves(wanted: StepStatus) -> dict[str, StepMove]:
-    """The methods that move a step to `wanted` (cancelling is the run's: see test_cancel_...)."""
+    """The methods that move a step to `wanted` (cancelling the whole run: see test_cancel_...)."""
     ends: dict[StepStatus, dict[str, StepMove]] = {
         StepStatus.RUNNING: {"start_step": lambda s, r, t: s.start_step(r, t, Path("x.log"), "ab" * 32)},
         StepStatus.SKIPPED: {"skip_step": lambda s, r, t: s.skip_step(r, t, "skipped: if: false")},
         StepStatus.APPLYING: {"applying": lambda s, r, t: s.applying(r, t)},
         StepStatus.SUCCEEDED: {"applied": lambda s, r, t: s.applied(r, t, (FileChange("x", "created"),))},
         StepStatus.PENDING: {},
-        StepStatus.CANCELLED: {},
+        StepStatus.CANCELLED: {"cancel_step": lambda s, r, t: s.cancel_step(r, t, "cancelled: step 'u' failed")},
     }
     if wanted in ends:
         return ends[wanted]
@@ -177,9 +177,23 @@ def test_every_step_transition_is_made_by_the_store_and_every_other_refused(stor
                     move(store, run_id, "t")
                 assert everything(store) == before, (name, current, wanted)
                 refused += 1
-    cancellations = {(a, StepStatus.CANCELLED) for a in StepStatus if a not in ENDED_STEPS}
-    assert made | cancellations == {(a, b) for a, onward in STEPS.table.items() for b in onward}
+    assert made == {(a, b) for a, onward in STEPS.table.items() for b in onward}
     assert refused > 100
+
+
+def test_cancelling_one_step_cancels_its_open_gate_and_leaves_the_run_and_other_gates(store: RunStore) -> None:
+    run_id = run_at(store, RunStatus.RUNNING)
+    gates = GateStore(store, lambda: 1_800_000_000.0)
+    store.wait_at_gate(run_id, "t", StepStatus.AWAITING_APPROVAL, "t.before")
+    gates.open(run_id, "t", "before", {"v": 1}, {}, GateRules())
+    gates.open(run_id, "u", "before", {"v": 1}, {}, GateRules())  # another step's
+    store.cancel_step(run_id, "t", "cancelled: step 'u' failed (fail_fast)")
+    assert store.step(run_id, "t").status is StepStatus.CANCELLED
+    assert store.run(run_id).status is RunStatus.RUNNING
+    assert {g.gate_id: g.status for g in gates.gates(run_id)} == {"t.before": "cancelled", "u.before": "open"}
+    kinds = [r.kind for r in store.audit_log.records() if r.run_id == run_id]
+    assert kinds[-2:] == ["step.cancelled", "gate.cancelled"]
+    assert store.verify_audit() == []
 
 
 def test_cancel_moves_every_unfinished_step_and_open_gate_and_leaves_the_rest(store: RunStore) -> None:
