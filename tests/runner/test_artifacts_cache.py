@@ -112,7 +112,8 @@ def test_artifacts_of_a_needed_step_arrive_in_the_later_step_s_vm_not_its_worksp
 
     def look(vm: FakeVm, request: ExecRequest, attempt: int) -> ExecResult | None:
         if request.env.get("LG_STEP_ID") == "test":
-            for name in ("/artifacts/build/dist/app.whl", "/opt/shards/pack-x/out-x.tar", "/opt/shards/pack-y/out-y.tar"):
+            for name in ("/artifacts/build/dist/app.whl", "/opt/shards/pack-x/out-x.tar",
+                         "/opt/shards/pack-y/out-y.tar"):
                 path = vm.host_path(name)
                 received[name] = path.read_text() if path.is_file() else "MISSING"
         return None
