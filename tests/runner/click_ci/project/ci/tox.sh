@@ -6,7 +6,7 @@ case "$1" in
   typing)
     # Stands for mypy: byte-compile everything, and keep a stamp in the cached directory.
     if [ -f .mypy_cache/stamp ]; then echo "typing: cache restored from $(cat .mypy_cache/stamp)"; fi
-    python3 -m compileall -q src tests
+    PYTHONPYCACHEPREFIX=.mypy_cache/pycache python3 -m compileall -q src tests
     mkdir -p .mypy_cache && date -u +%s > .mypy_cache/stamp ;;
   *) echo "unknown tox environment $1" >&2; exit 2 ;;
 esac
