@@ -51,15 +51,21 @@ def step_artifacts_dir(run_dir: Path, step_id: str) -> Path:
     return artifacts_root(run_dir) / step_id
 
 
-def guest_paths(workspace: Path, excluded: Callable[[str], bool], changes: Sequence[FileChange]) -> set[str]:
-    """The files and links in the guest's workspace after the step: what was put in, with its changes."""
+def workspace_files(workspace: Path, excluded: Callable[[str], bool]) -> set[str]:
+    """The files and links a put of `workspace` copies in. Taken just before the put: steps running in parallel
+    land their changes in the host workspace while this one runs, and those are not in this step's VM."""
     present: set[str] = set()
     for directory, subdirectories, files in os.walk(workspace):
         relative_dir = PurePosixPath(Path(directory).relative_to(workspace))
         subdirectories[:] = [name for name in subdirectories
                              if not excluded(str(relative_dir / name)) and not (Path(directory) / name).is_symlink()]
         present.update(str(relative_dir / name) for name in files if not excluded(str(relative_dir / name)))
-    present = {path.removeprefix("./") for path in present}
+    return {path.removeprefix("./") for path in present}
+
+
+def guest_paths(put: set[str], changes: Sequence[FileChange]) -> set[str]:
+    """The files and links in the guest's workspace after the step: what was put in, with its changes."""
+    present = set(put)
     for change in changes:
         if change.kind == "deleted":
             present.discard(change.path)

@@ -143,6 +143,7 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan)
     uid, gid = context.profile.uid_gid
     # The cache goes in first: the workspace put after it records what the step's changes are compared with.
     cache = _restore_cache(context, vm, image_digest, exclude)
+    put = artifacts.workspace_files(context.workspace, exclude) if step.artifacts else set()
     vm.put_tree(context.workspace, GUEST_WORKSPACE, exclude, owner=(uid, gid))
     artifacts.deliver(vm, step, context.run_dir, (uid, gid), context.output.note)
     workdir = str(PurePosixPath(GUEST_WORKSPACE) / step.workdir) if step.workdir else GUEST_WORKSPACE
@@ -177,7 +178,7 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan)
     for change in changes:
         check_change_path(context.workspace, change)  # refuse before fetching anything
     _fetch_effects(vm, changes, context.effects_dir)
-    artifacts.collect(vm, step, GUEST_WORKSPACE, artifacts.guest_paths(context.workspace, exclude, everything),
+    artifacts.collect(vm, step, GUEST_WORKSPACE, artifacts.guest_paths(put, everything),
                       context.run_dir, context.output.note)
     if cache is not None and cache.entry is None:
         _save_cache(context, vm, cache)
