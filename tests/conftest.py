@@ -75,6 +75,15 @@ def write(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
 
 
 @pytest.fixture(scope="session")
+def default_image_ready() -> None:
+    """The `default` guest image (Python, git, make): scripts/setup builds it; built here if the cache lacks it."""
+    from lg.config.project import load_project_config
+    from lg.images.build import build_image
+
+    build_image(load_project_config(REPO), "default", progress=lambda line: None)
+
+
+@pytest.fixture(scope="session")
 def tiny_image_ready() -> None:
     """The `tiny` guest image, built from its recipe if the cache does not have it yet (keyed by digest)."""
     from lg.config.project import load_project_config
