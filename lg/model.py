@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -96,6 +97,27 @@ class OutputSpec:
     file: str | None = None
 
 
+InputType = Literal["string", "number", "boolean", "choice"]
+INPUT_TYPES: tuple[str, ...] = ("string", "number", "boolean", "choice")
+InputValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A declared run input (`inputs:`): given with `lg run --input NAME=VALUE`, read as `inputs.NAME`."""
+
+    name: str
+    type: InputType
+    default: InputValue | None  # None: required
+    description: str = ""
+    options: tuple[str, ...] = ()  # the values a `choice` accepts
+    location: Location = field(compare=False, default=Location(None))
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
 @dataclass(frozen=True)
 class Step:
     id: str
@@ -139,6 +161,8 @@ class Pipeline:
     steps: tuple[Step, ...]
     policy_location: Location = field(compare=False, default=Location(None))
     profile_location: Location = field(compare=False, default=Location(None))
+    inputs: tuple[InputSpec, ...] = ()
+    input_values: Mapping[str, InputValue] = field(default_factory=lambda: MappingProxyType({}))
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:

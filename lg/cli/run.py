@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 import psutil
 
-from lg.cli.output import color_enabled, emit_json, json_option, state_store
+from lg.cli.output import color_enabled, emit_json, input_option, input_values, json_option, state_store
 from lg.errors import EnvironmentUnfit, ExitCode, InvalidInput, LgError
 from lg.model import Pipeline
 from lg.runner import interrupts
@@ -39,9 +39,11 @@ wait_option = click.option(
 @click.option("--workspace", type=click.Path(path_type=Path, file_okay=False),
               help="Directory copied into each step's VM (default: the pipeline's directory).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (order, images, gates); boot nothing.")
+@input_option
 @wait_option
 @json_option
-def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, as_json: bool) -> int:
+def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, input_pairs: tuple[str, ...], wait: bool,
+        as_json: bool) -> int:
     """Run PIPELINE: each step in its own fresh microVM; changes come back only from steps that succeed.
 
     \b
@@ -52,8 +54,9 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, 
     from lg.inputs.run_inputs import load_run_inputs  # noqa: PLC0415
     from lg.runner.plan import build_plan, preflight, render_plan  # noqa: PLC0415
 
+    given = input_values(input_pairs)
     if dry_run:
-        inputs = load_run_inputs(pipeline_file)
+        inputs = load_run_inputs(pipeline_file, input_values=given)
         plan = build_plan(inputs, _workspace(workspace, inputs.pipeline))
         if as_json:
             emit_json(plan)
@@ -61,7 +64,7 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, 
             click.echo(render_plan(plan))
         return ExitCode.OK
     interrupts.install()  # SIGINT and SIGTERM interrupt the run, whatever lg inherited (docs/approvals.md)
-    inputs = load_run_inputs(pipeline_file, with_images=True)
+    inputs = load_run_inputs(pipeline_file, with_images=True, input_values=given)
     root = _workspace(workspace, inputs.pipeline)
     preflight(inputs)
     from lg.runner.engine import run_pipeline  # noqa: PLC0415

@@ -63,6 +63,8 @@ def status(run_id: str, as_json: bool) -> int:
     click.echo(f"run {record.id}  {record.shown_status}  pipeline {record.pipeline}  {_seconds(duration)}")
     if record.error:
         click.echo(f"  error: {record.error}")
+    if record.input_values:
+        click.echo("  inputs: " + "  ".join(f"{name}={value!r}" for name, value in record.input_values.items()))
     for step in steps:
         digest = (step.image_digest or "")[:12] or "-"
         click.echo(

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import yaml
 
-from lg.cli.output import emit_json, error_view, json_option
+from lg.cli.output import emit_json, error_view, input_option, input_values, json_option
 from lg.errors import ExitCode, InvalidInputs
 
 
@@ -46,16 +46,18 @@ def validate(files: tuple[Path, ...], as_json: bool) -> int:
 
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
+@input_option
 @json_option
-def render(file: Path, as_json: bool) -> int:
-    """Print FILE fully expanded: matrix steps, defaults, and every template resolvable before the run.
+def render(file: Path, input_pairs: tuple[str, ...], as_json: bool) -> int:
+    """Print FILE fully expanded: matrix steps, defaults, and every template resolvable before the run,
+    with the inputs it is given (--input NAME=VALUE, as `lg run` takes them).
 
     Templates that read step outputs (steps.ID.outputs.NAME) are resolved at run time and shown as written.
     """
     from lg.inputs.run_inputs import load_run_inputs  # noqa: PLC0415
     from lg.render.plan import pipeline_view, step_grades  # noqa: PLC0415
 
-    inputs = load_run_inputs(file)
+    inputs = load_run_inputs(file, input_values=input_values(input_pairs))
     view = pipeline_view(inputs.pipeline, step_grades(inputs.pipeline, inputs.policy, inputs.profiles))
     if as_json:
         emit_json(view)

@@ -21,6 +21,7 @@ from typing import Any
 
 from lg.approvals.card import CardInput, build
 from lg.approvals.decide import current_user
+from lg.config.inputs import template_values
 from lg.config.pipeline import topological_order
 from lg.config.secrets import SecretValues
 from lg.config.templates import Scope, TemplateProblem, evaluate, is_template, render
@@ -123,7 +124,7 @@ def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
     order = topological_order(pipeline)
     record = store.create_run(pipeline.name, pipeline.path, request.workspace, current_user(),
                               [(step.id, step.display_name) for step in order], file_sha256(pipeline.path),
-                              request.inputs.files_json())
+                              request.inputs.files_json(), pipeline.input_values)
     store.start_run(record.id)
     request.echo(f"run {record.id}: {pipeline.name} ({len(order)} steps) in {request.workspace}")
     return _drive(request, store, record)
@@ -286,6 +287,7 @@ def _template_context(run: _Run, step: Step, states: Mapping[str, StepState]) ->
     }
     return {
         "vars": Scope("vars", pipeline.vars),
+        "inputs": Scope("inputs", template_values(pipeline.input_values)),
         "env": Scope("env", pipeline.env),
         "matrix": Scope("matrix", step.matrix),
         "pipeline": Scope("pipeline", {"name": pipeline.name}),
