@@ -20,6 +20,7 @@ def validate(files: tuple[Path, ...], as_json: bool) -> int:
     Every error in every file is reported, each as FILE:LINE:COLUMN: KEY: MESSAGE. Exit 2 if any.
     """
     from lg.inputs.validate import validate_file  # noqa: PLC0415
+    from lg.render.github import in_github_actions, input_annotations  # noqa: PLC0415
 
     reports = [validate_file(path) for path in files]
     if as_json:
@@ -32,11 +33,14 @@ def validate(files: tuple[Path, ...], as_json: bool) -> int:
             ],
         })
     else:
+        github = in_github_actions()
         for report in reports:
             if report.ok:
                 click.echo(f"ok: {report.path} ({report.kind}: {report.summary})")
             for error in report.errors:
                 click.echo(str(error), err=True)
+                if github:  # an error annotation at the file and line, in the pull request's diff
+                    click.echo("\n".join(input_annotations(error)))
         failed = sum(1 for r in reports if not r.ok)
         if failed:
             count = sum(len(r.errors) for r in reports)

@@ -79,6 +79,7 @@ class RunRequest:
     colour: bool = False
     clock: Clock = time.time
     vms: VmProvider | None = None  # None: the pool daemon if one runs, else a pool of the run's own
+    on_created: Callable[[RunRecord], None] | None = None  # told the new run's record (reports, progress view)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -126,6 +127,8 @@ def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
                               [(step.id, step.display_name) for step in order], file_sha256(pipeline.path),
                               request.inputs.files_json(), pipeline.input_values)
     store.start_run(record.id)
+    if request.on_created is not None:
+        request.on_created(record)
     request.echo(f"run {record.id}: {pipeline.name} ({len(order)} steps) in {request.workspace}")
     return _drive(request, store, record)
 
