@@ -76,7 +76,7 @@ def prepare(pipelines: tuple[Path, ...], as_json: bool) -> int:
                            f"{prepared.outcome}{timing}")
     if as_json:
         emit_json(results)
-    return ExitCode.ENVIRONMENT if any(r["outcome"].startswith("failed") for r in results) else ExitCode.OK
+    return ExitCode.OK if all(r["ready"] for r in results) else ExitCode.ENVIRONMENT
 
 
 @pool.command()

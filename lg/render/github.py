@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from lg.errors import InvalidInput, Location
-from lg.runs.states import FAILED_STEPS, STOPPED_AT_GATE
+from lg.runs.states import FAILED_STEPS, STOPPED_AT_GATE, StepStatus
 from lg.runs.store import RunRecord, StepRecord
 
 _STEP_PREFIX = re.compile(r"^\[([a-z0-9_-]+)\] ")
@@ -92,7 +92,7 @@ class Groups:
 
 def summary_markdown(run: RunRecord, steps: Sequence[StepRecord]) -> str:
     """The job summary: the run's outcome and a table of its steps."""
-    icon = {"succeeded": "✅", "failed": "❌", "timed_out": "⏱️", "skipped": "⏭️"}
+    icon = {StepStatus.SUCCEEDED: "✅", StepStatus.FAILED: "❌", StepStatus.TIMED_OUT: "⏱️", StepStatus.SKIPPED: "⏭️"}
     lines = [f"### lg run `{run.id}`: {run.pipeline} — {run.status.value}", ""]
     if run.error:
         lines += [f"> {_cell(run.error)}", ""]
@@ -100,7 +100,7 @@ def summary_markdown(run: RunRecord, steps: Sequence[StepRecord]) -> str:
         lines += ["Inputs: " + ", ".join(f"`{k}={_cell(str(v))}`" for k, v in run.input_values.items()), ""]
     lines += ["| step | status | time | attempts | detail |", "|---|---|---:|---:|---|"]
     for step in steps:
-        status = f"{icon.get(step.status.value, '')} {step.status.value}".strip()
+        status = f"{icon.get(step.status, '')} {step.status.value}".strip()
         duration = f"{step.duration:.1f}s" if step.duration is not None else "-"
         lines.append(f"| `{step.step_id}` | {status} | {duration} | {step.attempts} | {_cell(step.detail or '')} |")
     return "\n".join(lines) + "\n\n"

@@ -19,8 +19,9 @@ from lg.vm.api import ExecRequest, VmError, VmSpec
 class Prepared:
     label: str  # the pool key, as `lg pool status` shows it
     steps: tuple[str, ...]
-    outcome: str  # built | present | not pooled (why) | failed (why)
+    outcome: str  # built | present | not pooled (why) | cannot build (why)
     seconds: float = 0.0
+    ready: bool = True  # False: the template could not be built (its steps will cold-boot)
 
 
 def prepare_templates(inputs: RunInputs) -> list[Prepared]:
@@ -43,7 +44,7 @@ def prepare_templates(inputs: RunInputs) -> list[Prepared]:
             try:
                 done = pool.prepare(key, spec, warmup)
             except (TemplateProblem, VmError, LgError) as problem:
-                results.append(Prepared(label, tuple(steps), f"failed: {problem}"))
+                results.append(Prepared(label, tuple(steps), f"cannot build: {problem}", ready=False))
                 continue
             if done is None:
                 results.append(Prepared(label, tuple(steps), "not pooled (snapshots are off, or the backend "

@@ -113,6 +113,7 @@ ALLOWED = {
     ("vm/qemu_snapshot.py", "failed"): "a status of QEMU's migration (QMP query-migrate)",
     ("vm/qemu_snapshot.py", "cancelled"): "a status of QEMU's migration (QMP query-migrate)",
     ("policy/inline.py", "open"): "Python's open() in inline code the policy reads (`python -c`)",
+    ("render/junit.py", "skipped"): "the JUnit format's <skipped> element and skipped= count attribute",
 }
 
 
