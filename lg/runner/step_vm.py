@@ -22,6 +22,7 @@ from lg.pool.pool import Lease
 from lg.pool.provider import VmProvider
 from lg.runner.console import StepOutput
 from lg.runner.effects import discard, files_to_fetch
+from lg.runner.lease_wait import TemplateWaitNotice
 from lg.runner.workspace import UnsafeChange, check_change_path, exclude_function, load_ignore_rules
 from lg.runs.states import StepStatus
 from lg.security.enforce import HostPlan, plan_for
@@ -75,7 +76,9 @@ def run_attempt(context: StepContext) -> AttemptResult:
     image = spec.image
     try:
         # The lease resyncs the guest's clock (microvm has no RTC) and RNG, and gives it the step's identity.
-        with context.vms.lease(key, spec, warmup=warmup_for(context.profile)) as lease:
+        with TemplateWaitNotice(context.inputs.config.cache_dir / "snapshots", context.output.note):
+            lease = context.vms.lease(key, spec, warmup=warmup_for(context.profile))
+        with lease:
             vm = lease.vm
             context.output.note(_lease_note(lease))
             result = _in_vm(context, vm, image.digest, host_plan)

@@ -6,6 +6,9 @@ keeps real template snapshots."""
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +16,7 @@ from typing import Any, cast
 
 from lg.pool.key import PoolKey
 from lg.pool.pool import Lease
+from lg.runner.lease_wait import NOTICE, TemplateWaitNotice
 from lg.runner.step_vm import _lease_note
 from lg.vm.api import Vm
 
@@ -70,3 +74,30 @@ def test_a_warm_vm_made_while_the_lease_waited_is_not_called_warm() -> None:
     assert _lease_note(waited).startswith("VM vm-1 made for this step while it waited 12.5s (in 1.25s)")
     ready = Lease(vm, key, "warm", 0.0012, 1.25, None)
     assert "from the warm pool in 1.2 ms" in _lease_note(ready)
+
+
+def _notices(root: Path, hold: float) -> list[str]:
+    """What a lease that takes `hold` seconds is told under TemplateWaitNotice (0.1 s in)."""
+    notes: list[str] = []
+    said = threading.Event()
+
+    def note(text: str) -> None:
+        notes.append(text)
+        said.set()
+
+    with TemplateWaitNotice(root, note, after=0.1):
+        said.wait(hold)  # the lease, waiting: it ends early once the notice is out
+    time.sleep(0.2)  # past the point a late timer would fire: nothing may come after the block
+    return notes
+
+
+def test_a_lease_waiting_for_a_template_build_says_so_once(tmp_path: Path) -> None:
+    root = tmp_path / "snapshots"
+    root.mkdir()
+    assert _notices(root, 0.5) == []  # nothing is being built: a slow lease is not explained by a build
+    dead = root / ".tmp-0123456789ab-999999999-aa"  # left by a builder that died: not a build in progress
+    dead.mkdir()
+    assert _notices(root, 0.5) == []
+    (root / f".tmp-0123456789ab-{os.getpid()}-bb").mkdir()  # a live builder's staging directory
+    assert _notices(root, 5.0) == [NOTICE]
+    assert "lg pool prepare" in NOTICE
