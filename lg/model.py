@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -116,6 +117,27 @@ class OutputSpec:
     file: str | None = None
 
 
+InputType = Literal["string", "number", "boolean", "choice"]
+INPUT_TYPES: tuple[str, ...] = ("string", "number", "boolean", "choice")
+InputValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A declared run input (`inputs:`): given with `lg run --input NAME=VALUE`, read as `inputs.NAME`."""
+
+    name: str
+    type: InputType
+    default: InputValue | None  # None: required
+    description: str = ""
+    options: tuple[str, ...] = ()  # the values a `choice` accepts
+    location: Location = field(compare=False, default=Location(None))
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
 @dataclass(frozen=True)
 class CacheSpec:
     """Directories kept between runs: restored into the step's VM before it runs, saved after it succeeds."""
@@ -182,6 +204,8 @@ class Pipeline:
     profile_location: Location = field(compare=False, default=Location(None))
     max_parallel: int | None = None  # steps run at once; None: lg.yaml's, else from the pool and the cores
     fail_fast: bool = True  # a step that fails cancels the running ones and skips those not started
+    inputs: tuple[InputSpec, ...] = ()
+    input_values: Mapping[str, InputValue] = field(default_factory=lambda: MappingProxyType({}))
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:

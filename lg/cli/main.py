@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from lg import __version__
-from lg.errors import ExitCode, LgError
+from lg.errors import ExitCode, InvalidInput, LgError
 
 # Commands are imported only when invoked, so `lg --help` and `lg validate` never load VM drivers or LLM code.
 COMMANDS: dict[str, str] = {
@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "schema": "lg.cli.validate:schema",
     "image": "lg.cli.image:image",
     "doctor": "lg.cli.doctor:doctor",
+    "init": "lg.cli.init:init",
     "policy": "lg.cli.policy:policy",
     "run": "lg.cli.run:run",
     "runs": "lg.cli.runs:runs",
@@ -47,6 +48,7 @@ SHORT_HELP: dict[str, str] = {
     "schema": "Print the JSON Schema of a file kind (for editors and CI).",
     "image": "Build, list and remove guest images.",
     "doctor": "Report what this host can do, with a fix for each problem.",
+    "init": "Start a project: lg.yaml, an example pipeline, copies of the profiles.",
     "policy": "Test risk policies and explain their decisions.",
     "run": "Run a pipeline, each step in a fresh microVM.",
     "runs": "List recent runs.",
@@ -107,6 +109,7 @@ def run(argv: list[str] | None = None) -> int:
         return int(result) if isinstance(result, int) else ExitCode.OK
     except LgError as error:
         click.echo(f"lg: {_error_label(error)}{error}", err=True)
+        _annotate(error)
         return int(error.exit_code)
     except click.exceptions.Exit as done:
         return int(done.exit_code)
@@ -125,6 +128,15 @@ def run(argv: list[str] | None = None) -> int:
         click.echo(f"lg: internal error (a bug in lg). The traceback is in {path}; "
                    "please attach it to a bug report.", err=True)
         return ExitCode.INTERNAL
+
+
+def _annotate(error: LgError) -> None:
+    """In GitHub Actions, an invalid input is also an error annotation at its file and line."""
+    if isinstance(error, InvalidInput) and os.environ.get("GITHUB_ACTIONS") == "true":
+        from lg.render.github import input_annotations  # noqa: PLC0415
+
+        for line in input_annotations(error):
+            click.echo(line)
 
 
 def _error_label(error: LgError) -> str:

@@ -23,6 +23,19 @@ def json_option(function: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(function)
 
 
+def input_option(function: F) -> F:
+    return click.option(
+        "--input", "input_pairs", multiple=True, metavar="NAME=VALUE",
+        help="A value for the pipeline's input NAME (declared under `inputs:`), read as its type; repeat "
+             "for each. A required input missing, an unknown NAME or a value of the wrong type: exit 2.")(function)
+
+
+def input_values(pairs: tuple[str, ...]) -> dict[str, str]:
+    from lg.config.inputs import parse_assignments  # noqa: PLC0415
+
+    return parse_assignments(pairs)
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 

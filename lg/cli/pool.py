@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,30 @@ def serve(socket_path: Path | None, metrics_address: str | None) -> int:
     daemon.serve_forever()
     click.echo("lg pool: stopped; every VM it made is destroyed")
     return ExitCode.OK
+
+
+@pool.command()
+@click.argument("pipelines", metavar="PIPELINE...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
+def prepare(pipelines: tuple[Path, ...], as_json: bool) -> int:
+    """Build the pool templates the steps of each PIPELINE restore their VMs from, ahead of their first run
+    (scripts/setup does it for the shipped examples). Templates already there are kept.
+    Exit 0 when each is ready, 5 when one could not be built (its steps then cold-boot)."""
+    from lg.inputs.run_inputs import load_run_inputs  # noqa: PLC0415
+    from lg.runner.prepare import prepare_templates  # noqa: PLC0415
+
+    results = []
+    for path in pipelines:
+        inputs = load_run_inputs(path, with_images=True)
+        for prepared in prepare_templates(inputs):
+            results.append({"pipeline": str(path), **asdict(prepared)})
+            if not as_json:
+                timing = f" in {prepared.seconds:.1f}s" if prepared.outcome == "built" else ""
+                click.echo(f"{path}: template {prepared.label} for {', '.join(prepared.steps)}: "
+                           f"{prepared.outcome}{timing}")
+    if as_json:
+        emit_json(results)
+    return ExitCode.OK if all(r["ready"] for r in results) else ExitCode.ENVIRONMENT
 
 
 @pool.command()

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 import click
 import psutil
 
-from lg.cli.output import color_enabled, emit_json, json_option, state_store, webhook_courier
+from lg.cli.output import (
+    color_enabled,
+    emit_json,
+    input_option,
+    input_values,
+    json_option,
+    state_store,
+    webhook_courier,
+)
+from lg.cli.reports import Reports, junit_option, reports_for
 from lg.errors import EnvironmentUnfit, ExitCode, InvalidInput, LgError
 from lg.model import Pipeline
 from lg.runner import interrupts
@@ -39,9 +48,12 @@ wait_option = click.option(
 @click.option("--workspace", type=click.Path(path_type=Path, file_okay=False),
               help="Directory copied into each step's VM (default: the pipeline's directory).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (order, images, gates); boot nothing.")
+@input_option
 @wait_option
+@junit_option
 @json_option
-def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, as_json: bool) -> int:
+def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, input_pairs: tuple[str, ...], wait: bool,
+        junit: Path | None, as_json: bool) -> int:
     """Run PIPELINE: each step in its own fresh microVM; changes come back only from steps that succeed.
 
     \b
@@ -52,8 +64,9 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, 
     from lg.inputs.run_inputs import load_run_inputs  # noqa: PLC0415
     from lg.runner.plan import build_plan, preflight, render_plan  # noqa: PLC0415
 
+    given = input_values(input_pairs)
     if dry_run:
-        inputs = load_run_inputs(pipeline_file)
+        inputs = load_run_inputs(pipeline_file, input_values=given)
         plan = build_plan(inputs, _workspace(workspace, inputs.pipeline))
         if as_json:
             emit_json(plan)
@@ -61,16 +74,17 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, 
             click.echo(render_plan(plan))
         return ExitCode.OK
     interrupts.install()  # SIGINT and SIGTERM interrupt the run, whatever lg inherited (docs/approvals.md)
-    inputs = load_run_inputs(pipeline_file, with_images=True)
+    inputs = load_run_inputs(pipeline_file, with_images=True, input_values=given)
     root = _workspace(workspace, inputs.pipeline)
     preflight(inputs)
     from lg.runner.engine import run_pipeline  # noqa: PLC0415
 
     store = RunStore(inputs.config.state_dir)
     store.require_intact_audit()
-    request = _request(inputs, root, as_json, wait)
+    reports = _reports(inputs, junit, as_json)
+    request = _request(inputs, root, as_json, wait, reports)
     with webhook_courier(inputs.config):
-        return _reported(store, as_json, lambda: run_pipeline(request, store))
+        return _reported(store, as_json, lambda: run_pipeline(request, store), reports)
 
 
 @click.command()
@@ -79,8 +93,9 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, wait: bool, 
               help="Go on although FILE (a risk policy, VM profile, seccomp or AppArmor file, image recipe or "
                    "lg.yaml) changed since the run started; recorded in the audit log. Repeat for each file.")
 @wait_option
+@junit_option
 @json_option
-def resume(run_id: str, accepted: tuple[Path, ...], wait: bool, as_json: bool) -> int:
+def resume(run_id: str, accepted: tuple[Path, ...], wait: bool, junit: Path | None, as_json: bool) -> int:
     """Continue RUN, paused at a gate, interrupted, or left behind by a killed lg.
 
     Steps that ended stay as they ended; a step that was running runs again in a fresh VM
@@ -97,10 +112,12 @@ def resume(run_id: str, accepted: tuple[Path, ...], wait: bool, as_json: bool) -
     store.require_intact_audit()
     record = store.run(run_id)
     inputs = bind_unchanged_inputs(store, record, accepted)
-    request = _request(inputs, Path(record.workspace), as_json, wait)
+    reports = _reports(inputs, junit, as_json)
+    reports.run_id = record.id
+    request = _request(inputs, Path(record.workspace), as_json, wait, reports)
     record = store.claim(record.id, current_user())
     with webhook_courier(inputs.config):
-        return _reported(store, as_json, lambda: resume_run(request, store, record))
+        return _reported(store, as_json, lambda: resume_run(request, store, record), reports)
 
 
 @click.command()
@@ -179,7 +196,12 @@ def _workspace(option: Path | None, pipeline: Pipeline) -> Path:
     return root
 
 
-def _request(inputs: RunInputs, root: Path, as_json: bool, wait: bool) -> RunRequest:
+def _reports(inputs: RunInputs, junit: Path | None, as_json: bool) -> Reports:
+    locations = {step.id: step.location for step in inputs.pipeline.steps}
+    return reports_for(inputs.config.state_dir, junit, as_json, color_enabled(), locations)
+
+
+def _request(inputs: RunInputs, root: Path, as_json: bool, wait: bool, reports: Reports) -> RunRequest:
     from lg.config.secrets import resolve_secrets  # noqa: PLC0415
     from lg.runner.console import echo_stdout  # noqa: PLC0415
     from lg.runner.engine import RunRequest  # noqa: PLC0415
@@ -187,21 +209,26 @@ def _request(inputs: RunInputs, root: Path, as_json: bool, wait: bool) -> RunReq
     secrets = resolve_secrets(inputs.pipeline, os.environ)
     for name in secrets.too_short_to_mask():
         click.echo(f"lg: warning: secret {name} is too short to be masked in output", err=True)
-    echo = (lambda text: click.echo(text, err=True)) if as_json else echo_stdout
-    return RunRequest(inputs, root, secrets, echo, wait=wait, colour=color_enabled() and not as_json)
+    echo = reports.echo((lambda text: click.echo(text, err=True)) if as_json else echo_stdout)
+    return RunRequest(inputs, root, secrets, echo, wait=wait, colour=color_enabled() and not as_json,
+                      on_created=reports.created)
 
 
-def _reported(store: RunStore, as_json: bool, go: Callable[[], RunOutcome]) -> int:
+def _reported(store: RunStore, as_json: bool, go: Callable[[], RunOutcome], reports: Reports) -> int:
     """Run `go`; with --json print the run's record whatever the outcome (paused, failed, rejected), so a CI
-    job always gets something to parse; the error itself still goes to stderr with its exit code."""
+    job always gets something to parse; the error itself still goes to stderr with its exit code. The
+    reports (--junit, GitHub's) are written whatever the outcome too."""
     try:
-        outcome = go()
+        with reports.live():
+            outcome = go()
     except LgError:
+        reports.finish(store, failed=True)
         if as_json:
-            latest = store.runs(1)
-            if latest:
-                _emit_run(store, latest[0])
+            latest = store.run(reports.run_id) if reports.run_id else next(iter(store.runs(1)), None)
+            if latest is not None:
+                _emit_run(store, latest)
         raise
+    reports.finish(store, failed=outcome.exit_code != ExitCode.OK)
     if as_json:
         _emit_run(store, outcome.run)
     return int(outcome.exit_code)

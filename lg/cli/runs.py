@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from lg.cli.output import emit_json, json_option, state_store
 from lg.errors import ExitCode, InvalidInput
+
+if TYPE_CHECKING:
+    from lg.runs.store import RunStore
 
 
 def _age(timestamp: float | None) -> str:
@@ -63,6 +67,8 @@ def status(run_id: str, as_json: bool) -> int:
     click.echo(f"run {record.id}  {record.shown_status}  pipeline {record.pipeline}  {_seconds(duration)}")
     if record.error:
         click.echo(f"  error: {record.error}")
+    if record.input_values:
+        click.echo("  inputs: " + "  ".join(f"{name}={value!r}" for name, value in record.input_values.items()))
     for step in steps:
         digest = (step.image_digest or "")[:12] or "-"
         click.echo(
@@ -85,11 +91,17 @@ def status(run_id: str, as_json: bool) -> int:
 @click.command()
 @click.argument("run_id")
 @click.argument("step_id", required=False)
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing the output as it is written, until the step ends (with STEP) or the run stops.")
 @json_option
-def logs(run_id: str, step_id: str | None, as_json: bool) -> int:
+def logs(run_id: str, step_id: str | None, follow: bool, as_json: bool) -> int:
     """Print the (secret-masked) output of a run's steps, or of one step."""
     store = state_store()
     record = store.run(run_id)
+    if follow:
+        if as_json:
+            raise InvalidInput("--follow prints lines as they come; it does not go with --json")
+        return _follow(store, record.id, step_id)
     steps = store.steps(record.id)
     if step_id is not None:
         steps = [step for step in steps if step.step_id == step_id]
@@ -104,4 +116,14 @@ def logs(run_id: str, step_id: str | None, as_json: bool) -> int:
             click.echo(f"== {sid}")
         if path.is_file():
             click.echo(path.read_text(errors="replace"), nl=False)
+    return ExitCode.OK
+
+
+def _follow(store: RunStore, run_id: str, step_id: str | None) -> int:
+    from lg.render.follow import follow  # noqa: PLC0415
+
+    for sid, text in follow(store, run_id, step_id):
+        if step_id is None:  # steps may run side by side: each line says whose it is
+            text = "".join(f"[{sid}] {line}" for line in text.splitlines(keepends=True))
+        click.echo(text, nl=False)
     return ExitCode.OK

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import yaml
 
-from lg.cli.output import emit_json, error_view, json_option
+from lg.cli.output import emit_json, error_view, input_option, input_values, json_option
 from lg.errors import ExitCode, InvalidInputs
 
 
@@ -20,6 +20,7 @@ def validate(files: tuple[Path, ...], as_json: bool) -> int:
     Every error in every file is reported, each as FILE:LINE:COLUMN: KEY: MESSAGE. Exit 2 if any.
     """
     from lg.inputs.validate import validate_file  # noqa: PLC0415
+    from lg.render.github import in_github_actions, input_annotations  # noqa: PLC0415
 
     reports = [validate_file(path) for path in files]
     if as_json:
@@ -32,11 +33,14 @@ def validate(files: tuple[Path, ...], as_json: bool) -> int:
             ],
         })
     else:
+        github = in_github_actions()
         for report in reports:
             if report.ok:
                 click.echo(f"ok: {report.path} ({report.kind}: {report.summary})")
             for error in report.errors:
                 click.echo(str(error), err=True)
+                if github:  # an error annotation at the file and line, in the pull request's diff
+                    click.echo("\n".join(input_annotations(error)))
         failed = sum(1 for r in reports if not r.ok)
         if failed:
             count = sum(len(r.errors) for r in reports)
@@ -46,16 +50,18 @@ def validate(files: tuple[Path, ...], as_json: bool) -> int:
 
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
+@input_option
 @json_option
-def render(file: Path, as_json: bool) -> int:
-    """Print FILE fully expanded: matrix steps, defaults, and every template resolvable before the run.
+def render(file: Path, input_pairs: tuple[str, ...], as_json: bool) -> int:
+    """Print FILE fully expanded: matrix steps, defaults, and every template resolvable before the run,
+    with the inputs it is given (--input NAME=VALUE, as `lg run` takes them).
 
     Templates that read step outputs (steps.ID.outputs.NAME) are resolved at run time and shown as written.
     """
     from lg.inputs.run_inputs import load_run_inputs  # noqa: PLC0415
     from lg.render.plan import pipeline_view, step_grades  # noqa: PLC0415
 
-    inputs = load_run_inputs(file)
+    inputs = load_run_inputs(file, input_values=input_values(input_pairs))
     view = pipeline_view(inputs.pipeline, step_grades(inputs.pipeline, inputs.policy, inputs.profiles))
     if as_json:
         emit_json(view)

@@ -7,8 +7,10 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from lg.config import inputs as run_inputs
 from lg.config import step_data, templates
 from lg.config.durations import parse_duration
 from lg.config.pipeline_schema import MATRIX_KEYWORDS, pipeline_schema
@@ -18,6 +20,7 @@ from lg.config.yamlsource import KeyPath, SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
 from lg.model import (
     ApprovalSpec,
+    InputSpec,
     MatrixGroup,
     OutputSpec,
     Pipeline,
@@ -31,20 +34,25 @@ KNOWN_STEP_KINDS: dict[str, str] = {}
 """`uses:` kinds this version runs (agent steps arrive later). Empty: every `uses` is refused clearly."""
 
 
-def load_pipeline(path: Path, config: ProjectConfig | None = None) -> Pipeline:
-    """Read, validate and build a pipeline. Raises InvalidInput(s) naming file, line and key."""
+def load_pipeline(path: Path, config: ProjectConfig | None = None,
+                  input_values: Mapping[str, str] | None = None) -> Pipeline:
+    """Read, validate and build a pipeline. Raises InvalidInput(s) naming file, line and key.
+
+    `input_values` are the run's `--input NAME=VALUE`s, checked against the declared `inputs:`; None loads the
+    pipeline for checking only (`lg validate`), with a placeholder for each required input."""
     doc = load_yaml(path)
-    return build_pipeline(doc, config or load_project_config(path.parent))
+    return build_pipeline(doc, config or load_project_config(path.parent), input_values)
 
 
-def build_pipeline(doc: SourceDoc, config: ProjectConfig) -> Pipeline:
+def build_pipeline(doc: SourceDoc, config: ProjectConfig,
+                   input_values: Mapping[str, str] | None = None) -> Pipeline:
     if not isinstance(doc.data, dict):
         kind = "a list" if isinstance(doc.data, list) else f"a {type(doc.data).__name__}"
         raise doc.error((), f"a pipeline must be a mapping with 'name' and 'steps', not {kind}")
     errors = check_schema(doc, pipeline_schema())
     if errors:
         raise InvalidInputs(errors)
-    builder = _PipelineBuilder(doc, config)
+    builder = _PipelineBuilder(doc, config, input_values)
     pipeline = builder.build()
     if builder.errors:
         # Each expansion of a matrix step is checked on its own: one mistake in its text is one error, not N.
@@ -74,10 +82,11 @@ class _Expansion:
 
 
 class _PipelineBuilder:
-    def __init__(self, doc: SourceDoc, config: ProjectConfig) -> None:
+    def __init__(self, doc: SourceDoc, config: ProjectConfig, input_values: Mapping[str, str] | None) -> None:
         self.doc = doc
         self.data: dict[str, Any] = doc.data
         self.config = config
+        self.given_inputs = input_values
         self.errors: list[InvalidInput] = []
 
     def fail(self, key_path: KeyPath, message: str, *, at_key: bool = False) -> None:
@@ -87,9 +96,13 @@ class _PipelineBuilder:
 
     def build(self) -> Pipeline:
         variables = {name: _text(value) for name, value in self.data.get("vars", {}).items()}
+        input_specs = self._input_specs()
+        # A mistake in a declaration is reported with the file's other errors; a bad --input stops here (exit 2).
+        input_values = run_inputs.bind(input_specs, None if self.errors else self.given_inputs)
         base_context = {
             "vars": templates.Scope("vars", variables),
             "pipeline": templates.Scope("pipeline", {"name": self.data["name"]}),
+            "inputs": templates.Scope("inputs", run_inputs.template_values(input_values)),
         }
         pipeline_env = self._render_map(self.data.get("env", {}), ("env",), base_context)
         base_context["env"] = templates.Scope("env", pipeline_env)
@@ -125,7 +138,32 @@ class _PipelineBuilder:
             profile_location=self.doc.location(("profile",)),
             max_parallel=self.data.get("max_parallel"),
             fail_fast=self.data.get("fail_fast", True),
+            inputs=input_specs,
+            input_values=MappingProxyType(input_values),
         )
+
+    def _input_specs(self) -> tuple[InputSpec, ...]:
+        specs = []
+        for name, raw in self.data.get("inputs", {}).items():
+            key_path = ("inputs", name)
+            kind = raw.get("type", "string")
+            options = tuple(_text(option) for option in raw.get("options", ()))
+            if kind == "choice" and not options:
+                self.fail(key_path, "a choice input needs 'options': the values it accepts")
+            elif options and kind != "choice":
+                self.fail((*key_path, "options"), f"'options' is for a choice input; this one is a {kind}",
+                          at_key=True)
+            default = raw.get("default")
+            if default is not None and (kind != "choice" or options):
+                problem = run_inputs.check_default(kind, default, options)
+                if problem is not None:
+                    self.fail((*key_path, "default"), problem)
+                    default = None
+                else:
+                    default = run_inputs.typed_default(kind, default, options)
+            specs.append(InputSpec(name, kind, default, raw.get("description", ""), options,
+                                   self.doc.location(key_path, at_key=True)))
+        return tuple(specs)
 
     def _secrets(self) -> tuple[SecretSpec, ...]:
         raw = self.data.get("secrets", [])

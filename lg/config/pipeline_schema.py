@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from lg.config.schema_check import MESSAGE
-from lg.model import HYPERVISOR_CHOICES
+from lg.model import HYPERVISOR_CHOICES, INPUT_TYPES
 
 STEP_ID_PATTERN = "^[a-z0-9_-]+$"
 ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
+INPUT_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"  # read as inputs.NAME in templates: an identifier
 SECRET_NAME_PATTERN = "^[A-Z_][A-Z0-9_]*$"  # noqa: S105 - a name pattern, not a secret
 DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$"
 # An image is named by its recipe (images/NAME.yaml), never given as a path: `image: ../../../../etc/shadow`
@@ -210,6 +211,27 @@ def _secrets() -> dict[str, Any]:
     }
 
 
+def _inputs() -> dict[str, Any]:
+    scalar = {"type": ["string", "number", "boolean"]}
+    return {
+        "description": "values a run is given with `lg run --input NAME=VALUE`, read in templates as inputs.NAME",
+        "type": "object",
+        "propertyNames": {"pattern": INPUT_NAME_PATTERN},
+        "additionalProperties": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "type": {"enum": list(INPUT_TYPES), "description": "how the value is read (default: string)"},
+                "default": {**scalar, "description": "the value when none is given; without one the input is "
+                                                     "required"},
+                "description": {"type": "string"},
+                "options": {"type": "array", "items": {"type": ["string", "number"]}, "minItems": 1,
+                            "uniqueItems": True, "description": "the values a choice accepts"},
+            },
+        },
+    }
+
+
 def pipeline_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -226,6 +248,7 @@ def pipeline_schema() -> dict[str, Any]:
             "image": image_name("guest image recipe name (images/NAME.yaml); default from lg.yaml"),
             "profile": _name_ref("VM profile name (profiles/vm/NAME.yaml) or path"),
             "policy": _name_ref("risk policy name (profiles/risk/NAME.yaml) or path"),
+            "inputs": _inputs(),
             "vars": {
                 "type": "object",
                 "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},

@@ -15,8 +15,10 @@ from lg.model import HYPERVISOR_CHOICES, PoolSettings, ProjectConfig, ProjectPat
 
 PROJECT_FILE = "lg.yaml"
 
-BUILTIN_ROOT = Path(__file__).resolve().parent.parent.parent
-"""The checkout lg is installed from (editable install): its profiles/ and images/ are the shipped ones."""
+BUILTIN_ROOT = Path(__file__).resolve().parent.parent / "shipped"
+"""The profiles/, schemas/ and images/ shipped with lg. In a checkout (and its editable install) these are
+symbolic links to the repository's top-level folders, the source of truth; a wheel carries copies of them as
+package data (pyproject.toml), so an installed lg finds them with no checkout anywhere."""
 
 ACCELERATORS = ("auto", "kvm", "tcg")
 

@@ -1,6 +1,6 @@
 """Jinja2 templating for pipeline fields: sandboxed, strict, and errors that point at the user's line.
 
-Templates see `vars`, `env`, `matrix` and `pipeline` when a pipeline is loaded. References to
+Templates see `vars`, `inputs`, `env`, `matrix` and `pipeline` when a pipeline is loaded. References to
 `steps.<id>.outputs.<name>` can only be resolved at run time: such a template is checked now (syntax, other
 names, the step ids it names) and kept as text; the runner renders it with the real outputs.
 """
@@ -72,7 +72,7 @@ def environment() -> ImmutableSandboxedEnvironment:
                 known = ", ".join(sorted(owner)) or "nothing"
                 return f"{owner.label}.{name} is not defined{suggest(name, owner)} ({owner.label} has: {known})"
             if isinstance(name, str) and owner is jinja2.utils.missing:
-                return (f"{name!r} is not defined (templates can use: vars, env, matrix, pipeline, steps; "
+                return (f"{name!r} is not defined (templates can use: vars, inputs, env, matrix, pipeline, steps; "
                         "an if: may also call always(), success(), failure(), cancelled())")
             return str(super()._undefined_message)
 

@@ -233,11 +233,7 @@ def parse_yaml(text: str, path: Path) -> SourceDoc:
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        problem = error.problem or error.context or "invalid YAML"
-        if mark is None:
-            raise InvalidInput(f"invalid YAML: {problem}", Location(path)) from error
-        raise InvalidInput(f"invalid YAML: {problem}", Location(path, mark.line + 1, mark.column + 1)) from error
+        raise _syntax_error(error, path) from error
     except yaml.YAMLError as error:  # e.g. a reader error on a control character
         raise InvalidInput(f"invalid YAML: {error}", Location(path)) from error
     if node is None:
@@ -245,3 +241,40 @@ def parse_yaml(text: str, path: Path) -> SourceDoc:
     builder = _Builder(path)
     data = builder.build(node)
     return SourceDoc(path, data, builder.value_marks, builder.key_marks)
+
+
+_OPENED_HERE = ("scanning a quoted scalar", "scanning a block scalar", "parsing a flow", "scanning a simple key",
+                "scanning an anchor", "scanning an alias", "scanning a tag", "scanning a directive")
+"""PyYAML contexts that name a construct opened at the context mark and never closed properly: the mistake
+starts there (an unclosed quote is reported at the end of the file otherwise). Other contexts ("while parsing
+a block mapping") mark only where the enclosing mapping began; there the problem mark is the place to look."""
+
+
+def _syntax_error(error: yaml.MarkedYAMLError, path: Path) -> InvalidInput:
+    """A syntax error at the line and column where the problem starts, with where PyYAML noticed it when that
+    is somewhere else (the end of an unclosed quote or bracket)."""
+    start, end = error.context_mark, error.problem_mark
+    context = (error.context or "").removeprefix("while ").strip()
+    problem = error.problem or context or "invalid YAML"
+    if start is not None and end is not None and context.startswith(_OPENED_HERE) and _before(start, end):
+        message = f"invalid YAML: {_article(context)} that starts here is not closed: {problem} " \
+                  f"(at line {end.line + 1}, column {end.column + 1})"
+        return InvalidInput(message, Location(path, start.line + 1, start.column + 1))
+    mark = end if end is not None else start
+    if mark is None:
+        return InvalidInput(f"invalid YAML: {problem}", Location(path))
+    if context and start is not None and end is not None and _before(start, end):
+        problem += f" ({context} started at line {start.line + 1}, column {start.column + 1})"
+    return InvalidInput(f"invalid YAML: {problem}", Location(path, mark.line + 1, mark.column + 1))
+
+
+def _before(start: yaml.Mark, end: yaml.Mark) -> bool:
+    return (start.line, start.column) < (end.line, end.column)
+
+
+def _article(context: str) -> str:
+    """`scanning a quoted scalar` -> `a quoted scalar` (what the reader opened, not what the parser was doing)."""
+    for verb in ("scanning ", "parsing "):
+        if context.startswith(verb):
+            return context.removeprefix(verb)
+    return context

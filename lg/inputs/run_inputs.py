@@ -91,11 +91,12 @@ class RunInputs:
 
 
 def load_run_inputs(pipeline_file: Path, *, config: ProjectConfig | None = None,
-                    with_images: bool = False) -> RunInputs:
+                    with_images: bool = False, input_values: Mapping[str, str] | None = None) -> RunInputs:
     """Everything a run of `pipeline_file` reads, each file once. `with_images` also requires every image
-    its steps use to be built (exit 5 naming the fix), as a run does; `lg validate` and `--dry-run` do not."""
+    its steps use to be built (exit 5 naming the fix), as a run does; `lg validate` and `--dry-run` do not.
+    `input_values` are the run's `--input`s (None: checking only, see lg.config.pipeline.load_pipeline)."""
     config = config or load_project_config(pipeline_file.parent)
-    pipeline = load_pipeline(pipeline_file, config)
+    pipeline = load_pipeline(pipeline_file, config, input_values)
     policy, profiles = _load_references(pipeline, config)
     names = sorted({step.image or pipeline.image for step in pipeline.steps})
     images = {name: require_image(config, name) for name in names} if with_images else {}

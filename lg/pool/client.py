@@ -104,9 +104,12 @@ class DaemonClient:
         except BaseException:
             vm.destroy()
             raise
+        template = answer.get("template_seconds")
         return Lease(vm, key, str(answer["source"]), time.monotonic() - asked, float(answer["spawn_seconds"]),
                      answer.get("note"), {k: answer[k] for k in ("hostname", "machine_id") if k in answer},
-                     _release=lambda lease: lease.vm.destroy())
+                     _release=lambda lease: lease.vm.destroy(),
+                     template_seconds=float(template) if template is not None else None,
+                     made_while_waiting=bool(answer.get("made_while_waiting")))
 
     def release(self, vm_id: str) -> None:
         self.call({"op": "release", "vm": vm_id}, 30.0)

@@ -43,6 +43,10 @@ def refill_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+TEMPLATE_WAIT_NOTED = 1.0
+"""Seconds spent waiting for another builder's template past which a lease says it waited for a build."""
+
+
 class PoolExhausted(LgError):
     """No VM could be leased before the deadline: `max_active` VMs stayed leased the whole time."""
 
@@ -55,6 +59,8 @@ class ReadyVm:
     source: str  # restored | cold
     spawn_seconds: float
     note: str | None = None  # why it was cold-booted, when a restore was wanted
+    template_seconds: float | None = None  # its key's template snapshot was built first, taking this long
+    ready_at: float = field(default_factory=time.monotonic)  # when it was made
 
 
 @dataclass
@@ -69,6 +75,8 @@ class Lease:
     note: str | None
     identity: dict[str, Any] = field(default_factory=dict)
     _release: Callable[[Lease], None] | None = None
+    template_seconds: float | None = None  # the template was built for (or while waiting for) this VM
+    made_while_waiting: bool = False  # "warm", but not ready when asked for: the lease waited for its making
 
     def release(self) -> None:
         release, self._release = self._release, None
@@ -77,7 +85,9 @@ class Lease:
 
     def to_json(self) -> dict[str, Any]:
         return {"vm": self.vm.id, "source": self.source, "wait_seconds": round(self.wait_seconds, 4),
-                "spawn_seconds": round(self.spawn_seconds, 3), "note": self.note, **self.identity}
+                "spawn_seconds": round(self.spawn_seconds, 3), "note": self.note,
+                "template_seconds": round(self.template_seconds, 3) if self.template_seconds is not None else None,
+                "made_while_waiting": self.made_while_waiting, **self.identity}
 
     def __enter__(self) -> Lease:
         return self
@@ -142,7 +152,8 @@ class WarmPool:
                     self._cond.notify_all()
                 raise
             source = ready.source
-        lease = Lease(ready.vm, key, source, 0.0, ready.spawn_seconds, ready.note, _release=self._release)
+        lease = Lease(ready.vm, key, source, 0.0, ready.spawn_seconds, ready.note, _release=self._release,
+                      template_seconds=ready.template_seconds, made_while_waiting=ready.ready_at > asked)
         _renice(ready.vm, 0)
         try:
             lease.identity = _fresh_identity(ready.vm, spec.hostname)
@@ -239,8 +250,9 @@ class WarmPool:
         if self._restore_failures[key] >= RESTORE_FAILURES_BEFORE_COLD:
             return self._cold(hypervisor, spec,
                               f"restores of this key failed {RESTORE_FAILURES_BEFORE_COLD} times in a row")
+        asked = time.monotonic()
         try:
-            template, _ = templates.ensure(spec, self._warmups.get(key))
+            template, built = templates.ensure(spec, self._warmups.get(key))
         except (TemplateProblem, VmError) as problem:
             self.metrics.failed("template", problem.message.splitlines()[0])
             return self._cold(hypervisor, spec, f"no template: {problem.message.splitlines()[0]}")
@@ -257,7 +269,9 @@ class WarmPool:
         self._restore_failures[key] = 0
         seconds = time.monotonic() - started
         self.metrics.spawned("restore", seconds)
-        return ReadyVm(vm, "restored", seconds)
+        # Built now (or waited for while another process built it): the first lease of a key pays for it.
+        template_seconds = started - asked if built or started - asked > TEMPLATE_WAIT_NOTED else None
+        return ReadyVm(vm, "restored", seconds, template_seconds=template_seconds)
 
     def _cold(self, hypervisor: Hypervisor, spec: VmSpec, why: str) -> ReadyVm:
         started = time.monotonic()
@@ -295,6 +309,7 @@ class WarmPool:
             with self._cond:
                 self._starting[key] -= 1
                 if ready is not None and not self._closed:
+                    ready.ready_at = time.monotonic()  # idle from now: a lease asked before this waited for it
                     self._idle.setdefault(key, deque()).append(ready)
                     ready = None
                 self._cond.notify_all()
@@ -315,6 +330,17 @@ class WarmPool:
 
     def _wanted(self, key: PoolKey) -> int:
         return max(self.settings.min_idle, min(self._expected[key], self.settings.max_idle))
+
+    def prepare(self, key: PoolKey, spec: VmSpec, warmup: ExecRequest | None = None) -> tuple[bool, float] | None:
+        """Make sure `key` has its template snapshot, building it now if there is none (what the first lease
+        of the key would otherwise wait for): (built now, seconds), or None when this pool keeps no templates
+        (snapshots off, or a backend without them)."""
+        _, templates = self.backend(key.backend)
+        if templates is None:
+            return None
+        started = time.monotonic()
+        _, built = templates.ensure(_pool_spec(spec), warmup)
+        return built, time.monotonic() - started
 
     # --- status and shutdown ---
 

@@ -372,3 +372,17 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def building_now(root: Path) -> bool:
+    """Whether a live process is building a template under `root` right now (its staging directory is there):
+    a lease waiting meanwhile is waiting for that build (lg.runner.lease_wait says so)."""
+    try:
+        staging = list(root.glob(".tmp-*")) if root.is_dir() else []
+    except OSError:
+        return False
+    for path in staging:
+        pid = path.name.split("-")[2] if path.name.count("-") >= 3 else ""
+        if pid.isdigit() and process_alive(int(pid)):
+            return True
+    return False

@@ -35,12 +35,27 @@ def pipeline_view(pipeline: Pipeline, grades: dict[str, dict[str, Any]] | None =
         "policy": pipeline.policy,
         "max_parallel": pipeline.max_parallel,  # None: lg.yaml's, else from the pool and the cores
         "fail_fast": pipeline.fail_fast,
+        **({"inputs": inputs_view(pipeline)} if pipeline.inputs else {}),
         "vars": dict(pipeline.vars),
         "env": dict(pipeline.env),
         "secrets": [secret.name for secret in pipeline.secrets],
         "timeout": pipeline.timeout,
         "steps": [{**step_view(step), **({"risk": grades[step.id]} if grades else {})} for step in pipeline.steps],
     }
+
+
+def inputs_view(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """Each declared input with the value this render (or run) is bound with."""
+    view = {}
+    for spec in pipeline.inputs:
+        entry: dict[str, Any] = {"type": spec.type, "value": pipeline.input_values.get(spec.name)}
+        entry["default" if not spec.required else "required"] = spec.default if not spec.required else True
+        if spec.options:
+            entry["options"] = list(spec.options)
+        if spec.description:
+            entry["description"] = spec.description
+        view[spec.name] = entry
+    return view
 
 
 def step_view(step: Step) -> dict[str, Any]:

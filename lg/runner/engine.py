@@ -21,6 +21,7 @@ from typing import Any
 
 from lg.approvals.card import CardInput, build
 from lg.approvals.decide import current_user
+from lg.config.inputs import template_values
 from lg.config.pipeline import topological_order
 from lg.config.secrets import SecretValues
 from lg.config.templates import Scope, TemplateProblem, is_template, render
@@ -82,6 +83,7 @@ class RunRequest:
     colour: bool = False
     clock: Clock = time.time
     vms: VmProvider | None = None  # None: the pool daemon if one runs, else a pool of the run's own
+    on_created: Callable[[RunRecord], None] | None = None  # told the new run's record (reports, progress view)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -128,8 +130,10 @@ def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
     order = topological_order(pipeline)
     record = store.create_run(pipeline.name, pipeline.path, request.workspace, current_user(),
                               [(step.id, step.display_name) for step in order], file_sha256(pipeline.path),
-                              request.inputs.files_json())
+                              request.inputs.files_json(), pipeline.input_values)
     store.start_run(record.id)
+    if request.on_created is not None:
+        request.on_created(record)
     request.echo(f"run {record.id}: {pipeline.name} ({len(order)} steps) in {request.workspace}")
     return _drive(request, store, record)
 
@@ -322,6 +326,7 @@ def _template_context(run: _Run, step: Step, states: Mapping[str, StepState]) ->
     }
     return {
         "vars": Scope("vars", pipeline.vars),
+        "inputs": Scope("inputs", template_values(pipeline.input_values)),
         "env": Scope("env", pipeline.env),
         "matrix": Scope("matrix", step.matrix),
         "pipeline": Scope("pipeline", {"name": pipeline.name}),

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lg.approvals.decide import current_user
+from lg.config.inputs import text_of
 from lg.errors import InvalidInput
 from lg.inputs.run_inputs import InputChange, InputFile, RunInputs, changed_files, load_run_inputs
 from lg.runs.store import RunRecord, RunStore
@@ -26,7 +27,9 @@ def bind_unchanged_inputs(store: RunStore, record: RunRecord, accepted: Sequence
     recorded = _recorded(record)
     wanted = {file.resolve() for file in accepted}
     _refuse(record, changed_files(recorded), wanted)  # before loading: a changed file may not even load
-    inputs = load_run_inputs(path, with_images=True)
+    # The run goes on with the --input values it was started with (recorded, as text they round-trip through).
+    given = {name: text_of(value) for name, value in (record.input_values or {}).items()}
+    inputs = load_run_inputs(path, with_images=True, input_values=given)
     changes = changed_files(recorded, inputs.files) if record.inputs is not None else []
     _refuse(record, changes, wanted)
     unknown = wanted - {change.path for change in changes}

@@ -23,6 +23,7 @@ from lg.pool.provider import VmProvider
 from lg.runner import artifacts
 from lg.runner.console import StepOutput
 from lg.runner.effects import discard, files_to_fetch
+from lg.runner.lease_wait import TemplateWaitNotice
 from lg.runner.step_cache import CacheEntry, StepCache, cache_root, resolve_key, under_paths
 from lg.runner.workspace import UnsafeChange, check_change_path, exclude_function, load_ignore_rules
 from lg.runs.states import StepStatus
@@ -77,7 +78,9 @@ def run_attempt(context: StepContext) -> AttemptResult:
     image = spec.image
     try:
         # The lease resyncs the guest's clock (microvm has no RTC) and RNG, and gives it the step's identity.
-        with context.vms.lease(key, spec, warmup=warmup_for(context.profile)) as lease:
+        with TemplateWaitNotice(context.inputs.config.cache_dir / "snapshots", context.output.note):
+            lease = context.vms.lease(key, spec, warmup=warmup_for(context.profile))
+        with lease:
             vm = lease.vm
             context.output.note(_lease_note(lease))
             result = _in_vm(context, vm, image.digest, host_plan)
@@ -125,9 +128,20 @@ def warmup_for(profile: VmProfile) -> ExecRequest:
     return ExecRequest(argv=("/bin/true",), uid=uid, gid=gid, timeout=120, confine=profile.confinement())
 
 
+WAIT_NOTED_SECONDS = 0.5
+"""A warm VM the lease waited less than this for is as good as ready: said as "from the warm pool"."""
+
+
 def _lease_note(lease: Lease) -> str:
     vm = lease.vm
-    if lease.source == "warm":
+    if lease.template_seconds is not None:
+        # The first VM of this image and profile: its template snapshot was built first (once; later VMs of
+        # the key are restored from it). Calling that "from the warm pool" hid where the time went.
+        how = (f"built its pool template first ({lease.template_seconds:.1f}s, once for this image and profile), "
+               f"then restored in {lease.spawn_seconds:.2f}s; ready after {lease.wait_seconds:.1f}s")
+    elif lease.source == "warm" and lease.made_while_waiting and lease.wait_seconds >= WAIT_NOTED_SECONDS:
+        how = f"made for this step while it waited {lease.wait_seconds:.1f}s (in {lease.spawn_seconds:.2f}s)"
+    elif lease.source == "warm":
         how = (f"from the warm pool in {lease.wait_seconds * 1000:.1f} ms "
                f"(made ready earlier in {lease.spawn_seconds:.2f}s)")
     elif lease.source == "restored":

@@ -3,7 +3,7 @@
 Statuses are stored as the text of lg.runs.states' enums, unchanged since version 1.
 """
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 GATES_TABLES = """
 CREATE TABLE IF NOT EXISTS gates (
@@ -48,6 +48,7 @@ MIGRATIONS = {  # from version N to N+1
     5: ("ALTER TABLE steps ADD COLUMN vm TEXT",),
     6: ("ALTER TABLE runs ADD COLUMN inputs TEXT",),
     7: ("ALTER TABLE runs ADD COLUMN cancel_requested TEXT",),
+    8: ("ALTER TABLE runs ADD COLUMN input_values TEXT",),
 }
 
 SCHEMA = """
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS runs (
     pid_started REAL,
     pipeline_sha256 TEXT,
     inputs TEXT,
-    cancel_requested TEXT
+    cancel_requested TEXT,
+    input_values TEXT
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,

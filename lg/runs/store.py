@@ -69,6 +69,9 @@ class RunRecord:
     # `lg cancel` of a live run, as {reason, by, at}: the run's lg process stops at once (lg.runner.interrupts)
     # and the store refuses it any further progress (see _refuse_progress)
     cancel_requested: dict[str, Any] | None = None
+    # The values of the pipeline's `inputs:` the run was bound with (`lg run --input`, else the defaults);
+    # `lg resume` binds the same ones. None before schema 9.
+    input_values: dict[str, Any] | None = None
 
     @property
     def finished_for_good(self) -> bool:
@@ -317,7 +320,8 @@ class RunStore:
 
     def create_run(self, pipeline: str, pipeline_path: Path, workspace: Path, initiator: str,
                    steps: list[tuple[str, str]], pipeline_sha256: str | None = None,
-                   inputs: list[dict[str, Any]] | None = None) -> RunRecord:
+                   inputs: list[dict[str, Any]] | None = None,
+                   input_values: Mapping[str, Any] | None = None) -> RunRecord:
         now = time.time()
         with self.transaction() as db:
             run_id = new_run_id()
@@ -325,10 +329,11 @@ class RunStore:
                 run_id = new_run_id()
             db.execute(
                 "INSERT INTO runs (id, pipeline, pipeline_path, workspace, status, created, initiator, pid,"
-                " pid_started, pipeline_sha256, inputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " pid_started, pipeline_sha256, inputs, input_values) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, pipeline, str(pipeline_path), str(workspace), RunStatus.PENDING, now, initiator,
                  os.getpid(), psutil.Process().create_time(), pipeline_sha256,
-                 json.dumps(inputs) if inputs is not None else None),
+                 json.dumps(inputs) if inputs is not None else None,
+                 json.dumps(dict(input_values)) if input_values is not None else None),
             )
             db.executemany(
                 "INSERT INTO steps (run_id, step_id, position, name, status) VALUES (?, ?, ?, ?, ?)",
@@ -339,6 +344,7 @@ class RunStore:
                 "pipeline": pipeline, "file": str(pipeline_path), "workspace": str(workspace),
                 "initiator": initiator, "steps": [step_id for step_id, _ in steps], "pipeline_sha256": pipeline_sha256,
                 **({"inputs": inputs} if inputs is not None else {}),
+                **({"input_values": dict(input_values)} if input_values else {}),
             })
         return self.run(run_id)
 
@@ -615,8 +621,9 @@ def _run(row: sqlite3.Row, path: Path) -> RunRecord:
     try:
         inputs = json.loads(row["inputs"]) if row["inputs"] is not None else None
         cancel = json.loads(row["cancel_requested"]) if row["cancel_requested"] is not None else None
+        values = json.loads(row["input_values"]) if row["input_values"] is not None else None
         return RunRecord(**{**dict(row), "status": RunStatus(row["status"]), "inputs": inputs,
-                            "cancel_requested": cancel})
+                            "cancel_requested": cancel, "input_values": values})
     except (ValueError, TypeError) as error:  # a status or JSON lg never wrote: the file is damaged
         raise unreadable_row(path, "runs", error) from error
 

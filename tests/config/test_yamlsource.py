@@ -41,9 +41,27 @@ def test_custom_tags_never_construct_anything() -> None:
     assert not Path("/tmp/pwned").exists()
 
 
-def test_tabs_and_unclosed_quotes_give_the_parser_line() -> None:
+def test_tabs_give_the_parser_line() -> None:
     assert error_of("a:\n\t- b\n").startswith("p.yaml:2:1: invalid YAML")
-    assert error_of("a: 1\nb: \"open\n").startswith("p.yaml:3:1: invalid YAML")
+
+
+def test_an_unclosed_quote_is_reported_where_it_opens_with_where_the_file_ended() -> None:
+    text = 'name: x\nsteps:\n  - id: a\n    run: "echo hi\n  - id: b\n    run: ls\n'
+    assert error_of(text) == ("p.yaml:4:10: invalid YAML: a quoted scalar that starts here is not closed: "
+                              "found unexpected end of stream (at line 7, column 1)")
+    assert error_of("a: 1\nb: 'open\n").startswith("p.yaml:2:4: invalid YAML: a quoted scalar")
+
+
+def test_an_unclosed_bracket_is_reported_where_it_opens() -> None:
+    message = error_of("a: [1, 2\nb: 3\n")
+    assert message.startswith("p.yaml:1:4: invalid YAML: a flow sequence that starts here is not closed")
+    assert "(at line 2, column 2)" in message
+
+
+def test_a_bad_indent_is_reported_where_it_is_with_the_mapping_it_breaks() -> None:
+    message = error_of("a:\n  b: 1\n c: 2\n")
+    assert message.startswith("p.yaml:3:2: invalid YAML: ")
+    assert message.endswith("started at line 1, column 1)")
 
 
 def test_empty_file() -> None:

@@ -1,0 +1,114 @@
+"""What `lg run` and `lg resume` report besides their own output: a JUnit file (--junit), GitHub workflow
+commands and the job summary (when $GITHUB_ACTIONS is true), and the live progress view on a terminal.
+
+All of it is built from the run's records in the state store, after the run (or, for the progress view, by
+polling them while it goes), so it says what `lg status` says, whatever way the run ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from lg.errors import EnvironmentUnfit, InvalidInput, Location
+from lg.runs.store import RunRecord, RunStore
+
+junit_option = click.option(
+    "--junit", "junit", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+    help="Write a JUnit XML report to FILE when the run stops (finished, failed or paused): a testcase per "
+         "step with its output and why it failed; replaced atomically.")
+
+
+@dataclass
+class Reports:
+    state_dir: Path
+    junit: Path | None = None
+    github: bool = False
+    progress: bool = False
+    summary: Path | None = None  # $GITHUB_STEP_SUMMARY
+    locations: dict[str, Location] = field(default_factory=dict)  # where each step is in the pipeline file
+    run_id: str | None = None
+    _groups: Callable[[str], None] | None = None
+    _live: object | None = None
+
+    def echo(self, base: Callable[[str], None]) -> Callable[[str], None]:
+        """The line printer of the run: in GitHub Actions, each step's lines fold into a group."""
+        if not self.github:
+            return base
+        from lg.render.github import Groups  # noqa: PLC0415
+
+        groups = Groups(base)
+        self._groups = groups
+        return groups
+
+    def created(self, record: RunRecord) -> None:
+        self.run_id = record.id
+        if self._live is not None:
+            self._live.run_id = record.id  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[None]:
+        if not self.progress:
+            yield
+            return
+        from lg.render.progress import LiveProgress  # noqa: PLC0415
+
+        with LiveProgress(self.state_dir, self.run_id) as view:
+            self._live = view
+            try:
+                yield
+            finally:
+                self._live = None
+
+    def finish(self, store: RunStore, failed: bool) -> None:
+        """Write what the run's records say. A report that cannot be written fails a run that did not fail
+        already (a CI job that asked for it would miss it); otherwise it is said on stderr."""
+        close = getattr(self._groups, "close", None)
+        if close is not None:
+            close()
+        if self.run_id is None:
+            return
+        run, steps = store.run(self.run_id), store.steps(self.run_id)
+        problems = []
+        if self.junit is not None:
+            from lg.render.junit import write_junit  # noqa: PLC0415
+
+            try:
+                write_junit(self.junit, run, steps)
+            except OSError as error:
+                problems.append(f"cannot write the JUnit report {self.junit}: {error.strerror or error}")
+        if self.github:
+            from lg.render.github import append_summary, step_annotations  # noqa: PLC0415
+
+            for line in step_annotations(steps, self.locations):
+                click.echo(line)
+            if self.summary is not None:
+                try:
+                    append_summary(self.summary, run, steps)
+                except OSError as error:
+                    problems.append(f"cannot write the job summary {self.summary}: {error.strerror or error}")
+        for problem in problems:
+            click.echo(f"lg: error: {problem}", err=True)
+        if problems and not failed:
+            raise EnvironmentUnfit(problems[0])
+
+
+def reports_for(state_dir: Path, junit: Path | None, as_json: bool, colour: bool,
+                locations: dict[str, Location]) -> Reports:
+    from lg.render.github import in_github_actions  # noqa: PLC0415
+
+    if junit is not None:  # its directory is made if missing (as pytest's --junitxml does); a file in the way is not
+        for parent in junit.resolve().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise InvalidInput(f"--junit {junit}: {parent} is not a directory")
+                break
+    github = in_github_actions()
+    summary = os.environ.get("GITHUB_STEP_SUMMARY") if github else None
+    return Reports(state_dir, junit, github, progress=colour and not as_json and not github,
+                   summary=Path(summary) if summary else None, locations=locations)
