@@ -36,6 +36,8 @@ COMMANDS: dict[str, str] = {
     "show": "lg.cli.approvals:show",
     "approve": "lg.cli.approvals:approve",
     "reject": "lg.cli.approvals:reject",
+    "serve": "lg.cli.serve:serve",
+    "token": "lg.cli.serve:token",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -58,6 +60,8 @@ SHORT_HELP: dict[str, str] = {
     "show": "Print a gate's diff card: what approving it would let through.",
     "approve": "Approve a gate (optionally SSH-signed).",
     "reject": "Reject a gate: its step does not run or its effects are discarded.",
+    "serve": "Serve the HTTP API, the approval page and metrics over the state store.",
+    "token": "Create, list and revoke the API tokens of lg serve.",
 }
 
 

@@ -1,0 +1,45 @@
+"""The server's view of the state store: one RunStore (one SQLite connection) per worker thread.
+
+A SQLite connection belongs to the thread that opened it, and Starlette runs blocking work in a pool of
+threads, so each thread opens its own on first use. Writers still queue on the database's lock (BEGIN
+IMMEDIATE), which is what makes concurrent decisions produce exactly one transition.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lg.runs.gates import GateStore
+from lg.runs.store import RunStore
+from lg.runs.tokens import TokenStore
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    state_dir: Path
+    blobs: Path | None = None  # the blob store (issue #17 item 2); held effects are read from state_dir until then
+    secure_cookies: bool = False  # served over TLS: cookies get the Secure attribute
+    max_body: int = 64 * 1024
+
+
+@dataclass
+class Stores:
+    """The stores of the calling thread."""
+
+    state_dir: Path
+    _local: threading.local = field(default_factory=threading.local)
+
+    def runs(self) -> RunStore:
+        store: RunStore | None = getattr(self._local, "store", None)
+        if store is None:
+            store = RunStore(self.state_dir)
+            self._local.store = store
+        return store
+
+    def gates(self) -> GateStore:
+        return GateStore(self.runs())
+
+    def tokens(self) -> TokenStore:
+        return TokenStore(self.runs())
