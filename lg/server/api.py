@@ -18,6 +18,7 @@ from lg.approvals.signing import SignatureRefused
 from lg.errors import EnvironmentUnfit, InvalidInput
 from lg.runner.effects import effects_dir
 from lg.runs.gates import Gate, Verdict
+from lg.runs.states import EXECUTING_RUNS
 from lg.runs.store import RunRecord, RunStore, StepRecord
 from lg.runs.tokens import Permission, Token
 from lg.server.errors import ApiError, bad_request, conflict, forbidden, not_found
@@ -243,6 +244,10 @@ def claim_run(call: Call) -> Reply:
         call.store.require_intact_audit()
     except EnvironmentUnfit as error:
         raise ApiError(503, "audit_damaged", str(error)) from None
+    if record.status in EXECUTING_RUNS and record.process_alive:
+        # the store lets a process take up its own run again; this process holds runs for many runners
+        raise conflict("claim_refused", f"run {record.id} is still being run by lg process {record.pid} (claimed "
+                                        "already); wait for it, or cancel it")
     try:
         claimed = call.store.claim(record.id, call.token.name)
     except InvalidInput as error:
