@@ -72,7 +72,8 @@ class Server:
     def request(self, method: str, path: str, token: str | None = None, body: Any = None, *,
                 raw: bytes | None = None, headers: dict[str, str] | None = None) -> Response:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        request = urllib.request.Request(self.url + path, data=data, method=method,  # noqa: S310
+                                         headers=headers or {})
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         if data is not None and raw is None:

@@ -17,7 +17,6 @@ from lg.runs.gates import GateStore
 from lg.runs.tokens import Role
 from tests.server.conftest import EXPLICIT_GATE, INITIATOR, Project, Server
 
-
 TWO_APPROVALS = """\
     name: gated
     steps:
@@ -41,7 +40,7 @@ def gate_of(server: Server, token: str) -> dict[str, str]:
 
 
 def test_runs_gates_and_the_whole_card_are_served(paused: tuple[Project, Server, str, dict[str, str]]) -> None:
-    project, server, run_id, tokens = paused
+    _project, server, run_id, tokens = paused
     runs = server.request("GET", "/api/v1/runs", tokens["viewer"]).json
     assert [r["id"] for r in runs] == [run_id] and runs[0]["status"] == "awaiting_approval"
     gate = gate_of(server, tokens["viewer"])
@@ -94,7 +93,7 @@ def test_a_signed_decision_is_recorded_as_its_signer(paused: tuple[Project, Serv
 
 
 def test_held_effects_download_byte_for_byte(paused: tuple[Project, Server, str, dict[str, str]]) -> None:
-    project, server, run_id, tokens = paused
+    _project, server, run_id, tokens = paused
     manifest = server.request("GET", f"/api/v1/runs/{run_id}/steps/bump/effects", tokens["runner"]).json
     links = {c["path"]: c["download"] for c in manifest["changes"]}
     got = server.request("GET", links["notes.txt"], tokens["runner"])
@@ -250,7 +249,7 @@ def test_an_oversize_body_is_refused(paused: tuple[Project, Server, str, dict[st
                                   "notes.txt%00"])
 def test_a_path_traversal_in_a_file_name_is_refused(paused: tuple[Project, Server, str, dict[str, str]],
                                                     name: str) -> None:
-    project, server, run_id, tokens = paused
+    _project, server, run_id, tokens = paused
     answer = server.request("GET", f"/api/v1/runs/{run_id}/steps/bump/effects/{name}", tokens["runner"])
     assert answer.status in (400, 404) and answer.headers["content-type"] == "application/json", answer.body
     assert answer.error_code in ("bad_path", "not_found"), answer.body
