@@ -73,7 +73,8 @@ class Page:
         if not same(form.get("login_csrf"), request.cookies.get(LOGIN_COOKIE)):
             return self._login_page(ApiError(403, "csrf", "the login form expired or came from another site; "
                                                           "try again"))
-        token = await run_in_threadpool(self.stores.tokens().authenticate, form.get("token", ""))
+        given = form.get("token", "")
+        token = await run_in_threadpool(lambda: self.stores.tokens().authenticate(given))
         if token is None:
             return self._login_page(ApiError(401, "invalid_token", "not a valid API token (malformed, unknown or "
                                                                    "revoked)"))

@@ -92,6 +92,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process.stderr is not None:  # shown in the report of a failing test
+            print(self.process.stderr.read())  # noqa: T201
 
 
 def start_server(state: Path, *args: str) -> Server:
