@@ -93,7 +93,7 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         if self.process.stderr is not None:  # shown in the report of a failing test
-            print(self.process.stderr.read())  # noqa: T201
+            print(self.process.stderr.read())
 
 
 def start_server(state: Path, *args: str) -> Server:

@@ -83,7 +83,7 @@ def test_approve_through_the_page_and_the_waiting_run_goes_on(project: Project, 
         record_property("screenshot", str(screenshot))
         if os.environ.get("LG_TEST_ARTIFACTS"):
             shutil.copy(screenshot, Path(os.environ["LG_TEST_ARTIFACTS"]) / screenshot.name)
-        print(f"screenshot of the approval page: {screenshot}")  # noqa: T201 - pointed at in the test report
+        print(f"screenshot of the approval page: {screenshot}")
 
         approve = card.find_element(By.CSS_SELECTOR, "form.approve")
         approve.find_element(By.NAME, "comment").send_keys("checked the diff in the browser")

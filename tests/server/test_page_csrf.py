@@ -14,6 +14,9 @@ from lg.runs.gates import GateStore
 from lg.runs.tokens import Role
 from tests.server.conftest import EXPLICIT_GATE, Project, Server
 
+# Every URL below is the test's own server on 127.0.0.1 (http): S310's worry (file: URLs) does not arise.
+# ruff: noqa: S310
+
 
 class Browser:
     """Cookies kept, redirects followed, as a browser without JavaScript."""
