@@ -7,7 +7,10 @@ as `lg approve` and `lg resume` make them, so the CLI and the server record the 
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -22,7 +25,7 @@ from lg.runs.states import EXECUTING_RUNS
 from lg.runs.store import RunRecord, RunStore, StepRecord
 from lg.runs.tokens import Permission, Token
 from lg.server.errors import ApiError, bad_request, conflict, forbidden, not_found
-from lg.server.state import ServerConfig, Stores
+from lg.server.state import Cached, ServerConfig, Stores
 from lg.server.views import decision_view, gate_view, run_view, step_view
 
 MAX_COMMENT = 4000
@@ -127,6 +130,20 @@ def pending_gates(call: Call) -> Any:
         record = runs.get(gate.run_id) or runs.setdefault(gate.run_id, store.run(gate.run_id))
         rows.append(gate_view(gate, record))
     return rows
+
+
+def pending_gates_cached(call: Call) -> Reply:
+    """The list of open gates, which every approver's page and every waiting CI job polls: built once per state
+    of the store (see Stores.version) and served encoded until something changes or a gate is due to expire."""
+    version, now = call.stores.version(), time.time()
+    cached = call.stores.cache.get("pending")
+    if cached is None or cached.version != version or now >= cached.until:
+        rows = pending_gates(call)
+        version = call.stores.version()  # expiring gates on the way appended records: the state read is this one
+        until = min((row["expires"] for row in rows if row["expires"] is not None), default=math.inf)
+        cached = Cached(version, until, json.dumps(rows, separators=(",", ":")).encode())
+        call.stores.cache["pending"] = cached
+    return Reply(content=cached.body, media_type="application/json")
 
 
 def run_gates(call: Call) -> Any:
@@ -369,6 +386,9 @@ class Endpoint:
     body: str | None = None
     errors: tuple[int, ...] = ()
     query: tuple[tuple[str, str], ...] = ()
+    # Served on the event loop's thread, without the hop to a worker thread: only for reads of a few indexed
+    # rows (SQLite readers in WAL mode do not wait for writers), here the cached list every client polls.
+    inline: bool = False
 
 
 _R = Permission
@@ -383,8 +403,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "StepList", errors=(404,)),
     Endpoint("GET", "/api/v1/runs/{run}/steps/{step}/log", "getStepLog", _R.READ,
              "A step's output (secrets masked)", step_log, "text", errors=(404,)),
-    Endpoint("GET", "/api/v1/gates", "listPendingGates", _R.READ, "Open gates, oldest first", pending_gates,
-             "GateList"),
+    Endpoint("GET", "/api/v1/gates", "listPendingGates", _R.READ, "Open gates, oldest first",
+             pending_gates_cached, "GateList", inline=True),
     Endpoint("GET", "/api/v1/runs/{run}/gates", "listRunGates", _R.READ, "A run's gates", run_gates, "GateList",
              errors=(404,)),
     Endpoint("GET", "/api/v1/runs/{run}/gates/{gate}", "getGate", _R.READ,

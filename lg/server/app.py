@@ -78,9 +78,9 @@ def api_route(endpoint: Endpoint, config: ServerConfig, stores: Stores, metrics:
     async def serve(request: Request) -> Response:
         try:
             raw = await read_body(request, config.max_body) if endpoint.body else None
-            reply = await run_in_threadpool(
-                _serve, endpoint, config, stores, request.headers.get("authorization"),
-                dict(request.path_params), dict(request.query_params), raw)
+            arguments = (endpoint, config, stores, request.headers.get("authorization"),
+                         dict(request.path_params), dict(request.query_params), raw)
+            reply = _serve(*arguments) if endpoint.inline else await run_in_threadpool(_serve, *arguments)
         except ApiError as error:
             if endpoint.body:
                 metrics.decisions.labels(error.code).inc()

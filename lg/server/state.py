@@ -24,12 +24,30 @@ class ServerConfig:
     max_body: int = 64 * 1024
 
 
+@dataclass(frozen=True)
+class Cached:
+    """An encoded answer, good while the audit log's newest record is `version` and until `until` (the first
+    open gate's expiry)."""
+
+    version: int
+    until: float
+    body: bytes
+
+
 @dataclass
 class Stores:
-    """The stores of the calling thread."""
+    """The stores of the calling thread, and answers cached across threads."""
 
     state_dir: Path
     _local: threading.local = field(default_factory=threading.local)
+    cache: dict[str, Cached] = field(default_factory=dict)
+
+    def version(self) -> int:
+        """The sequence number of the newest audit record. Every change of a run, step, gate or decision appends
+        one in its own transaction (lg.runs.store), so an answer built at this version is current as long as
+        the number has not moved."""
+        row = self.runs().connection.execute("SELECT seq FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        return int(row[0]) if row is not None else 0
 
     def runs(self) -> RunStore:
         store: RunStore | None = getattr(self._local, "store", None)

@@ -69,6 +69,7 @@ def test_approved_through_http_the_run_resumes_and_applies(paused: tuple[Project
                             {"verdict": "approve", "digest": gate["digest"], "comment": "fine by me"})
     assert answer.status == 201, answer.body
     assert answer.json["status"] == "approved"
+    assert server.request("GET", "/api/v1/gates", tokens["viewer"]).json == []  # the cached list moved with it
     assert answer.json["decisions"] == [{**answer.json["decisions"][0], "approver": "approver@example.com",
                                          "verdict": "approve", "comment": "fine by me", "signed": False}]
     resumed = project.lg_on_fake("resume", run_id)
