@@ -30,6 +30,7 @@ from lg.server.views import decision_view, gate_view, run_view, step_view
 
 MAX_COMMENT = 4000
 MAX_RUNS = 1000
+_OPEN_GATES = "open-gates"  # the cache's key for the list of open gates
 
 
 @dataclass(frozen=True)
@@ -136,13 +137,13 @@ def pending_gates_cached(call: Call) -> Reply:
     """The list of open gates, which every approver's page and every waiting CI job polls: built once per state
     of the store (see Stores.version) and served encoded until something changes or a gate is due to expire."""
     version, now = call.stores.version(), time.time()
-    cached = call.stores.cache.get("pending")
+    cached = call.stores.cache.get(_OPEN_GATES)
     if cached is None or cached.version != version or now >= cached.until:
         rows = pending_gates(call)
         version = call.stores.version()  # expiring gates on the way appended records: the state read is this one
         until = min((row["expires"] for row in rows if row["expires"] is not None), default=math.inf)
         cached = Cached(version, until, json.dumps(rows, separators=(",", ":")).encode())
-        call.stores.cache["pending"] = cached
+        call.stores.cache[_OPEN_GATES] = cached
     return Reply(content=cached.body, media_type="application/json")
 
 
