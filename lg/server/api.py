@@ -11,7 +11,8 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -222,12 +223,14 @@ def post_decision(call: Call) -> Reply:
 def record_decision(call: Call, run_id: str, gate_id: str, wanted: DecisionRequest, user: str) -> Gate:
     """Check and record one decision (the API's and the page's); ApiError before anything is written."""
     store = call.store
-    record = find_run(store, run_id)
-    gate = find_gate(call, record, gate_id)
-    try:
-        store.require_intact_audit()
-    except EnvironmentUnfit as error:
-        raise ApiError(503, "audit_damaged", str(error)) from None
+    find_gate(call, find_run(store, run_id), gate_id)  # 404s, and gates due to expire expired, before the lock
+    with checked_writing(store):
+        record = find_run(store, run_id)
+        gate = find_gate(call, record, gate_id)
+        return _decide(call, record, gate, wanted, user)
+
+
+def _decide(call: Call, record: RunRecord, gate: Gate, wanted: DecisionRequest, user: str) -> Gate:
     if record.finished_for_good:
         raise conflict("run_finished", f"run {record.id} already finished ({record.status}); its gates can no "
                                        "longer be decided")
@@ -249,6 +252,20 @@ def record_decision(call: Call, run_id: str, gate_id: str, wanted: DecisionReque
         raise conflict("decision_refused", str(error)) from None
 
 
+@contextmanager
+def checked_writing(store: RunStore) -> Iterator[None]:
+    """One write transaction that first verifies the audit log (lg never adds to a tampered one). Verified under
+    the write lock, the log and its head are read as one state: checked outside it, another writer's commit could
+    land between reading the records and reading the head (or the tables they are cross-checked with) and look
+    like damage. A refusal inside rolls everything back."""
+    with store.transaction():
+        try:
+            store.require_intact_audit()
+        except EnvironmentUnfit as error:
+            raise ApiError(503, "audit_damaged", str(error)) from None
+        yield
+
+
 # --- resuming elsewhere -----------------------------------------------------------------------------------------
 
 
@@ -257,19 +274,17 @@ def claim_run(call: Call) -> Reply:
     so of two runners claiming at once exactly one wins. The run is then held by this server's process (a
     killed server leaves it abandoned, to be claimed again)."""
     assert call.token is not None  # noqa: S101
-    record = find_run(call.store, call.params["run"])
-    try:
-        call.store.require_intact_audit()
-    except EnvironmentUnfit as error:
-        raise ApiError(503, "audit_damaged", str(error)) from None
-    if record.status in EXECUTING_RUNS and record.process_alive:
-        # the store lets a process take up its own run again; this process holds runs for many runners
-        raise conflict("claim_refused", f"run {record.id} is still being run by lg process {record.pid} (claimed "
-                                        "already); wait for it, or cancel it")
-    try:
-        claimed = call.store.claim(record.id, call.token.name)
-    except InvalidInput as error:
-        raise conflict("claim_refused", str(error)) from None
+    find_run(call.store, call.params["run"])
+    with checked_writing(call.store):
+        record = find_run(call.store, call.params["run"])
+        if record.status in EXECUTING_RUNS and record.process_alive:
+            # the store lets a process take up its own run again; this process holds runs for many runners
+            raise conflict("claim_refused", f"run {record.id} is still being run by lg process {record.pid} "
+                                            "(claimed already); wait for it, or cancel it")
+        try:
+            claimed = call.store.claim(record.id, call.token.name)
+        except InvalidInput as error:
+            raise conflict("claim_refused", str(error)) from None
     gates = call.stores.gates().gates(claimed.id)
     return Reply(data={**run_view(claimed), "gates": [gate_view(g, claimed) for g in gates],
                        "effects": [f"/api/v1/runs/{claimed.id}/steps/{s.step_id}/effects"
