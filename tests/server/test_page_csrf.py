@@ -77,3 +77,23 @@ def test_forms_need_the_session_s_csrf_token_and_the_role(project: Project, serv
     assert project.snapshot() == before
     status, page = browser.post(path, {**fields, "csrf": csrf})
     assert status == 200 and "approved by approver@example.com" in page
+
+
+HOSTILE = """\
+    name: hostile
+    steps:
+      - id: ship
+        approve: {reason: "<b>look</b>"}
+        run: "echo '<script>alert(1)</script>' \\u202e evil > out.txt"
+"""
+
+
+def test_run_content_is_escaped_and_hidden_characters_shown(project: Project, serve: Callable[..., Server]) -> None:
+    project.pause(HOSTILE)
+    server = serve()
+    browser = Browser(server.url)
+    browser.login(project.token("viewer@example.com", Role.VIEWER))
+    page = browser.get("/")[1]
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>look</b>" not in page and "&lt;b&gt;look&lt;/b&gt;" in page
+    assert "\u202e" not in page and "\\u202e" in page  # a bidirectional override shown, not obeyed
