@@ -137,14 +137,22 @@ def pending_gates(call: Call) -> Any:
 def pending_gates_cached(call: Call) -> Reply:
     """The list of open gates, which every approver's page and every waiting CI job polls: built once per state
     of the store (see Stores.version) and served encoded until something changes or a gate is due to expire."""
-    version, now = call.stores.version(), time.time()
+    cached = cached_pending_gates(call)
+    if cached is not None:
+        return cached
+    rows = pending_gates(call)  # may expire gates (a write): never on the event loop's thread
+    version = call.stores.version()  # expiring gates on the way appended records: the state read is this one
+    until = min((row["expires"] for row in rows if row["expires"] is not None), default=math.inf)
+    call.stores.cache[_OPEN_GATES] = Cached(version, until, json.dumps(rows, separators=(",", ":")).encode())
+    return Reply(content=call.stores.cache[_OPEN_GATES].body, media_type="application/json")
+
+
+def cached_pending_gates(call: Call) -> Reply | None:
+    """The cached list if it is still current, else None. Two reads of indexed rows, which SQLite readers in WAL
+    mode make without waiting for writers: cheap enough for the event loop's thread."""
     cached = call.stores.cache.get(_OPEN_GATES)
-    if cached is None or cached.version != version or now >= cached.until:
-        rows = pending_gates(call)
-        version = call.stores.version()  # expiring gates on the way appended records: the state read is this one
-        until = min((row["expires"] for row in rows if row["expires"] is not None), default=math.inf)
-        cached = Cached(version, until, json.dumps(rows, separators=(",", ":")).encode())
-        call.stores.cache[_OPEN_GATES] = cached
+    if cached is None or cached.version != call.stores.version() or time.time() >= cached.until:
+        return None
     return Reply(content=cached.body, media_type="application/json")
 
 
@@ -402,9 +410,9 @@ class Endpoint:
     body: str | None = None
     errors: tuple[int, ...] = ()
     query: tuple[tuple[str, str], ...] = ()
-    # Served on the event loop's thread, without the hop to a worker thread: only for reads of a few indexed
-    # rows (SQLite readers in WAL mode do not wait for writers), here the cached list every client polls.
-    inline: bool = False
+    # An answer from a cache, tried first on the event loop's thread (no hop to a worker thread); None sends the
+    # request on to `handler` in a worker thread. Only reads of a few indexed rows belong here.
+    fast: Handler | None = None
 
 
 _R = Permission
@@ -420,7 +428,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/api/v1/runs/{run}/steps/{step}/log", "getStepLog", _R.READ,
              "A step's output (secrets masked)", step_log, "text", errors=(404,)),
     Endpoint("GET", "/api/v1/gates", "listPendingGates", _R.READ, "Open gates, oldest first",
-             pending_gates_cached, "GateList", inline=True),
+             pending_gates_cached, "GateList", fast=cached_pending_gates),
     Endpoint("GET", "/api/v1/runs/{run}/gates", "listRunGates", _R.READ, "A run's gates", run_gates, "GateList",
              errors=(404,)),
     Endpoint("GET", "/api/v1/runs/{run}/gates/{gate}", "getGate", _R.READ,

@@ -80,7 +80,9 @@ def api_route(endpoint: Endpoint, config: ServerConfig, stores: Stores, metrics:
             raw = await read_body(request, config.max_body) if endpoint.body else None
             arguments = (endpoint, config, stores, request.headers.get("authorization"),
                          dict(request.path_params), dict(request.query_params), raw)
-            reply = _serve(*arguments) if endpoint.inline else await run_in_threadpool(_serve, *arguments)
+            reply = _serve(*arguments, fast=True) if endpoint.fast is not None else None
+            if reply is None:
+                reply = await run_in_threadpool(_serve, *arguments)
         except ApiError as error:
             if endpoint.body:
                 metrics.decisions.labels(error.code).inc()
@@ -94,12 +96,13 @@ def api_route(endpoint: Endpoint, config: ServerConfig, stores: Stores, metrics:
 
 
 def _serve(endpoint: Endpoint, config: ServerConfig, stores: Stores, authorization: str | None,
-           params: Mapping[str, str], query: Mapping[str, str], raw: bytes | None) -> Any:
+           params: Mapping[str, str], query: Mapping[str, str], raw: bytes | None, fast: bool = False) -> Any:
     token = bearer_token(stores.tokens(), authorization)
     require(token, endpoint.permission)
     body = parse_json(raw) if raw is not None else None
     try:
-        return endpoint.handler(Call(stores, config, token, params, query, body))
+        handler = endpoint.fast if fast and endpoint.fast is not None else endpoint.handler
+        return handler(Call(stores, config, token, params, query, body))
     except InvalidInput as error:
         raise ApiError(400, "invalid_input", str(error)) from None
     except EnvironmentUnfit as error:
