@@ -20,9 +20,10 @@ from starlette.routing import Route
 
 from lg.errors import EnvironmentUnfit, InvalidInput, LgError
 from lg.server import openapi
-from lg.server.api import ENDPOINTS, Call, Endpoint, Reply
+from lg.server.api import ENDPOINTS, Endpoint
 from lg.server.auth import Sessions, bearer_token, require
 from lg.server.body import parse_json, read_body
+from lg.server.call import Call, Reply
 from lg.server.errors import ApiError
 from lg.server.metrics import Asgi, Metrics
 from lg.server.page import Page

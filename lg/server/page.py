@@ -14,11 +14,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from lg.runs.tokens import Permission, Token
-from lg.server.api import Call, decision_request, find_gate, find_run, gate_detail, pending_gates, record_decision
 from lg.server.auth import LOGIN_COOKIE, SESSION_COOKIE, SESSION_SECONDS, Session, Sessions, same
 from lg.server.body import read_body
+from lg.server.call import Call, find_gate, find_run
+from lg.server.decisions import decision_request, record_decision
 from lg.server.errors import ApiError
 from lg.server.metrics import Metrics
+from lg.server.reads import gate_detail, pending_gates
 from lg.server.state import ServerConfig, Stores
 from lg.server.templates import CSS, environment
 
