@@ -74,7 +74,8 @@ def test_lg_serve_refuses_a_taken_address_and_half_tls(project: Project, serve: 
 
 
 def test_lg_help_and_serve_help_do_not_load_the_server_stack() -> None:
-    code = ("import sys\nfrom lg.cli.main import run\nrun(['--help']); run(['serve', '--help']); run(['token', '--help'])\n"
+    code = ("import sys\nfrom lg.cli.main import run\n"
+            "run(['--help']); run(['serve', '--help']); run(['token', '--help'])\n"
             "print(sorted(m for m in ('starlette', 'uvicorn', 'jinja2', 'lg.server.app') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
