@@ -54,6 +54,7 @@ def test_approve_through_the_page_and_the_waiting_run_goes_on(project: Project, 
                                                               ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
 
     assert isinstance(browser, WebDriver)
     (project.root / "pipeline.yaml").write_text(textwrap.dedent(PIPELINE))
@@ -65,6 +66,8 @@ def test_approve_through_the_page_and_the_waiting_run_goes_on(project: Project, 
         browser.get(server.url + "/")
         browser.find_element(By.ID, "token").send_keys(token)
         browser.find_element(By.ID, "login").click()
+        # a click returns before the next page has loaded: wait for it (never find elements on the old one)
+        WebDriverWait(browser, 30).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "section.gate"))
         cards = browser.find_elements(By.CSS_SELECTOR, "section.gate")
         assert len(cards) == 1, browser.page_source
         card = cards[0]
@@ -88,7 +91,8 @@ def test_approve_through_the_page_and_the_waiting_run_goes_on(project: Project, 
         approve = card.find_element(By.CSS_SELECTOR, "form.approve")
         approve.find_element(By.NAME, "comment").send_keys("checked the diff in the browser")
         approve.find_element(By.CSS_SELECTOR, "button.approve").click()
-        assert "/runs/" in browser.current_url
+        WebDriverWait(browser, 30).until(lambda driver: "/runs/" in driver.current_url and any(
+            "approved" in status.text for status in driver.find_elements(By.CSS_SELECTOR, "section.gate .status")))
         decided = browser.find_element(By.CSS_SELECTOR, "section.gate")
         assert "approved" in decided.find_element(By.CSS_SELECTOR, ".status").text
         assert "checked the diff in the browser" in decided.text
