@@ -299,6 +299,11 @@ def _wrap(line: str, width: int) -> list[str]:
 _HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
+def visible(text: object) -> str:
+    """User content with every hidden character made visible (for other renderers of cards: the web page)."""
+    return _shown(text)
+
+
 def _shown(text: object) -> str:
     """User content (commands, paths, diffs, outputs) with every hidden character made visible."""
     return _HIDDEN.sub(lambda found: found.group().encode("unicode_escape").decode(), str(text))

@@ -40,6 +40,8 @@ COMMANDS: dict[str, str] = {
     "artifacts": "lg.cli.artifacts:artifacts",
     "cache": "lg.cli.artifacts:cache",
     "webhooks": "lg.cli.webhooks:webhooks",
+    "serve": "lg.cli.serve:serve",
+    "token": "lg.cli.serve:token",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -66,6 +68,8 @@ SHORT_HELP: dict[str, str] = {
     "artifacts": "List a run's kept artifacts, or copy them out.",
     "cache": "List, remove and prune the step cache.",
     "webhooks": "Deliver gate events the project's webhooks have not received yet.",
+    "serve": "Serve the HTTP API, the approval page and metrics over the state store.",
+    "token": "Create, list and revoke the API tokens of lg serve.",
 }
 
 

@@ -3,7 +3,7 @@
 Statuses are stored as the text of lg.runs.states' enums, unchanged since version 1.
 """
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 GATES_TABLES = """
 CREATE TABLE IF NOT EXISTS gates (
@@ -40,6 +40,20 @@ CREATE UNIQUE INDEX IF NOT EXISTS decisions_signature ON decisions(signature) WH
 CREATE INDEX IF NOT EXISTS gates_open ON gates(status)
 """
 
+# API tokens of `lg serve` (lg.runs.tokens): only the SHA-256 of each secret is kept. Portable DDL (TEXT and
+# INTEGER, epoch seconds as integers, no AUTOINCREMENT): the PostgreSQL store runs the same migrations.
+TOKENS_TABLE = """
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked INTEGER
+)
+"""
+
 MIGRATIONS = {  # from version N to N+1
     1: ("ALTER TABLE steps ADD COLUMN grade TEXT", "ALTER TABLE steps ADD COLUMN effects_grade TEXT"),
     2: ("ALTER TABLE runs ADD COLUMN pid INTEGER", "ALTER TABLE runs ADD COLUMN pid_started REAL"),
@@ -49,6 +63,7 @@ MIGRATIONS = {  # from version N to N+1
     6: ("ALTER TABLE runs ADD COLUMN inputs TEXT",),
     7: ("ALTER TABLE runs ADD COLUMN cancel_requested TEXT",),
     8: ("ALTER TABLE runs ADD COLUMN input_values TEXT",),
+    9: (TOKENS_TABLE,),
 }
 
 SCHEMA = """
@@ -95,4 +110,4 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (run_id, step_id)
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
-""" + GATES_TABLES
+""" + GATES_TABLES + ";" + TOKENS_TABLE
