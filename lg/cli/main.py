@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "show": "lg.cli.approvals:show",
     "approve": "lg.cli.approvals:approve",
     "reject": "lg.cli.approvals:reject",
+    "review": "lg.cli.review:review",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -58,6 +59,7 @@ SHORT_HELP: dict[str, str] = {
     "show": "Print a gate's diff card: what approving it would let through.",
     "approve": "Approve a gate (optionally SSH-signed).",
     "reject": "Reject a gate: its step does not run or its effects are discarded.",
+    "review": "Review pending gates interactively (cards, diffs, keys to decide).",
 }
 
 
