@@ -24,7 +24,7 @@ def review(run_id: str | None, key: Path | None) -> int:
     Only the gates of RUN when it is given. Needs a terminal of at least 80x24; elsewhere (a pipe, a CI job)
     use `lg pending`, `lg show` and `lg approve` / `lg reject` (exit 5 says so).
     """
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if not interactive():
         raise EnvironmentUnfit("lg review is interactive and needs a terminal (stdin and stdout are not both one)",
                                fix="use `lg pending`, `lg show RUN` and `lg approve` / `lg reject` instead")
     from lg.review.source import LocalGateSource  # noqa: PLC0415
@@ -40,3 +40,8 @@ def review(run_id: str | None, key: Path | None) -> int:
     for decided_run, gate_id, verdict in app.decided:
         click.echo(f"{verdict} recorded for gate {gate_id} of run {decided_run}")
     return ExitCode.OK
+
+
+def interactive() -> bool:
+    """Keys come from a terminal and the screen goes to one."""
+    return sys.stdin.isatty() and sys.stdout.isatty()

@@ -45,7 +45,8 @@ class GateTable(DataTable[str | Text]):
 class ReviewApp(App[int]):
     CSS = """
     Screen { layout: vertical; }
-    #title { height: 1; background: $panel; text-style: bold; padding: 0 1; }
+    #title { height: 1; background: $panel; text-style: bold; padding: 0 1; text-wrap: nowrap;
+             text-overflow: ellipsis; }
     GateTable { height: auto; max-height: 7; }
     #card-header { height: 1; }
     CardView { height: 1fr; }
@@ -188,9 +189,7 @@ class ReviewApp(App[int]):
         still = sum(1 for row in self.rows.values() if row.is_open)
         scope = f"run {self.run_id}" if self.run_id else self.source.where
         signing = f" · signing with {self.key.name}" if self.key else ""
-        self.query_one("#title", Static).update(
-            Text(f"lg review · {still} open gate{'s' * (still != 1)}{signing} · {scope}", overflow="ellipsis",
-                 no_wrap=True))
+        self.query_one("#title", Static).update(f"lg review · {still} open gate{'s' * (still != 1)}{signing} · {scope}")
 
     def action_other_gate(self, step: int) -> None:
         keys = list(self.rows)

@@ -86,7 +86,9 @@ class LocalGateSource:
 
     @property
     def where(self) -> str:
-        return str(self._store.state_dir)
+        state_dir = self._store.state_dir.resolve()
+        cwd = Path.cwd().resolve()
+        return str(state_dir.relative_to(cwd)) if state_dir.is_relative_to(cwd) else str(state_dir)
 
     def pending(self, run_id: str | None = None) -> list[GateRow]:
         if run_id is not None:

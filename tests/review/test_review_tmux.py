@@ -1,0 +1,205 @@
+"""`lg review` end to end in a real terminal: tmux runs it on a run paused at an effects gate (the real `lg run`
+on the fake backend, tests/runner/lg_on_fake.py), keys go in with send-keys, the screen comes out with
+capture-pane; after the decision, `lg resume` applies the held effects (approved) or discards them (rejected).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lg.config.project import load_project_config
+from lg.errors import ExitCode
+from lg.testing.images import stand_in_image
+
+REPO = Path(__file__).resolve().parents[2]
+HELPER = REPO / "tests" / "runner" / "lg_on_fake.py"
+NOTE = "a note long enough that the command that writes it cannot fit on one row of an eighty column terminal"
+PIPELINE = f"""\
+    name: deps
+    steps:
+      - id: bump
+        run: |
+          echo '{{"name": "app", "dependencies": {{"left-pad": "1.3.0"}}}}' > package.json && echo '{NOTE}' > notes.txt
+"""
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/setup does)")
+
+
+@dataclass
+class Terminal:
+    """One tmux server of our own (its own socket), one window of a fixed size."""
+
+    socket: Path
+    name: str = "review"
+
+    @property
+    def status_file(self) -> Path:
+        return self.socket.with_suffix(".status")
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-S", str(self.socket), *args], capture_output=True, text=True,
+                              check=True, timeout=30).stdout
+
+    def start(self, argv: list[str], cwd: Path, env: dict[str, str], size: tuple[int, int] = (80, 24)) -> None:
+        config = self.socket.with_suffix(".conf")
+        config.write_text("set -g remain-on-exit on\nset -g status off\n")  # keep the last screen; no status bar
+        # tmux 3.3 does not always keep a pane's exit status: the shell writes it to a file (argv stays a list)
+        keep_status = ["sh", "-c", 'status=$1; shift; "$@"; echo $? > "$status"', "sh", str(self.status_file)]
+        subprocess.run(["tmux", "-S", str(self.socket), "-f", str(config), "new-session", "-d", "-s", self.name,
+                        "-x", str(size[0]), "-y", str(size[1]), "-c", str(cwd), *keep_status, *argv],
+                       env=env, check=True, timeout=30)
+
+    def screen(self, *, history: bool = False) -> str:
+        return self.tmux("capture-pane", "-p", "-t", self.name, *(["-S", "-"] if history else []))
+
+    def keys(self, *keys: str, literal: bool = False) -> None:
+        self.tmux("send-keys", "-t", self.name, *(["-l"] if literal else []), *keys)
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        return self.wait_until(lambda shown: text in shown, text, timeout)
+
+    def wait_until(self, check: Callable[[str], bool], text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = self.screen()
+            if check(shown):
+                return shown
+            assert time.monotonic() < deadline, f"{text!r} never appeared; the screen:\n{shown}"
+            time.sleep(0.1)
+
+    def exit_status(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while not self.status_file.exists() or not self.status_file.read_text().strip():
+            assert time.monotonic() < deadline, f"lg review did not exit; the screen:\n{self.screen()}"
+            time.sleep(0.1)
+        return int(self.status_file.read_text())
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-S", str(self.socket), "kill-server"], capture_output=True, check=False, timeout=30)
+
+
+@dataclass
+class Paused:
+    root: Path
+    run_id: str
+    env: dict[str, str]
+    vms: Path
+
+    def lg_on_fake(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(HELPER), str(self.vms), *args], cwd=self.root, env=self.env,
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    def files(self) -> dict[str, str]:
+        return {p.name: p.read_text() for p in sorted(self.root.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def paused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paused:
+    """A project whose `lg run` (alice's) stopped at the effects gate of its one step, with exit 3."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "lg.yaml").write_text("image: tiny\nstate_dir: .lg\npool: {snapshots: false}\n")
+    (root / "package.json").write_text('{"name": "app"}\n')
+    (root / "pipeline.yaml").write_text(textwrap.dedent(PIPELINE))
+    env = {key: value for key, value in os.environ.items() if key not in ("NO_COLOR", "LG_STATE_DIR", "TMUX")}
+    env.update(PYTHONPATH=str(REPO), LG_CACHE_DIR=str(tmp_path / "cache"), LG_USER="alice")
+    monkeypatch.setenv("LG_CACHE_DIR", env["LG_CACHE_DIR"])
+    stand_in_image(load_project_config(root), "tiny")
+    run = Paused(root, "", env, tmp_path / "vms")
+    started = run.lg_on_fake("run", "pipeline.yaml")
+    assert started.returncode == ExitCode.AWAITING_APPROVAL, started.stderr
+    pending = json.loads(subprocess.run([sys.executable, "-m", "lg", "pending", "--json"], cwd=root, env=env,
+                                        capture_output=True, text=True, check=True, timeout=60).stdout)
+    assert [gate["gate"] for gate in pending] == ["bump.effects"]
+    run.run_id = pending[0]["run"]
+    return run
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Terminal]:
+    term = Terminal(tmp_path / "tmux.sock")
+    yield term
+    term.kill()
+
+
+def review(paused: Paused, terminal: Terminal, *args: str) -> str:
+    """`lg review` started by bob in the terminal; returns its first screen with the card on it."""
+    terminal.start([sys.executable, "-m", "lg", "review", *args], paused.root, {**paused.env, "LG_USER": "bob"})
+    terminal.wait_for("effects gate bump.effects")
+    return terminal.wait_for("q quit")  # painted to the last row
+
+
+def test_approve_in_the_terminal_then_resume_applies_the_effects(paused: Paused, terminal: Terminal) -> None:
+    before = paused.files()
+    shown = review(paused, terminal)
+    assert paused.run_id in shown and "bump" in shown and "1 open gate · .lg" in shown
+    assert "🟠 ORANGE" in shown  # the dependency manifest changed: the default policy grades it orange
+    assert "effects.dependencies: Changes dependency manifests" in shown  # the rule that fired
+    assert "│ echo '{" in shown and "↪" in shown  # the command, folded at the width
+    assert "create  notes.txt" in shown
+    indicator = next(word for word in shown.split() if word.startswith("[1/"))
+    terminal.keys("j")
+    terminal.wait_for(indicator.replace("[1/", "[2/"))
+    terminal.keys("G")
+    total = indicator.split("/")[1].rstrip("]")
+    at_end = terminal.wait_until(lambda shown: f"[2/{total}" not in shown, "the indicator past [2/")
+    assert '+{"name": "app", "dependencies"' in at_end  # the held diff of package.json: the end of the card
+    top = int(next(word for word in at_end.split() if word.endswith(f"/{total}]"))[1:].split("/")[0])
+    assert 2 < top < int(total)
+    assert "modify  package.json" in at_end and '-{"name": "app"}' in at_end
+    terminal.keys("a")
+    terminal.wait_for("comment (optional)")
+    terminal.keys("reviewed in tmux", literal=True)
+    terminal.keys("Enter")
+    done = terminal.wait_for("approve recorded for bump.effects")
+    assert "APPROVED" in done
+    terminal.keys("q")
+    assert terminal.exit_status() == 0
+    assert paused.files() == before  # nothing applied yet: the run is paused, no process behind it
+    resumed = paused.lg_on_fake("resume", paused.run_id)
+    assert resumed.returncode == ExitCode.OK, resumed.stderr
+    assert json.loads((paused.root / "package.json").read_text())["dependencies"] == {"left-pad": "1.3.0"}
+    assert (paused.root / "notes.txt").read_text() == NOTE + "\n"
+    audit = subprocess.run([sys.executable, "-m", "lg", "audit", "export", "--json"], cwd=paused.root,
+                           env=paused.env, capture_output=True, text=True, check=True, timeout=60).stdout
+    decisions = [r for r in json.loads(audit) if r["kind"] == "gate.decision"]
+    assert [(d["data"]["approver"], d["data"]["verdict"], d["data"]["comment"]) for d in decisions] == [
+        ("bob", "approve", "reviewed in tmux")]
+
+
+def test_reject_with_a_reason_then_resume_discards_the_effects(paused: Paused, terminal: Terminal) -> None:
+    before = paused.files()
+    review(paused, terminal, paused.run_id)
+    terminal.keys("r")
+    terminal.wait_for("reason (required)")
+    terminal.keys("Enter")
+    terminal.wait_for("a reason is required")
+    terminal.keys("left-pad is not a dependency we take", literal=True)
+    terminal.keys("Enter")
+    done = terminal.wait_for("reject recorded for bump.effects")
+    assert "REJECTED" in done
+    terminal.keys("q")
+    assert terminal.exit_status() == 0
+    resumed = paused.lg_on_fake("resume", paused.run_id)
+    assert resumed.returncode == ExitCode.REJECTED, resumed.stderr
+    assert "left-pad is not a dependency we take" in resumed.stderr + resumed.stdout
+    assert paused.files() == before and not (paused.root / "notes.txt").exists()
+
+
+def test_with_nothing_pending_it_says_so_and_exits_0(paused: Paused, terminal: Terminal) -> None:
+    subprocess.run([sys.executable, "-m", "lg", "reject", paused.run_id, "--reason", "no"], cwd=paused.root,
+                   env={**paused.env, "LG_USER": "bob"}, check=True, capture_output=True, timeout=60)
+    terminal.start([sys.executable, "-m", "lg", "review"], paused.root, paused.env)
+    assert terminal.exit_status() == 0
+    assert "no open gates: nothing to review" in terminal.screen(history=True)
