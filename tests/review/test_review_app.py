@@ -41,6 +41,10 @@ def drive(store: RunStore, scenario: Scenario, size: tuple[int, int] = (100, 30)
     async def main() -> None:
         async with app.run_test(size=size) as pilot:
             await pilot.pause()
+            for _ in range(40):  # the first card painted (a loaded machine can take a few frames)
+                if "[1/" in screen(app) or "needs at least" in screen(app):
+                    break
+                await pilot.pause(0.05)
             await scenario(app, pilot)
 
     asyncio.run(main())
