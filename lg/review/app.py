@@ -48,7 +48,7 @@ class ReviewApp(App[int]):
     #title { height: 1; background: $panel; text-style: bold; padding: 0 1; text-wrap: nowrap;
              text-overflow: ellipsis; }
     GateTable { height: auto; max-height: 7; }
-    #card-header { height: 1; }
+    #card-header { height: auto; max-height: 2; }
     CardView { height: 1fr; }
     #search { display: none; height: 1; border: none; padding: 0 1; }
     #search.active { display: block; }
@@ -88,7 +88,8 @@ class ReviewApp(App[int]):
         with Vertical(id="main"):
             yield Static(id="title")
             table = GateTable(id="gates", cursor_type="row", zebra_stripes=False)
-            table.add_columns(*COLUMNS)
+            table.add_columns(*COLUMNS[:-1])
+            table.add_column(COLUMNS[-1], width=len("cancelled"))  # the widest status a gate can come to
             yield table
             yield Static(id="card-header")
             yield CardView(id="card")

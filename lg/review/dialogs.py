@@ -81,23 +81,16 @@ class ConfirmDialog(ModalScreen[bool]):
 
 HELP = """\
 lg review: decide pending approval gates
-
-  j / k, ↓ / ↑        scroll the card one row
-  PgDn / PgUp, space  scroll a page
-  g / G, Home / End   top / bottom of the card
-  / TEXT Enter        search the card (case-insensitive); n / N next / previous match
-  ] / [               next / previous gate (or Tab to the list, then j / k)
-  a                   approve (a comment is optional)
-  r                   reject (a reason is required)
-  s                   sign: choose the SSH key your next decisions are signed with
-  ?                   this help
-  q                   quit
-
-Decisions are bound to the digest shown in the card: if the gate changes or is decided
-elsewhere while you read it, the card says so and it cannot be decided twice.
-A red gate asks for confirmation before any decision.
-
-Escape or q closes this help."""
+  j k  ↓ ↑          scroll the card a row    PgDn PgUp space  a page
+  g G  Home End     top / bottom             / TEXT Enter     search
+  n N               next / previous match    ] [  Tab         other gate
+  a                 approve (optional comment)
+  r                 reject (a reason is required)
+  s                 sign your decisions with an SSH key from now on
+  ?  q              this help, quit
+A decision is bound to the digest on the card: a gate that changes or is
+decided elsewhere meanwhile is shown so, and is never decided twice.
+A red gate asks for confirmation first.        Escape closes this help."""
 
 
 class HelpScreen(ModalScreen[None]):
