@@ -1,6 +1,7 @@
 """`lg review` end to end in a real terminal: tmux runs it on a run paused at an effects gate (the real `lg run`
 on the fake backend, tests/runner/lg_on_fake.py), keys go in with send-keys, the screen comes out with
 capture-pane; after the decision, `lg resume` applies the held effects (approved) or discards them (rejected).
+One variant (marked vm) pauses the real `lg run`, whose step ran in a real microVM.
 """
 
 from __future__ import annotations
@@ -94,30 +95,47 @@ class Paused:
     root: Path
     run_id: str
     env: dict[str, str]
-    vms: Path
+    lg: list[str]  # how `lg run` and `lg resume` are started: on the fake backend, or the real lg
 
-    def lg_on_fake(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(HELPER), str(self.vms), *args], cwd=self.root, env=self.env,
-                              capture_output=True, text=True, timeout=300, check=False)
+    def runner(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.lg, *args], cwd=self.root, env=self.env, capture_output=True, text=True,
+                              timeout=600, check=False)
 
     def files(self) -> dict[str, str]:
         return {p.name: p.read_text() for p in sorted(self.root.iterdir()) if p.is_file()}
 
 
-@pytest.fixture
-def paused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paused:
-    """A project whose `lg run` (alice's) stopped at the effects gate of its one step, with exit 3."""
+def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     root = tmp_path / "project"
     root.mkdir()
     (root / "lg.yaml").write_text("image: tiny\nstate_dir: .lg\npool: {snapshots: false}\n")
     (root / "package.json").write_text('{"name": "app"}\n')
     (root / "pipeline.yaml").write_text(textwrap.dedent(PIPELINE))
     env = {key: value for key, value in os.environ.items() if key not in ("NO_COLOR", "LG_STATE_DIR", "TMUX")}
-    env.update(PYTHONPATH=str(REPO), LG_CACHE_DIR=str(tmp_path / "cache"), LG_USER="alice")
+    env.update(PYTHONPATH=str(REPO), LG_USER="alice")
+    return root, env
+
+
+@pytest.fixture
+def paused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paused:
+    """A project whose `lg run` (alice's, on the fake backend) stopped at the effects gate of its one step."""
+    root, env = project(tmp_path)
+    env["LG_CACHE_DIR"] = str(tmp_path / "cache")
     monkeypatch.setenv("LG_CACHE_DIR", env["LG_CACHE_DIR"])
     stand_in_image(load_project_config(root), "tiny")
-    run = Paused(root, "", env, tmp_path / "vms")
-    started = run.lg_on_fake("run", "pipeline.yaml")
+    return pause(Paused(root, "", env, [sys.executable, str(HELPER), str(tmp_path / "vms")]))
+
+
+@pytest.fixture
+def paused_in_vm(tmp_path: Path, tiny_image_ready: None) -> Paused:
+    """The same, with the real `lg run`: the step ran in a real microVM (tiny image)."""
+    root, env = project(tmp_path)
+    return pause(Paused(root, "", env, [sys.executable, "-m", "lg"]))
+
+
+def pause(run: Paused) -> Paused:
+    root, env = run.root, run.env
+    started = run.runner("run", "pipeline.yaml")
     assert started.returncode == ExitCode.AWAITING_APPROVAL, started.stderr
     pending = json.loads(subprocess.run([sys.executable, "-m", "lg", "pending", "--json"], cwd=root, env=env,
                                         capture_output=True, text=True, check=True, timeout=60).stdout)
@@ -141,6 +159,15 @@ def review(paused: Paused, terminal: Terminal, *args: str) -> str:
 
 
 def test_approve_in_the_terminal_then_resume_applies_the_effects(paused: Paused, terminal: Terminal) -> None:
+    approve_then_resume(paused, terminal)
+
+
+@pytest.mark.vm
+def test_approve_in_the_terminal_a_step_that_ran_in_a_real_vm(paused_in_vm: Paused, terminal: Terminal) -> None:
+    approve_then_resume(paused_in_vm, terminal)
+
+
+def approve_then_resume(paused: Paused, terminal: Terminal) -> None:
     before = paused.files()
     shown = review(paused, terminal)
     assert paused.run_id in shown and "bump" in shown and "1 open gate · .lg" in shown
@@ -167,7 +194,7 @@ def test_approve_in_the_terminal_then_resume_applies_the_effects(paused: Paused,
     terminal.keys("q")
     assert terminal.exit_status() == 0
     assert paused.files() == before  # nothing applied yet: the run is paused, no process behind it
-    resumed = paused.lg_on_fake("resume", paused.run_id)
+    resumed = paused.runner("resume", paused.run_id)
     assert resumed.returncode == ExitCode.OK, resumed.stderr
     assert json.loads((paused.root / "package.json").read_text())["dependencies"] == {"left-pad": "1.3.0"}
     assert (paused.root / "notes.txt").read_text() == NOTE + "\n"
@@ -191,7 +218,7 @@ def test_reject_with_a_reason_then_resume_discards_the_effects(paused: Paused, t
     assert "REJECTED" in done
     terminal.keys("q")
     assert terminal.exit_status() == 0
-    resumed = paused.lg_on_fake("resume", paused.run_id)
+    resumed = paused.runner("resume", paused.run_id)
     assert resumed.returncode == ExitCode.REJECTED, resumed.stderr
     assert "left-pad is not a dependency we take" in resumed.stderr + resumed.stdout
     assert paused.files() == before and not (paused.root / "notes.txt").exists()
