@@ -37,6 +37,8 @@ def review(run_id: str | None, key: Path | None) -> int:
 
     app = ReviewApp(source, run_id=run_id, key=key)
     app.run()
+    if app.return_code:  # Textual caught a bug and has printed it; exit as lg does for one
+        return ExitCode.INTERNAL
     for decided_run, gate_id, verdict in app.decided:
         click.echo(f"{verdict} recorded for gate {gate_id} of run {decided_run}")
     return ExitCode.OK

@@ -9,6 +9,7 @@ decision keys refuse it; a gate whose subject changed is shown again from the to
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -230,9 +231,8 @@ class ReviewApp(App[int]):
         self._close_search()
         self._find(from_current=True)
 
-    def on_key(self, event: object) -> None:
-        field = self.query_one("#search", Input)
-        if getattr(event, "key", "") == "escape" and field.has_focus:
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "escape" and self.query_one("#search", Input).has_focus:
             self._close_search()
 
     def _close_search(self) -> None:
@@ -261,7 +261,11 @@ class ReviewApp(App[int]):
             self.say("no gate to decide", error=True)
             return
         row = shown.row
-        current = self.source.gate(*row.key)
+        try:
+            current = self.source.gate(*row.key)
+        except LgError as error:
+            self.say(f"cannot read gate {row.gate_id}: {error}", error=True)
+            return
         if not current.row.is_open or current.row.digest != row.digest:
             self._select(row.key, reload=True)
             if not current.row.is_open:
@@ -371,8 +375,9 @@ def _default_key() -> Path | None:
 
 def _needs_passphrase(key: Path) -> bool:
     """Whether signing with `key` would prompt: a private key that does not open with an empty passphrase."""
-    if key.suffix == ".pub":
-        return False  # the private half is in ssh-agent
-    probe = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", str(key)], capture_output=True,
+    ssh_keygen = shutil.which("ssh-keygen")
+    if key.suffix == ".pub" or ssh_keygen is None:
+        return False  # the private half is in ssh-agent; or signing will say ssh-keygen is missing
+    probe = subprocess.run([ssh_keygen, "-y", "-P", "", "-f", str(key)], capture_output=True,
                            stdin=subprocess.DEVNULL, start_new_session=True, timeout=10, check=False)
     return probe.returncode != 0

@@ -367,3 +367,17 @@ def test_an_unsigned_decision_on_a_gate_that_needs_one_asks_for_the_key(store: R
     drive(store, scenario)
     gate = GateStore(store).gate(run_id, gate_id)
     assert gate is not None and gate.is_open
+
+
+def test_escape_closes_the_search_and_keys_scroll_again(store: RunStore, tmp_path: Path) -> None:
+    gate_with(store, tmp_path)
+
+    async def scenario(app: ReviewApp, pilot: Pilot[int]) -> None:
+        await pilot.press("slash", *"jj", "escape")
+        assert indicator(app).startswith("[1/")  # typed into the search field, not scrolled
+        await pilot.press("j")
+        assert indicator(app).startswith("[2/")
+        await pilot.press("n")
+        assert "no search yet" in screen(app)  # escape searched for nothing
+
+    drive(store, scenario)
