@@ -230,3 +230,45 @@ def test_with_nothing_pending_it_says_so_and_exits_0(paused: Paused, terminal: T
     terminal.start([sys.executable, "-m", "lg", "review"], paused.root, paused.env)
     assert terminal.exit_status() == 0
     assert "no open gates: nothing to review" in terminal.screen(history=True)
+
+
+def test_a_signed_approval_with_a_passphrase_key_hands_the_terminal_to_ssh_keygen(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, terminal: Terminal) -> None:
+    """The policy requires signatures; the key is encrypted: ssh-keygen asks for its passphrase on the terminal
+    while the reviewer steps aside, then the reviewer comes back and the decision is recorded, signed."""
+    root, env = project(tmp_path)
+    key = tmp_path / "bob_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "pass phrase", "-C", "bob", "-f", str(key)],
+                   check=True, timeout=30)
+    kind, blob = key.with_suffix(".pub").read_text().split()[:2]
+    (root / "allowed_signers").write_text(f"bob@example.com {kind} {blob}\n")
+    (root / "signed.yaml").write_text("extends: default\napprovals:\n  allowed_signers: allowed_signers\n"
+                                      "  require_signature: true\n")
+    (root / "pipeline.yaml").write_text("policy: ./signed.yaml\n" + textwrap.dedent(PIPELINE))
+    env["LG_CACHE_DIR"] = str(tmp_path / "cache")
+    monkeypatch.setenv("LG_CACHE_DIR", env["LG_CACHE_DIR"])
+    stand_in_image(load_project_config(root), "tiny")
+    paused = pause(Paused(root, "", env, [sys.executable, str(HELPER), str(tmp_path / "vms")]))
+    shown = review(paused, terminal)
+    assert "signature required" in shown
+    terminal.keys("a")
+    terminal.wait_for("Sign decisions with this SSH key")
+    terminal.keys("C-u")
+    terminal.keys(str(key), literal=True)
+    terminal.keys("Enter")
+    terminal.wait_for("comment (optional)")
+    terminal.keys("signed in tmux", literal=True)
+    terminal.keys("Enter")
+    terminal.wait_for("passphrase")
+    terminal.keys("pass phrase", literal=True)
+    terminal.keys("Enter")
+    done = terminal.wait_for("approve recorded for bump.effects")
+    assert "approved by bob@example.com" in done
+    terminal.keys("q")
+    assert terminal.exit_status() == 0
+    shown_json = json.loads(subprocess.run([sys.executable, "-m", "lg", "show", "--json", paused.run_id],
+                                           cwd=root, env=env, capture_output=True, text=True, check=True,
+                                           timeout=60).stdout)
+    assert shown_json["decisions"] == [{"approver": "bob@example.com", "verdict": "approve",
+                                        "comment": "signed in tmux", "signed": True,
+                                        "ts": shown_json["decisions"][0]["ts"]}]
