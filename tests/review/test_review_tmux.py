@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -272,3 +273,35 @@ def test_a_signed_approval_with_a_passphrase_key_hands_the_terminal_to_ssh_keyge
     assert shown_json["decisions"] == [{"approver": "bob@example.com", "verdict": "approve",
                                         "comment": "signed in tmux", "signed": True,
                                         "ts": shown_json["decisions"][0]["ts"]}]
+
+
+def colours(escaped: str) -> list[bool]:
+    """For every colour in a capture taken with its escape sequences (tmux passes 256 colours): is it a grey?"""
+    greys = []
+    for code in re.findall(r"[34]8;5;(\d+)", escaped):
+        index = int(code)
+        cube = index - 16
+        greys.append(index in (0, 7, 8, 15) or index >= 232
+                     or (0 <= cube < 216 and cube // 36 == cube // 6 % 6 == cube % 6))
+    return greys
+
+
+def test_no_color_and_resizing_in_a_real_terminal(paused: Paused, terminal: Terminal) -> None:
+    review(paused, terminal)
+    assert not all(colours(terminal.tmux("capture-pane", "-p", "-e", "-t", terminal.name)))  # some colour
+    terminal.keys("q")
+    assert terminal.exit_status() == 0
+    terminal.kill()
+    terminal.status_file.unlink()
+    terminal.start([sys.executable, "-m", "lg", "review"], paused.root,
+                   {**paused.env, "LG_USER": "bob", "NO_COLOR": "1"})
+    terminal.wait_for("q quit")
+    greys = colours(terminal.tmux("capture-pane", "-p", "-e", "-t", terminal.name))
+    assert greys and all(greys)  # NO_COLOR: greys only
+    terminal.tmux("resize-window", "-t", terminal.name, "-x", "70", "-y", "20")
+    terminal.wait_for("This terminal is 70x20: lg review needs at least 80x24")
+    terminal.tmux("resize-window", "-t", terminal.name, "-x", "80", "-y", "24")
+    shown = terminal.wait_for("effects gate bump.effects")
+    assert "needs at least" not in shown
+    terminal.keys("q")
+    assert terminal.exit_status() == 0
