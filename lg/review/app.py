@@ -23,6 +23,8 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.geometry import Size
+from textual.reactive import reactive
+from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
 from lg.errors import LgError
@@ -36,6 +38,16 @@ MIN_SIZE = (80, 24)
 POLL_SECONDS = 1.0
 COLUMNS = ("run", "step", "kind", "grade", "age", "approvals", "status")
 KEYS = "a approve · r reject · s sign · / search · ]/[ gate · ? help · q quit"
+
+
+class KeyLine(Widget):
+    """The bottom line: the scroll position and the keys. It changes on every scroll step, so it repaints
+    itself without asking for a new layout (a Static's update would re-lay-out, and so re-render, the screen)."""
+
+    position = reactive("[0/0]", layout=False)
+
+    def render(self) -> Text:
+        return Text.assemble((self.position, "bold"), "  ", KEYS)
 
 
 class GateTable(DataTable[str | Text]):
@@ -96,7 +108,7 @@ class ReviewApp(App[int]):
             yield CardView(id="card")
             yield Input(id="search", placeholder="search the card, Enter to find, Escape to close")
             yield Static(id="message")
-            yield Static(id="keys")
+            yield KeyLine(id="keys")
         yield Static(id="too-small")
 
     def on_mount(self) -> None:
@@ -123,6 +135,8 @@ class ReviewApp(App[int]):
 
     def refresh_gates(self) -> None:
         """Poll the source: new gates are added, gates decided elsewhere are shown decided, in place."""
+        if not self.query(GateTable):
+            return  # a poll that fires while the app closes, its widgets already gone
         try:
             pending = {row.key: row for row in self.source.pending(self.run_id)}
             for key, row in list(self.rows.items()):
@@ -209,7 +223,7 @@ class ReviewApp(App[int]):
 
     def _update_keys(self) -> None:
         top, total = self.query_one(CardView).position
-        self.query_one("#keys", Static).update(Text.assemble((f"[{top}/{total}]", "bold"), "  ", KEYS))
+        self.query_one(KeyLine).position = f"[{top}/{total}]"
 
     def say(self, text: str, *, error: bool = False) -> None:
         message = self.query_one("#message", Static)

@@ -68,6 +68,29 @@ class Terminal:
     def keys(self, *keys: str, literal: bool = False) -> None:
         self.tmux("send-keys", "-t", self.name, *(["-l"] if literal else []), *keys)
 
+    def type_in_dialog(self, text: str) -> None:
+        """Type into the dialog just opened. Keys that arrive before its field has focus are dropped (no human
+        types that fast), so clear and type again until the field holds exactly the text."""
+        for _ in range(10):
+            self.keys("C-u")
+            self.keys(text, literal=True)
+            try:
+                self.wait_until(lambda shown: text in re.findall(r"▊\s*(.*?)\s*▎", shown), text, timeout=2)
+                return
+            except AssertionError:
+                continue
+        raise AssertionError(f"{text!r} could not be typed; the screen:\n{self.screen()}")
+
+    def press_until(self, key: str, text: str) -> str:
+        """Press `key` in the dialog just opened until `text` shows (see type_in_dialog)."""
+        for _ in range(10):
+            self.keys(key)
+            try:
+                return self.wait_for(text, timeout=2)
+            except AssertionError:
+                continue
+        raise AssertionError(f"{text!r} never appeared; the screen:\n{self.screen()}")
+
     def wait_for(self, text: str, timeout: float = 30) -> str:
         return self.wait_until(lambda shown: text in shown, text, timeout)
 
@@ -156,7 +179,7 @@ def review(paused: Paused, terminal: Terminal, *args: str) -> str:
     """`lg review` started by bob in the terminal; returns its first screen with the card on it."""
     terminal.start([sys.executable, "-m", "lg", "review", *args], paused.root, {**paused.env, "LG_USER": "bob"})
     terminal.wait_for("effects gate bump.effects")
-    return terminal.wait_for("q quit")  # painted to the last row
+    return terminal.wait_until(lambda shown: "[1/" in shown and "q quit" in shown, "the key line")
 
 
 def test_approve_in_the_terminal_then_resume_applies_the_effects(paused: Paused, terminal: Terminal) -> None:
@@ -188,7 +211,7 @@ def approve_then_resume(paused: Paused, terminal: Terminal) -> None:
     assert "modify  package.json" in at_end and '-{"name": "app"}' in at_end
     terminal.keys("a")
     terminal.wait_for("comment (optional)")
-    terminal.keys("reviewed in tmux", literal=True)
+    terminal.type_in_dialog("reviewed in tmux")
     terminal.keys("Enter")
     done = terminal.wait_for("approve recorded for bump.effects")
     assert "APPROVED" in done
@@ -211,9 +234,8 @@ def test_reject_with_a_reason_then_resume_discards_the_effects(paused: Paused, t
     review(paused, terminal, paused.run_id)
     terminal.keys("r")
     terminal.wait_for("reason (required)")
-    terminal.keys("Enter")
-    terminal.wait_for("a reason is required")
-    terminal.keys("left-pad is not a dependency we take", literal=True)
+    terminal.press_until("Enter", "a reason is required")
+    terminal.type_in_dialog("left-pad is not a dependency we take")
     terminal.keys("Enter")
     done = terminal.wait_for("reject recorded for bump.effects")
     assert "REJECTED" in done
@@ -238,7 +260,7 @@ def test_a_signed_approval_with_a_passphrase_key_hands_the_terminal_to_ssh_keyge
     """The policy requires signatures; the key is encrypted: ssh-keygen asks for its passphrase on the terminal
     while the reviewer steps aside, then the reviewer comes back and the decision is recorded, signed."""
     root, env = project(tmp_path)
-    key = tmp_path / "bob_key"
+    key = root / "bob_key"  # typed as a path relative to where lg review runs
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "pass phrase", "-C", "bob", "-f", str(key)],
                    check=True, timeout=30)
     kind, blob = key.with_suffix(".pub").read_text().split()[:2]
@@ -254,11 +276,10 @@ def test_a_signed_approval_with_a_passphrase_key_hands_the_terminal_to_ssh_keyge
     assert "signature required" in shown
     terminal.keys("a")
     terminal.wait_for("Sign decisions with this SSH key")
-    terminal.keys("C-u")
-    terminal.keys(str(key), literal=True)
+    terminal.type_in_dialog(key.name)
     terminal.keys("Enter")
     terminal.wait_for("comment (optional)")
-    terminal.keys("signed in tmux", literal=True)
+    terminal.type_in_dialog("signed in tmux")
     terminal.keys("Enter")
     terminal.wait_for("passphrase")
     terminal.keys("pass phrase", literal=True)
