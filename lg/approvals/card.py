@@ -310,3 +310,6 @@ def _shown(text: object) -> str:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+shown = _shown  # public: `lg review` escapes user content exactly as the printed card does

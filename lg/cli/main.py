@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "webhooks": "lg.cli.webhooks:webhooks",
     "serve": "lg.cli.serve:serve",
     "token": "lg.cli.serve:token",
+    "review": "lg.cli.review:review",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -70,6 +71,7 @@ SHORT_HELP: dict[str, str] = {
     "webhooks": "Deliver gate events the project's webhooks have not received yet.",
     "serve": "Serve the HTTP API, the approval page and metrics over the state store.",
     "token": "Create, list and revoke the API tokens of lg serve.",
+    "review": "Review pending gates interactively (cards, diffs, keys to decide).",
 }
 
 

@@ -1,0 +1,1 @@
+"""`lg review`: the interactive terminal reviewer of pending gates (Textual)."""
