@@ -33,6 +33,7 @@ from lg.review.cardview import CardView
 from lg.review.dialogs import ConfirmDialog, HelpScreen, TextDialog
 from lg.review.source import GateDetail, GateRow, GateSource
 from lg.runs.gates import Verdict
+from lg.runs.states import GateStatus
 
 MIN_SIZE = (80, 24)
 POLL_SECONDS = 1.0
@@ -102,7 +103,8 @@ class ReviewApp(App[int]):
             yield Static(id="title")
             table = GateTable(id="gates", cursor_type="row", zebra_stripes=False)
             table.add_columns(*COLUMNS[:-1])
-            table.add_column(COLUMNS[-1], width=len("cancelled"))  # the widest status a gate can come to
+            # As wide as the widest status a gate can come to.
+            table.add_column(COLUMNS[-1], width=max(len(status) for status in GateStatus))
             yield table
             yield Static(id="card-header")
             yield CardView(id="card")

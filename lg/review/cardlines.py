@@ -15,6 +15,7 @@ from rich.text import Text
 
 from lg.approvals.card import KIND_TEXT, shown
 from lg.review.document import CardDocument, Line
+from lg.runs.states import GateStatus
 
 LEVEL_STYLE = {"green": "green", "yellow": "yellow", "orange": "dark_orange", "red": "red"}
 LEVEL_SYMBOL = {"green": "🟢", "yellow": "🟡", "orange": "🟠", "red": "🔴"}
@@ -34,7 +35,7 @@ def header(card: Mapping[str, Any], status: str, outcome: str | None) -> Text:
     title = Text.assemble((f" {LEVEL_SYMBOL[level]} {level.upper()} ", HEADER_STYLE[level]), " ",
                           (f"{card.get('kind')} gate ", "bold"), shown(card.get("gate", "")),
                           "  run ", shown(card.get("run", "")))
-    if status != "open":
+    if status != GateStatus.OPEN:
         title.append(f"  {status.upper()}", style="bold reverse")
         if outcome:
             title.append(f" {shown(outcome)}", style="italic")

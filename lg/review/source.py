@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from lg.approvals.decide import DecisionRefused, decide, resolve_gate, sign_decision
 from lg.runs.gates import Gate, GateStore, Verdict
+from lg.runs.states import GateStatus
 from lg.runs.store import RunStore
 
 
@@ -42,7 +43,7 @@ class GateRow:
 
     @property
     def is_open(self) -> bool:
-        return self.status == "open"
+        return self.status == GateStatus.OPEN
 
 
 @dataclass(frozen=True)
