@@ -1,0 +1,68 @@
+"""The `store_backend` fixture: the store tests run once on SQLite and once on PostgreSQL (a throwaway cluster,
+tests/pgcluster.py), each test on a fresh, empty database.
+
+A test opens its store with `store_backend.open(state_dir)` instead of `RunStore(state_dir)`; opening again
+with the same state_dir reaches the same database (a second connection, as a second lg process would have).
+Tests that damage the SQLite file itself stay SQLite-only (tests/runs/test_damaged_database.py): PostgreSQL
+has no such file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from lg.runs.store import RunStore
+from tests import pgcluster
+
+
+@dataclass
+class StoreBackend:
+    name: str  # sqlite or postgresql
+    cluster: pgcluster.Cluster | None = None
+    urls: dict[Path, str] = field(default_factory=dict)  # a database of its own for each state directory
+
+    def url(self, state_dir: Path) -> str | None:
+        if self.cluster is None:
+            return None
+        key = state_dir.resolve()
+        if key not in self.urls:
+            self.urls[key] = self.cluster.database()
+        return self.urls[key]
+
+    def open(self, state_dir: Path) -> RunStore:
+        return RunStore(state_dir, self.url(state_dir))
+
+    def drop_all(self) -> None:
+        if self.cluster is not None:
+            for url in self.urls.values():
+                self.cluster.drop(url)
+        self.urls.clear()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pgcluster.Cluster]:
+    """One PostgreSQL cluster for the session; skipped (with the reason) where its binaries are absent."""
+    missing = pgcluster.available()
+    if missing:
+        pytest.skip(missing)
+    cluster = pgcluster.Cluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest) -> Iterator[StoreBackend]:
+    if request.param == "sqlite":
+        yield StoreBackend("sqlite")
+        return
+    backend = StoreBackend("postgresql", request.getfixturevalue("pg_cluster"))
+    try:
+        yield backend
+    finally:
+        backend.drop_all()
