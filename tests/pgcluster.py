@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BIN = Path(os.environ.get("LG_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -70,7 +71,7 @@ class Cluster:
         return self.url(name)
 
     def drop(self, url: str) -> None:
-        name = url.rsplit("/", 1)[1].split("?", 1)[0]
+        name = urlsplit(url).path.lstrip("/")
         self.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def sql(self, statement: str, url: str | None = None) -> None:

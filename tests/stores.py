@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lg.runs.database import Connection
 from lg.runs.store import RunStore
 from tests import pgcluster
 
@@ -66,3 +67,26 @@ def store_backend(request: pytest.FixtureRequest) -> Iterator[StoreBackend]:
         yield backend
     finally:
         backend.drop_all()
+
+
+def raw(store: RunStore) -> Connection:
+    """The store's own connection, outside any transaction: what someone with write access to the database
+    (the file, or a PostgreSQL role) can do behind lg's back."""
+    return store.connection
+
+
+def delete_head(store: RunStore) -> None:
+    """Remove the audit chain's head: the file beside lg.db, or PostgreSQL's audit_head row."""
+    if store.audit_log.head_in_database:
+        store.connection.execute("DELETE FROM audit_head")
+    else:
+        store.audit_log.head_path.unlink()
+
+
+def state_env(monkeypatch: pytest.MonkeyPatch, store: RunStore) -> None:
+    """Point the `lg` CLI (in-process) at this store, as LG_STATE_DIR and LG_STATE_URL do."""
+    monkeypatch.setenv("LG_STATE_DIR", str(store.state_dir))
+    if store.url is not None:
+        monkeypatch.setenv("LG_STATE_URL", store.url)
+    else:
+        monkeypatch.delenv("LG_STATE_URL", raising=False)

@@ -35,6 +35,7 @@ class Reports:
     run_id: str | None = None
     _groups: Callable[[str], None] | None = None
     _live: object | None = None
+    state_url: str | None = None  # the PostgreSQL store, if the run's records are there
 
     def echo(self, base: Callable[[str], None]) -> Callable[[str], None]:
         """The line printer of the run: in GitHub Actions, each step's lines fold into a group."""
@@ -58,7 +59,7 @@ class Reports:
             return
         from lg.render.progress import LiveProgress  # noqa: PLC0415
 
-        with LiveProgress(self.state_dir, self.run_id) as view:
+        with LiveProgress(self.state_dir, self.run_id, self.state_url) as view:
             self._live = view
             try:
                 yield
@@ -99,7 +100,7 @@ class Reports:
 
 
 def reports_for(state_dir: Path, junit: Path | None, as_json: bool, colour: bool,
-                locations: dict[str, Location]) -> Reports:
+                locations: dict[str, Location], state_url: str | None = None) -> Reports:
     from lg.render.github import in_github_actions  # noqa: PLC0415
 
     if junit is not None:  # its directory is made if missing (as pytest's --junitxml does); a file in the way is not
@@ -111,4 +112,4 @@ def reports_for(state_dir: Path, junit: Path | None, as_json: bool, colour: bool
     github = in_github_actions()
     summary = os.environ.get("GITHUB_STEP_SUMMARY") if github else None
     return Reports(state_dir, junit, github, progress=colour and not as_json and not github,
-                   summary=Path(summary) if summary else None, locations=locations)
+                   summary=Path(summary) if summary else None, locations=locations, state_url=state_url)

@@ -79,7 +79,7 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, input_pairs:
     preflight(inputs)
     from lg.runner.engine import run_pipeline  # noqa: PLC0415
 
-    store = RunStore(inputs.config.state_dir)
+    store = RunStore(inputs.config.state_dir, inputs.config.state_url)
     store.require_intact_audit()
     reports = _reports(inputs, junit, as_json)
     request = _request(inputs, root, as_json, wait, reports)
@@ -198,7 +198,8 @@ def _workspace(option: Path | None, pipeline: Pipeline) -> Path:
 
 def _reports(inputs: RunInputs, junit: Path | None, as_json: bool) -> Reports:
     locations = {step.id: step.location for step in inputs.pipeline.steps}
-    return reports_for(inputs.config.state_dir, junit, as_json, color_enabled(), locations)
+    return reports_for(inputs.config.state_dir, junit, as_json, color_enabled(), locations,
+                       inputs.config.state_url)
 
 
 def _request(inputs: RunInputs, root: Path, as_json: bool, wait: bool, reports: Reports) -> RunRequest:
