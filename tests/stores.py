@@ -90,3 +90,25 @@ def state_env(monkeypatch: pytest.MonkeyPatch, store: RunStore) -> None:
         monkeypatch.setenv("LG_STATE_URL", store.url)
     else:
         monkeypatch.delenv("LG_STATE_URL", raising=False)
+
+
+ORDER = {"runs": "id", "steps": "run_id, step_id", "gates": "run_id, gate_id",
+         "decisions": "run_id, gate_id, digest, approver", "audit": "seq", "tokens": "id"}
+
+
+def rows_of(store: RunStore, table: str) -> list[tuple[object, ...]]:
+    """Every row of a table, in its primary key's order (PostgreSQL has no rowid)."""
+    return [tuple(row) for row in store.connection.execute(f"SELECT * FROM {table} ORDER BY {ORDER[table]}")]  # noqa: S608
+
+
+def emptied(store: RunStore) -> RunStore:
+    """The store with every table emptied (a PostgreSQL database reused between the examples of a hypothesis
+    test, where making a database for each would cost more than the example)."""
+    with store.transaction() as db:
+        for table in ("decisions", "gates", "steps", "runs", "tokens", "audit"):
+            db.execute(f"DELETE FROM {table}")  # noqa: S608
+        if store.audit_log.head_in_database:
+            db.execute("DELETE FROM audit_head")
+    if not store.audit_log.head_in_database:
+        store.audit_log.head_path.unlink(missing_ok=True)
+    return store
