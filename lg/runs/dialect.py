@@ -13,6 +13,7 @@ The stores' queries are one text for both (lg.runs.postgres adapts placeholders 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Protocol
 
@@ -25,12 +26,12 @@ WRITER_LOCK = int.from_bytes(b"lgstate", "big")
 # DDL in SQLite's words, in PostgreSQL's: REAL is a 4-byte float there (timestamps would lose their seconds),
 # INTEGER 4 bytes (epoch seconds end in 2038), BLOB is BYTEA. Applied to CREATE TABLE and ALTER TABLE only.
 _PG_TYPES = (
-    (re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b", re.IGNORECASE), "BIGSERIAL PRIMARY KEY"),
-    (re.compile(r"\bINTEGER\b", re.IGNORECASE), "BIGINT"),
-    (re.compile(r"\bREAL\b", re.IGNORECASE), "DOUBLE PRECISION"),
-    (re.compile(r"\bBLOB\b", re.IGNORECASE), "BYTEA"),
+    (r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b", "BIGSERIAL PRIMARY KEY"),
+    (r"\bINTEGER\b", "BIGINT"),
+    (r"\bREAL\b", "DOUBLE PRECISION"),
+    (r"\bBLOB\b", "BYTEA"),
 )
-_TABLE_DDL = re.compile(r"\s*(CREATE\s+TABLE|ALTER\s+TABLE)\b", re.IGNORECASE)
+_TABLE_DDL = r"\s*(CREATE\s+TABLE|ALTER\s+TABLE)\b"
 
 
 class Dialect(Protocol):
@@ -103,10 +104,11 @@ class Postgres:
         return []
 
 
+@functools.lru_cache(maxsize=256)  # the same few statements at every start; `re` caches the patterns
 def ddl(statement: str) -> str:
     """A portable CREATE TABLE or ALTER TABLE in PostgreSQL's types; any other statement as it is."""
-    if not _TABLE_DDL.match(statement):
+    if not re.match(_TABLE_DDL, statement, re.IGNORECASE):
         return statement
     for pattern, replacement in _PG_TYPES:
-        statement = pattern.sub(replacement, statement)
+        statement = re.sub(pattern, replacement, statement, flags=re.IGNORECASE)
     return statement
