@@ -82,6 +82,7 @@ class ProjectConfig:
     step_cache: StepCacheLimits = field(default_factory=StepCacheLimits)
     webhooks: tuple[WebhookSpec, ...] = ()
     max_parallel: int | None = None  # a pipeline's default (its own `max_parallel:` wins)
+    server: str | None = None  # the lg serve URL client commands use (lg.client.settings)
 
 
 # --- pipelines -------------------------------------------------------------------------------------------

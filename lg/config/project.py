@@ -42,6 +42,9 @@ def project_schema() -> dict[str, Any]:
             "state_dir": {**dir_field, "description": "run records and logs; relative to lg.yaml"},
             "cache_dir": {**dir_field, "description": "built guest images, keyed by content digest"},
             "max_parallel": MAX_PARALLEL_SCHEMA,
+            "server": {"type": "string", "pattern": "^https?://[^/?#]+(/[^?#]*)?$",
+                       "description": "the lg serve the client commands talk to (--server and LG_SERVER win); "
+                                      "the token never goes here: LG_TOKEN or --token-file"},
             "pool": {
                 "type": "object",
                 "additionalProperties": False,
@@ -172,6 +175,7 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
                                    tuple(hook.get("events", ("gate.opened", "gate.decided"))))
                        for hook in data.get("webhooks", ())),
         max_parallel=data.get("max_parallel"),
+        server=data.get("server"),
         paths=ProjectPaths(
             vm_profiles=_search_dirs(root, paths.get("vm_profiles"), "profiles/vm"),
             risk_policies=_search_dirs(root, paths.get("risk_policies"), "profiles/risk"),
