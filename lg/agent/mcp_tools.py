@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import threading
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -215,7 +216,22 @@ def _json_object(server: McpServer, tool: str, arguments: Mapping[str, Any]) -> 
 
 
 def _message(server: McpServer, doing: str, problem: str) -> str:
-    return f"MCP server {server.name!r} ({server.url}), {doing}: {problem}"
+    return f"MCP server {server.name!r} ({shown_url(server.url)}), {doing}: {problem}"
+
+
+def shown_url(url: str) -> str:
+    """The URL for messages and records: without user:password@ and without the query, where a token may be."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "an unreadable URL"
+    if not parts.scheme or not host:
+        return url if "@" not in url and "?" not in url else "an unreadable URL"
+    netloc = f"[{host}]" if ":" in host else host
+    suffix = "?..." if parts.query else ""
+    return f"{parts.scheme}://{netloc}{f':{port}' if port else ''}{parts.path}{suffix}"
 
 
 def _describe(error: BaseException, timeout: float) -> str:

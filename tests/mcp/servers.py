@@ -104,3 +104,16 @@ def closed_port() -> int:
     port: int = probe.getsockname()[1]
     probe.close()
     return port
+
+
+def main() -> None:
+    """`python -m tests.mcp.servers`: the tool server in a process of its own (benchmarks/mcp_bench.py), its URL
+    on the first line of stdout, until it is terminated."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    print(f"http://127.0.0.1:{listener.getsockname()[1]}/mcp", flush=True)
+    uvicorn.Server(uvicorn.Config(tool_server(), log_level="error")).run(sockets=[listener])
+
+
+if __name__ == "__main__":
+    main()

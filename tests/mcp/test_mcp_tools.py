@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lg.agent.mcp_tools import MAX_RESULT_CHARS, McpServer, McpServerError, call_tool, list_tools
+from lg.agent.mcp_tools import MAX_RESULT_CHARS, McpServer, McpServerError, call_tool, list_tools, shown_url
 from lg.errors import ExitCode, LgError
 from tests.mcp.servers import closed_port, garbage_server, serving, tool_server
 
@@ -138,3 +138,34 @@ def test_leaves_no_threads_behind(tools_url: str) -> None:
         call_tool(McpServer("issues", tools_url), "echo", {"text": "again"}, timeout=10)
     after = {thread.name for thread in threading.enumerate()}
     assert not {name for name in after - before if name.startswith("mcp-")}
+
+
+def test_errors_never_show_credentials_in_the_url() -> None:
+    port = closed_port()
+    server = McpServer("tracker", f"http://user:s3cret@127.0.0.1:{port}/mcp?token=abc123")
+    with pytest.raises(McpServerError) as caught:
+        list_tools(server, timeout=5)
+    assert "s3cret" not in str(caught.value) and "abc123" not in str(caught.value)
+    assert f"(http://127.0.0.1:{port}/mcp?...)" in str(caught.value)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://mcp.example.com/mcp", "https://mcp.example.com/mcp"),
+    ("http://a:b@[::1]:8080/x?k=v", "http://[::1]:8080/x?..."),
+    ("not a url", "not a url"),
+    ("x?token=1", "an unreadable URL"),
+    ("http://h:99999/", "an unreadable URL"),
+])
+def test_shown_url(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
+
+
+def test_importing_the_module_does_not_import_the_sdk() -> None:
+    """`lg --help` and `lg validate` stay fast: the SDK loads on the first call, not with lg.agent.mcp_tools."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lg.agent.mcp_tools, lg.policy.mcp_grade; "
+            "print(sorted({'mcp', 'httpx2', 'anyio'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
