@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from lg.errors import LgError
+from lg.errors import EnvironmentUnfit, LgError
 
 if TYPE_CHECKING:
     from mcp import ClientSession
@@ -97,6 +97,7 @@ def _run(server: McpServer, doing: str, timeout: float, operation: Callable[[Cli
     if not (timeout > 0 and math.isfinite(timeout)):
         raise McpServerError(f"MCP server {server.name!r}: timeout must be a positive number of seconds, "
                              f"not {timeout!r}", server.name)
+    _require_sdk()
     _quiet_sdk_logs()
     outcome: dict[str, Any] = {}
 
@@ -116,6 +117,15 @@ def _run(server: McpServer, doing: str, timeout: float, operation: Callable[[Cli
     if "error" in outcome:
         raise McpServerError(_message(server, doing, _describe(outcome["error"], timeout)), server.name) from None
     return outcome["value"]  # type: ignore[no-any-return]
+
+
+def _require_sdk() -> None:
+    """Here, in the caller's thread, so a missing extra is said as such, not as a failure of the server."""
+    try:
+        import mcp  # noqa: F401, PLC0415 - imported for what it tells: the optional extra is installed
+    except ImportError:
+        raise EnvironmentUnfit("agent steps with MCP tools need the MCP SDK, which is not installed",
+                               fix="pip install 'luminaguard[agent]'") from None
 
 
 def _quiet_sdk_logs() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from lg.agent.mcp_tools import MAX_RESULT_CHARS, McpServer, McpServerError, call_tool, list_tools, shown_url
-from lg.errors import ExitCode, LgError
+from lg.errors import EnvironmentUnfit, ExitCode, LgError
 from tests.mcp.servers import closed_port, garbage_server, serving, tool_server
 
 
@@ -169,3 +169,23 @@ def test_importing_the_module_does_not_import_the_sdk() -> None:
             "print(sorted({'mcp', 'httpx2', 'anyio'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_without_the_agent_extra_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mcp", None)  # what `import mcp` meets where the extra is not installed
+    with pytest.raises(EnvironmentUnfit) as caught:
+        list_tools(McpServer("tracker", "http://127.0.0.1:1/mcp"), timeout=5)
+    assert caught.value.exit_code == ExitCode.ENVIRONMENT
+    assert "luminaguard[agent]" in str(caught.value)
+
+
+def test_step_threads_may_call_at_once(tools_url: str) -> None:
+    """Steps run on threads of their own: each call has its own loop and session, so they do not interfere."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = McpServer("issues", tools_url)
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(lambda n: call_tool(server, "echo", {"text": f"t{n}"}, timeout=20).text, range(8)))
+    assert texts == [f"t{n}" for n in range(8)]
