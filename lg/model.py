@@ -85,6 +85,7 @@ class ProjectConfig:
     # `state: postgresql://...` (or LG_STATE_URL, which wins): run records, gates, tokens and the audit log in
     # that PostgreSQL database; state_dir then keeps only local files (step logs, held effects). None: SQLite.
     state_url: str | None = None
+    server: str | None = None  # the lg serve URL client commands use (lg.client.settings)
 
 
 # --- pipelines -------------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ def project_schema() -> dict[str, Any]:
                                      "state_dir, which keeps step logs and held effects; LG_STATE_URL wins"},
             "cache_dir": {**dir_field, "description": "built guest images, keyed by content digest"},
             "max_parallel": MAX_PARALLEL_SCHEMA,
+            "server": {"type": "string", "pattern": "^https?://[^/?#]+(/[^?#]*)?$",
+                       "description": "the lg serve the client commands talk to (--server and LG_SERVER win); "
+                                      "the token never goes here: LG_TOKEN or --token-file"},
             "pool": {
                 "type": "object",
                 "additionalProperties": False,
@@ -182,6 +185,7 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
                        for hook in data.get("webhooks", ())),
         max_parallel=data.get("max_parallel"),
         state_url=state_url,
+        server=data.get("server"),
         paths=ProjectPaths(
             vm_profiles=_search_dirs(root, paths.get("vm_profiles"), "profiles/vm"),
             risk_policies=_search_dirs(root, paths.get("risk_policies"), "profiles/risk"),
