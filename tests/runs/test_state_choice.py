@@ -7,10 +7,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from lg.config.project import load_project_config
+from lg.errors import EnvironmentUnfit
 from lg.runs.dialect import ddl
 from lg.runs.gates import GateRules, GateStore
 from lg.runs.postgres import placeholders, redacted
@@ -18,6 +20,7 @@ from lg.runs.schema import MIGRATIONS, Dialects
 from lg.runs.states import RunStatus
 from lg.runs.store import RunStore
 from lg.runs.tokens import TokenStore
+from tests.pgcluster import Cluster
 from tests.stores import StoreBackend, raw, state_env
 
 
@@ -149,3 +152,26 @@ def test_two_stores_opening_a_new_postgresql_database_at_once_migrate_it_once(
     assert problems == []
     store = store_backend.open(tmp_path)
     assert store.dialect.schema_version(store.connection) == __import__("lg.runs.schema").runs.schema.SCHEMA_VERSION
+
+
+def test_a_postgresql_row_lg_cannot_read_is_damage_naming_the_database(
+        tmp_path: Path, lg: Callable[..., Any], pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = RunStore(tmp_path, pg_cluster.database())
+    run = store.create_run("demo", tmp_path / "p.yaml", tmp_path, "alice", [("a", "A")])
+    raw(store).execute("UPDATE runs SET status = 'exploded' WHERE id = ?", (run.id,))
+    state_env(monkeypatch, store)
+    result = lg("status", run.id)
+    assert result.code == 5 and "a row of runs lg cannot read back" in result.err
+    assert redacted(pg_cluster.url()).split("/")[0] in result.err and "psql" in result.err
+
+
+def test_a_lost_postgresql_connection_is_an_environment_error_not_a_crash(tmp_path: Path,
+                                                                          pg_cluster: Cluster) -> None:
+    url = pg_cluster.database()
+    store = RunStore(tmp_path, url)
+    run = store.create_run("demo", tmp_path / "p.yaml", tmp_path, "alice", [("a", "A")])
+    database = urlsplit(url).path.lstrip("/")  # a name tests/pgcluster.py made: lg_PID_N
+    pg_cluster.sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")  # noqa: S608
+    with pytest.raises(EnvironmentUnfit, match=r"the state database .* failed"):
+        store.start_run(run.id)
+    assert RunStore(tmp_path, url).run(run.id).status == "pending"  # nothing half-done
