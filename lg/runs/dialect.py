@@ -6,7 +6,9 @@ The stores' queries are one text for both (lg.runs.postgres adapts placeholders 
   then a transaction-scoped advisory lock that every lg writer takes first. Either way, one writer at a time, in
   the order they got the lock, and each re-reads what it changes after it has the lock (READ COMMITTED sees
   every commit made before): two decisions on one gate make exactly one transition, and audit records are
-  appended, and the chain's head moved, in commit order;
+  appended, and the chain's head moved, in commit order. (A lock per run or gate row would let no more
+  through: nearly every write appends to the one audit chain, whose head must move in commit order, so writers
+  queue on it anyway; and one lock, always taken first, cannot deadlock.);
 - the column types of DDL (see `ddl`), so that a migration written once in portable SQL means the same on both;
 - SQLite's own page check (`PRAGMA quick_check`), which PostgreSQL has no counterpart of.
 """
