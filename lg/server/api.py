@@ -23,6 +23,7 @@ from lg.server.reads import (
     list_steps,
     pending_gates_cached,
     run_gates,
+    run_status,
     step_log,
     whoami,
 )
@@ -57,6 +58,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              errors=(400,), query=(("limit", "how many (1-1000, default 50)"),)),
     Endpoint("GET", "/api/v1/runs/{run}", "getRun", _R.READ, "A run with its steps and gates", get_run,
              "RunDetail", errors=(404,)),
+    Endpoint("GET", "/api/v1/runs/{run}/status", "getRunStatus", _R.READ,
+             "A run as `lg status --json` prints it: its whole record, steps and gates", run_status, "RunStatus",
+             errors=(404,)),
     Endpoint("GET", "/api/v1/runs/{run}/steps", "listSteps", _R.READ, "A run's steps in order", list_steps,
              "StepList", errors=(404,)),
     Endpoint("GET", "/api/v1/runs/{run}/steps/{step}/log", "getStepLog", _R.READ,

@@ -69,6 +69,12 @@ SCHEMAS: dict[str, Any] = {
                                                   "profile with relaxations, changes with per-file diffs, outputs"},
         "decisions": _array("Decision")})]},
     "RunDetail": {"allOf": [_ref("Run"), _object({"steps": _array("Step"), "gates": _array("Gate")})]},
+    "RunStatus": _object({
+        "run": {"type": "object", "description": "the run's whole record (as `lg runs --json`), with abandoned"},
+        "steps": {"type": "array", "items": {"type": "object"}, "description": "each step's whole record"},
+        "gates": {"type": "array", "items": _object({
+            "gate": {"type": "string"}, "kind": {"type": "string"}, "status": {"type": "string"},
+            "digest": {"type": "string"}, "level": _NULLABLE_STRING, "outcome": _NULLABLE_STRING})}}),
     "DecisionRequest": {
         "type": "object", "additionalProperties": False, "required": ["verdict", "digest"],
         "properties": {

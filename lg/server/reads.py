@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lg.runs.gates import Gate
+from lg.runs.report import status_document
 from lg.runs.store import RunRecord
 from lg.server.call import Call, Reply, find_gate, find_run, find_step, int_query
 from lg.server.errors import not_found
@@ -33,6 +34,12 @@ def get_run(call: Call) -> Any:
     gates = call.stores.gates().gates(record.id)
     return {**run_view(record), "steps": [step_view(s) for s in call.store.steps(record.id)],
             "gates": [gate_view(g, record) for g in gates]}
+
+
+def run_status(call: Call) -> Any:
+    """The run as `lg status --json` prints it where the store is (so `lg status --server` prints the same)."""
+    record = find_run(call.store, call.params["run"])
+    return status_document(call.store, record)
 
 
 def list_steps(call: Call) -> Any:
