@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -37,6 +37,7 @@ class RemoteDecision:
 def decide_remote(remote: RemoteGates, wanted: RemoteDecision, as_json: bool) -> int:
     from lg.approvals.decide import SignedDecision, sign_shown_gate  # noqa: PLC0415
     from lg.client.gates import approvals_so_far, local_view  # noqa: PLC0415
+    from lg.client.runs import RemoteRuns  # noqa: PLC0415
 
     shown = remote.pick(wanted.run_id, wanted.gate_id, to_decide=True)
     run_id, gate_id, digest = shown["run"], shown["gate"], shown["digest"]
@@ -67,17 +68,9 @@ def decide_remote(remote: RemoteGates, wanted: RemoteDecision, as_json: bool) ->
     click.echo(f"  decided on digest {bound[:16]} ({source}) at {remote.where}")
     if settled["status"] == "open":
         click.echo(f"  {approvals_so_far(settled)} of {settled['count']} approvals so far")
-    elif _nobody_waits(remote, run_id):
+    elif RemoteRuns(remote.client).nobody_waits(run_id):
         click.echo(f"  no lg process is waiting on this run; continue it with: lg resume {run_id}")
     return ExitCode.OK
-
-
-def _nobody_waits(remote: RemoteGates, run_id: str) -> bool:
-    """No lg process holds the run (it paused and its process left): someone has to resume it."""
-    from lg.client.runs import RemoteRuns  # noqa: PLC0415
-
-    run: dict[str, Any] = RemoteRuns(remote.client).status(run_id)["run"]
-    return run.get("pid") is None or bool(run.get("abandoned"))
 
 
 def write_signed(signed: SignedDecision, gate_id: str, path: Path) -> int:

@@ -20,6 +20,11 @@ class RemoteRuns:
         document: dict[str, Any] = self.client.get_json(f"{run_path(run_id)}/status")
         return document
 
+    def nobody_waits(self, run_id: str) -> bool:
+        """No lg process holds the run (it paused and its process left): someone has to resume it."""
+        run: dict[str, Any] = self.status(run_id)["run"]
+        return run.get("pid") is None or bool(run.get("abandoned"))
+
     def logs(self, run_id: str, step_id: str | None) -> dict[str, str | None]:
         """Each step's output (secrets masked), of the steps that have run: None for a log that has gone."""
         steps: list[dict[str, Any]] = self.client.get_json(f"{run_path(run_id)}/steps")
