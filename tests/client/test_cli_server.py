@@ -23,8 +23,6 @@ from lg.client.gates import GATE_FIELDS
 from lg.runs.tokens import Role
 from tests.server.conftest import REPO, Project, Server
 
-pytest_plugins = ["tests.server.conftest"]
-
 Lg = Callable[..., subprocess.CompletedProcess[str]]
 
 

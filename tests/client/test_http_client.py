@@ -15,8 +15,6 @@ from lg.errors import EnvironmentUnfit, ExitCode, InvalidInput
 from lg.runs.tokens import Role
 from tests.server.conftest import Project, Server
 
-pytest_plugins = ["tests.server.conftest"]
-
 
 def test_option_beats_environment_beats_lg_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LG_TOKEN", "t0k3n")

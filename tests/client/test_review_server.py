@@ -25,8 +25,6 @@ from tests.review.test_review_app import screen, settle
 from tests.review.test_review_tmux import Terminal
 from tests.server.conftest import Project, Server
 
-pytest_plugins = ["tests.server.conftest"]
-
 Scenario = Callable[[ReviewApp, Pilot[int]], Awaitable[None]]
 GATE = "bump.effects"
 
