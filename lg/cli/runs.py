@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,17 +33,31 @@ def _seconds(value: float | None) -> str:
 @click.command()
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @json_option
-def runs(limit: int, as_json: bool) -> int:
+@server_options
+def runs(limit: int, as_json: bool, server: str | None, token_file: Path | None) -> int:
     """List recent runs, newest first."""
-    records = state_store().runs(limit)
+    client = api_client(server, token_file)
+    if client is not None:
+        from lg.client.runs import RemoteRuns  # noqa: PLC0415
+
+        documents = RemoteRuns(client).runs(limit)
+    else:
+        from lg.runs.report import run_document  # noqa: PLC0415
+
+        documents = [run_document(record) for record in state_store().runs(limit)]
     if as_json:
-        emit_json([{**asdict(record), "abandoned": record.abandoned} for record in records])
+        emit_json(documents)
         return ExitCode.OK
-    if not records:
+    if not documents:
         click.echo("no runs yet")
-    for record in records:
-        click.echo(f"{record.id}  {record.shown_status:<11}  {record.pipeline:<24}  {_age(record.created)}")
+    for run in documents:
+        click.echo(f"{run['id']}  {_shown_status(run):<11}  {run['pipeline']:<24}  {_age(run['created'])}")
     return ExitCode.OK
+
+
+def _shown_status(run: dict[str, Any]) -> str:
+    """RunRecord.shown_status, from the record as `lg runs --json` prints it (judged where the store is)."""
+    return f"abandoned (lg process {run['pid']} is gone)" if run["abandoned"] else str(run["status"])
 
 
 @click.command()
@@ -75,8 +88,7 @@ def _print_status(document: dict[str, Any]) -> None:
     run = document["run"]
     started, finished = run["started"], run["finished"]
     duration = (finished or time.time()) - started if started else None
-    shown = f"abandoned (lg process {run['pid']} is gone)" if run["abandoned"] else run["status"]
-    click.echo(f"run {run['id']}  {shown}  pipeline {run['pipeline']}  {_seconds(duration)}")
+    click.echo(f"run {run['id']}  {_shown_status(run)}  pipeline {run['pipeline']}  {_seconds(duration)}")
     if run["error"]:
         click.echo(f"  error: {run['error']}")
     if run["input_values"]:

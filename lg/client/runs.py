@@ -15,6 +15,12 @@ from lg.errors import InvalidInput
 class RemoteRuns:
     client: ApiClient
 
+    def runs(self, limit: int) -> list[dict[str, Any]]:
+        """Recent runs, newest first, each as `lg runs --json` prints it (the server keeps at most 1,000)."""
+        documents: list[dict[str, Any]] = self.client.get_json("/api/v1/runs", {"limit": str(min(limit, 1000)),
+                                                                               "records": "1"})
+        return documents
+
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as `lg status --json` prints it (lg.runs.report.status_document, built on the server)."""
         document: dict[str, Any] = self.client.get_json(f"{run_path(run_id)}/status")

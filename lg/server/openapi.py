@@ -38,7 +38,9 @@ SCHEMAS: dict[str, Any] = {
         "created": {"type": "number"}, "started": _NULLABLE_NUMBER, "finished": _NULLABLE_NUMBER,
         "exit_code": {"type": ["integer", "null"]}, "error": _NULLABLE_STRING, "initiator": {"type": "string"},
         "cancel_requested": {"type": ["object", "null"]}}),
-    "RunList": _array("Run"),
+    "RunList": {"type": "array", "items": {"anyOf": [_ref("Run"), {
+        "type": "object",
+        "description": "with records=1: the run's whole record and abandoned (as `lg runs --json`)"}]}},
     "Step": _object({
         "step": {"type": "string"}, "name": {"type": "string"}, "position": {"type": "integer"},
         "status": {"type": "string"}, "attempts": {"type": "integer"}, "started": _NULLABLE_NUMBER,

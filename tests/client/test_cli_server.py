@@ -63,8 +63,9 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def _timeless(text: str) -> str:
-    """A paused run's age grows between two commands: the seconds on the run's own line are masked."""
-    return re.sub(r"^(run \S+ .*?)\s[\d.]+s$", r"\1 Ns", text, flags=re.MULTILINE)
+    """A paused run's age grows between two commands: its seconds (`lg status`) and its age (`lg runs`)."""
+    text = re.sub(r"^(run \S+ .*?)\s[\d.]+s$", r"\1 Ns", text, flags=re.MULTILINE)
+    return re.sub(r"\b\d+[smhd] ago$", "N ago", text, flags=re.MULTILINE)
 
 
 def test_reads_print_what_the_local_commands_print(project: Project, serve: Callable[..., Server],
@@ -75,7 +76,8 @@ def test_reads_print_what_the_local_commands_print(project: Project, serve: Call
     local, remote = local_env(project), client_env(project, viewer)
     for args in (("pending", "--json"), ("pending",), ("show", run_id, "--json"), ("show", run_id),
                  ("show", run_id, "bump.effects"), ("status", run_id, "--json"), ("status", run_id),
-                 ("logs", run_id, "--json"), ("logs", run_id), ("logs", run_id, "bump")):
+                 ("logs", run_id, "--json"), ("logs", run_id), ("logs", run_id, "bump"), ("runs", "--json"),
+                 ("runs",), ("audit", "verify", "--json"), ("audit", "verify"), ("audit", "export", "--json")):
         here = ok(lg_in(project.root, local, *args))
         there = ok(lg_in(elsewhere, remote, *args, "--server", server.url))
         assert _timeless(there) == _timeless(here), args
@@ -177,6 +179,9 @@ def test_refusals_keep_the_local_exit_codes(project: Project, serve: Callable[..
 
     no_token = lg_in(elsewhere, client_env(project, None), "pending", "--server", server.url)
     assert no_token.returncode == 2 and "LG_TOKEN" in no_token.stderr
+
+    odd = server.request("GET", "/api/v1/runs?records=yes", viewer)
+    assert odd.status == 400 and odd.error_code == "invalid_query"
 
     unknown = lg_in(elsewhere, client_env(project, viewer), "status", "ffffffff", "--server", server.url)
     assert unknown.returncode == 2 and "no run 'ffffffff'" in unknown.stderr
