@@ -11,6 +11,7 @@ import click
 from lg.cli.output import color_enabled, emit_json, json_option, state_store, webhook_courier
 from lg.cli.remote import api_client, server_options
 from lg.errors import ExitCode, InvalidInput
+from lg.runs.states import GateStatus
 
 if TYPE_CHECKING:
     from lg.client.gates import RemoteGates
@@ -107,7 +108,7 @@ def show(run_id: str, gate_id: str | None, as_json: bool, server: str | None, to
         signed = "signed" if decision["signed"] else "unsigned"
         click.echo(f"  decision: {decision['verdict']} by {decision['approver']} ({signed})"
                    + (f": {decision['comment']}" if decision["comment"] else ""))
-    if detail["status"] == "open":
+    if detail["status"] == GateStatus.OPEN:
         click.echo(f"  decide: lg approve {detail['run']} {detail['gate']} --digest {detail['digest'][:16]}\n"
                    f"          lg reject {detail['run']} {detail['gate']} --reason TEXT")
     return ExitCode.OK

@@ -16,6 +16,7 @@ import click
 
 from lg.cli.output import emit_json
 from lg.errors import ExitCode, InvalidInput
+from lg.runs.states import GateStatus
 
 if TYPE_CHECKING:
     from lg.approvals.decide import SignedDecision
@@ -66,7 +67,7 @@ def decide_remote(remote: RemoteGates, wanted: RemoteDecision, as_json: bool) ->
     click.echo(f"gate {gate_id} of run {run_id}: {wanted.verdict} recorded; gate is {settled['status']}"
                + (f" ({settled['outcome']})" if settled["outcome"] else ""))
     click.echo(f"  decided on digest {bound[:16]} ({source}) at {remote.where}")
-    if settled["status"] == "open":
+    if settled["status"] == GateStatus.OPEN:
         click.echo(f"  {approvals_so_far(settled)} of {settled['count']} approvals so far")
     elif RemoteRuns(remote.client).nobody_waits(run_id):
         click.echo(f"  no lg process is waiting on this run; continue it with: lg resume {run_id}")

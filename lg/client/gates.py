@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from lg.client.http import ApiClient, ServerRefused
 from lg.errors import InvalidInput
+from lg.runs.states import GateStatus
 
 Verdict = Literal["approve", "reject"]
 
@@ -84,7 +85,7 @@ class RemoteGates:
         every = self.run_gates(run_id)
         if not to_decide and len(every) == 1:
             return self.gate(run_id, every[0]["gate"])
-        open_gates = [row for row in every if row["status"] == "open"]
+        open_gates = [row for row in every if row["status"] == GateStatus.OPEN]
         if len(open_gates) == 1:
             return self.gate(run_id, open_gates[0]["gate"])
         if not open_gates:

@@ -16,6 +16,7 @@ from lg.client.gates import RemoteGates, approvals_so_far
 from lg.client.runs import RemoteRuns
 from lg.review.source import GateDetail, GateRow
 from lg.runs.gates import Verdict
+from lg.runs.states import GateStatus
 
 
 class HttpGateSource:
@@ -30,7 +31,7 @@ class HttpGateSource:
 
     def pending(self, run_id: str | None = None) -> list[GateRow]:
         if run_id is not None:
-            rows = [row for row in self._gates.run_gates(run_id) if row["status"] == "open"]  # 404: exit 2
+            rows = [row for row in self._gates.run_gates(run_id) if row["status"] == GateStatus.OPEN]  # 404: exit 2
         else:
             rows = self._gates.pending()
         # The list does not carry decisions: each open gate's approvals so far come with its detail.
@@ -46,7 +47,7 @@ class HttpGateSource:
         signed = sign_shown_gate(run_id, gate_id, digest, verdict, comment, key).to_json() if key else None
         settled = self._gates.decide(run_id, gate_id, verdict, digest, comment, signed)
         note = None
-        if settled["status"] != "open" and RemoteRuns(self._gates.client).nobody_waits(run_id):
+        if settled["status"] != GateStatus.OPEN and RemoteRuns(self._gates.client).nobody_waits(run_id):
             note = f"no lg process is waiting on run {run_id}; continue it with: lg resume {run_id}"
         return GateDetail(_row(settled), settled["card"], _decision_lines(settled), note=note)
 
