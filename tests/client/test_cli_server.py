@@ -127,18 +127,24 @@ def test_unsigned_approval_is_the_tokens_and_json_is_the_local_shape(project: Pr
     assert [(d["approver"], d["signed"]) for d in detail["decisions"]] == [("approver@example.com", False)]
 
 
-def test_reject_needs_a_reason_and_is_recorded(project: Project, serve: Callable[..., Server],
-                                               elsewhere: Path) -> None:
+def test_reject_needs_a_reason_and_is_recorded_signed(project: Project, serve: Callable[..., Server],
+                                                      elsewhere: Path, keys: dict[str, Path]) -> None:
     run_id = project.pause()
     approver = project.token("approver@example.com", Role.APPROVER)
     server = serve()
     env = client_env(project, approver)
-    missing = lg_in(elsewhere, env, "reject", run_id, "--server", server.url)
+    token_file = elsewhere / "token"
+    token_file.write_text(approver + "\n")
+    env.pop("LG_TOKEN")  # the token from --token-file this time
+    missing = lg_in(elsewhere, env, "reject", run_id, "--server", server.url, "--token-file", str(token_file))
     assert missing.returncode == 2 and "--reason" in missing.stderr
-    out = ok(lg_in(elsewhere, env, "reject", run_id, "--reason", "not this dependency", "--server", server.url))
+    out = ok(lg_in(elsewhere, env, "reject", run_id, "--reason", "not this dependency", "--key", str(keys["bob"]),
+                   "--server", server.url, "--token-file", str(token_file)))
     assert "reject recorded; gate is rejected" in out
     detail = server.request("GET", f"/api/v1/runs/{run_id}/gates/bump.effects", approver).json
-    assert [(d["verdict"], d["comment"]) for d in detail["decisions"]] == [("reject", "not this dependency")]
+    assert [(d["approver"], d["verdict"], d["comment"], d["signed"]) for d in detail["decisions"]] == [
+        ("bob@example.com", "reject", "not this dependency", True)]
+    env["LG_TOKEN"] = approver
     again = lg_in(elsewhere, env, "approve", run_id, "bump.effects", "--server", server.url)
     assert again.returncode == 4 and "decided elsewhere" in again.stderr and "gate_closed" in again.stderr
 
@@ -179,6 +185,8 @@ def test_refusals_keep_the_local_exit_codes(project: Project, serve: Callable[..
 
     no_token = lg_in(elsewhere, client_env(project, None), "pending", "--server", server.url)
     assert no_token.returncode == 2 and "LG_TOKEN" in no_token.stderr
+    bad_token = lg_in(elsewhere, client_env(project, "lgt_nope_nope"), "pending", "--server", server.url)
+    assert bad_token.returncode == 2 and "invalid_token" in bad_token.stderr
 
     odd = server.request("GET", "/api/v1/runs?records=yes", viewer)
     assert odd.status == 400 and odd.error_code == "invalid_query"
