@@ -34,8 +34,15 @@ class HttpGateSource:
             rows = [row for row in self._gates.run_gates(run_id) if row["status"] == GateStatus.OPEN]  # 404: exit 2
         else:
             rows = self._gates.pending()
-        # The list does not carry decisions: each open gate's approvals so far come with its detail.
-        return [_row(self._gates.gate(row["run"], row["gate"])) for row in rows]
+        return [self._open_row(row) for row in rows]
+
+    def _open_row(self, row: dict[str, Any]) -> GateRow:
+        """A row of the list, which carries no decisions. An open gate that needs one approval has none yet on
+        its digest (one would have closed it); only a gate that needs more is read in full for its count, so a
+        poll of many gates stays one request."""
+        if int(row["count"]) <= 1:
+            return _row({**row, "decisions": []})
+        return _row(self._gates.gate(row["run"], row["gate"]))
 
     def gate(self, run_id: str, gate_id: str) -> GateDetail:
         detail = self._gates.gate(run_id, gate_id)

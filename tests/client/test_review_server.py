@@ -24,6 +24,7 @@ from lg.runs.tokens import Role
 from tests.review.test_review_app import screen, settle
 from tests.review.test_review_tmux import Terminal
 from tests.server.conftest import Project, Server
+from tests.server.test_api import TWO_APPROVALS
 
 Scenario = Callable[[ReviewApp, Pilot[int]], Awaitable[None]]
 GATE = "bump.effects"
@@ -49,8 +50,8 @@ def source_for(server: Server, token: str) -> HttpGateSource:
     return HttpGateSource(RemoteGates(ApiClient(ServerSettings(server.url, token))))
 
 
-def decisions(server: Server, token: str, run_id: str) -> list[tuple[str, str, bool]]:
-    detail = server.request("GET", f"/api/v1/runs/{run_id}/gates/{GATE}", token).json
+def decisions(server: Server, token: str, run_id: str, gate: str = GATE) -> list[tuple[str, str, bool]]:
+    detail = server.request("GET", f"/api/v1/runs/{run_id}/gates/{gate}", token).json
     return [(d["approver"], d["verdict"], d["signed"]) for d in detail["decisions"]]
 
 
@@ -160,3 +161,29 @@ def test_review_over_the_server_in_tmux_then_the_run_resumes(paused: tuple[str, 
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((project.root / "package.json").read_text())["dependencies"] == {"left-pad": "1.3.0"}
     assert decisions(server, tokens["approver"], run_id) == [("approver@example.com", "approve", False)]
+
+
+def test_a_gate_that_needs_two_approvals_counts_them(project: Project, serve: Callable[..., Server]) -> None:
+    run_id = project.pause(TWO_APPROVALS)
+    approver = project.token("approver@example.com", Role.APPROVER)
+    carol = project.token("carol@example.com", Role.APPROVER)
+    server = serve()
+    path = f"/api/v1/runs/{run_id}/gates/ship.before"
+
+    async def scenario(app: ReviewApp, pilot: Pilot[int]) -> None:
+        assert "0/2" in screen(app)
+        await pilot.press("a", "enter")
+        await settle(pilot, 6)
+        assert "approve recorded for ship.before; gate is open" in screen(app) and "1/2" in screen(app)
+        digest = server.request("GET", path, carol).json["digest"]
+        assert server.request("POST", f"{path}/decisions", carol, {"verdict": "approve", "digest": digest}
+                              ).status == 201
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if "2/2" in screen(app):
+                break
+        assert "2/2" in screen(app) and "approved" in screen(app) and "0 open gates" in screen(app)
+
+    drive(source_for(server, approver), scenario)
+    assert {d[0] for d in decisions(server, approver, run_id, "ship.before")} == {"approver@example.com",
+                                                                                 "carol@example.com"}
