@@ -38,7 +38,9 @@ SCHEMAS: dict[str, Any] = {
         "created": {"type": "number"}, "started": _NULLABLE_NUMBER, "finished": _NULLABLE_NUMBER,
         "exit_code": {"type": ["integer", "null"]}, "error": _NULLABLE_STRING, "initiator": {"type": "string"},
         "cancel_requested": {"type": ["object", "null"]}}),
-    "RunList": _array("Run"),
+    "RunList": {"type": "array", "items": {"anyOf": [_ref("Run"), {
+        "type": "object",
+        "description": "with records=1: the run's whole record and abandoned (as `lg runs --json`)"}]}},
     "Step": _object({
         "step": {"type": "string"}, "name": {"type": "string"}, "position": {"type": "integer"},
         "status": {"type": "string"}, "attempts": {"type": "integer"}, "started": _NULLABLE_NUMBER,
@@ -69,6 +71,12 @@ SCHEMAS: dict[str, Any] = {
                                                   "profile with relaxations, changes with per-file diffs, outputs"},
         "decisions": _array("Decision")})]},
     "RunDetail": {"allOf": [_ref("Run"), _object({"steps": _array("Step"), "gates": _array("Gate")})]},
+    "RunStatus": _object({
+        "run": {"type": "object", "description": "the run's whole record (as `lg runs --json`), with abandoned"},
+        "steps": {"type": "array", "items": {"type": "object"}, "description": "each step's whole record"},
+        "gates": {"type": "array", "items": _object({
+            "gate": {"type": "string"}, "kind": {"type": "string"}, "status": {"type": "string"},
+            "digest": {"type": "string"}, "level": _NULLABLE_STRING, "outcome": _NULLABLE_STRING})}}),
     "DecisionRequest": {
         "type": "object", "additionalProperties": False, "required": ["verdict", "digest"],
         "properties": {
