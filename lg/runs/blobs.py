@@ -72,7 +72,7 @@ class BlobStore:
             if digest.hexdigest() != name:
                 raise BlobRefused(f"blob {name}: the bytes sent hash to {digest.hexdigest()}, not to the name; "
                                   "nothing was stored")
-            os.replace(temporary, target)
+            Path(temporary).replace(target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
