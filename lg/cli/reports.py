@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from lg.errors import EnvironmentUnfit, InvalidInput, Location
-from lg.runs.store import RunRecord, RunStore
+from lg.runs.ports import RunStoreLike
+from lg.runs.store import RunRecord
 
 junit_option = click.option(
     "--junit", "junit", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
@@ -65,7 +66,7 @@ class Reports:
             finally:
                 self._live = None
 
-    def finish(self, store: RunStore, failed: bool) -> None:
+    def finish(self, store: RunStoreLike, failed: bool) -> None:
         """Write what the run's records say. A report that cannot be written fails a run that did not fail
         already (a CI job that asked for it would miss it); otherwise it is said on stderr."""
         close = getattr(self._groups, "close", None)
