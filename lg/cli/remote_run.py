@@ -63,7 +63,7 @@ def relocated(record: RunRecord, workspace: Path) -> RunRecord:
     """The run as this checkout holds it: the pipeline and every input file under the workspace it ran in,
     found at the same place under `workspace` (files outside it, such as lg's shipped policies, stay)."""
     old = Path(record.workspace)
-    pipeline = Path(record.pipeline_path)
+    pipeline = old / record.pipeline_path  # a relative path is taken as relative to the workspace
     if not pipeline.is_relative_to(old):
         raise InvalidInput(f"run {record.id}: its pipeline {pipeline} is outside its workspace {old}; it cannot be "
                            "found in another checkout")

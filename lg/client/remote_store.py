@@ -127,7 +127,8 @@ class RemoteRunStore:
                    input_values: Mapping[str, Any] | None = None) -> RunRecord:
         # `initiator` is not sent: the server records the run as its token's (lg.server.runner_calls)
         return wire.run_record(self.call(
-            "create_run", pipeline=pipeline, pipeline_path=str(pipeline_path), workspace=str(workspace),
+            # absolute, so that another checkout finds the pipeline at the same place under its workspace
+            "create_run", pipeline=pipeline, pipeline_path=str(pipeline_path.resolve()), workspace=str(workspace),
             steps=[list(step) for step in steps], pipeline_sha256=pipeline_sha256, inputs=inputs,
             input_values=dict(input_values) if input_values is not None else None))
 
