@@ -177,6 +177,8 @@ def _resume_on_server(client: ApiClient, run_id: str, accepted: tuple[Path, ...]
 
     with remote_store(client) as store:
         record = relocated(store.run(run_id), workspace)
+        if record.finished_for_good:
+            raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to resume")
         inputs = local_inputs(bind_unchanged_inputs(store, record, accepted), store)
         fetch_approved_effects(client, store, record.id, workspace)  # before the claim: a refusal changes nothing
         reports = _reports(inputs, junit, as_json, progress=False)
