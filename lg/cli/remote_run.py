@@ -27,7 +27,7 @@ from lg.errors import InvalidInput
 from lg.inputs.run_inputs import RunInputs
 from lg.runner.effects import effects_dir, host_sha256
 from lg.runs.gates import Gate
-from lg.runs.states import GateStatus, StepStatus
+from lg.runs.states import GateStatus, RunStatus, StepStatus
 from lg.runs.store import RunRecord, StepRecord
 
 
@@ -149,7 +149,7 @@ def _download(client: ApiClient, store: RemoteRunStore, run_id: str, step: StepR
 def cancel_on_server(client: ApiClient, run_id: str, reason: str) -> None:
     answer = client.post_json(f"/api/v1/runs/{run_id}/cancel", {"reason": reason})
     status = answer.get("status") if isinstance(answer, dict) else None
-    if answer.get("cancel_requested") and status != "cancelled":
+    if answer.get("cancel_requested") and status != RunStatus.CANCELLED:
         click.echo(f"run {run_id}: asked to stop (its runner stops at its next step; cancel again to close its "
                    "records at once if that runner is gone)")
     else:
