@@ -23,7 +23,7 @@ from lg.runs.gates import GateStore
 from lg.runs.states import RunStatus, StepStatus
 from lg.runs.store import RunStore
 from lg.runs.tokens import Role, TokenStore
-from tests.server.conftest import DEPENDENCY_CHANGE, ON_FAKE, Project, Server, start_server
+from tests.server.conftest import DEPENDENCY_CHANGE, ON_FAKE, Project, Server, start_server, wait_until
 
 LOGGED_CHANGE = DEPENDENCY_CHANGE.replace("        run: |\n", "        run: |\n          echo bumping left-pad\n")
 
@@ -68,11 +68,11 @@ def machines(project: Project) -> Iterator[Machines]:
               for name, role in (("runner-a", Role.RUNNER), ("runner-c", Role.RUNNER),
                                  ("approver", Role.APPROVER), ("viewer", Role.VIEWER))}
     store.close()
-    server = start_server(state)
+    machines = Machines(project, start_server(state), tokens, origin)
     try:
-        yield Machines(project, server, tokens, origin)
+        yield machines
     finally:
-        server.stop()
+        machines.server.stop()  # the one running now (a test may have killed and restarted it)
 
 
 def pause_on_a(machines: Machines) -> str:
@@ -243,3 +243,47 @@ def test_an_effects_gate_never_opens_before_its_files_are_uploaded(machines: Mac
         "rules": asdict(gate.rules)}})
     assert (status, code) == (409, "effects_not_uploaded")
     assert GateStore(machines.server_store()).gate(run_id, "bump.effects") == gate
+
+
+THEN_A_LONG_STEP = LOGGED_CHANGE + """\
+      - id: after
+        needs: [bump]
+        run: sleep 4; echo done > after.txt
+"""
+
+
+def test_a_server_killed_mid_resume_loses_nothing_and_applies_nothing_twice(machines: Machines,
+                                                                             keys: dict[str, Path]) -> None:
+    (machines.origin / "pipeline.yaml").write_text(textwrap.dedent(THEN_A_LONG_STEP))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "longer"],
+                   cwd=machines.origin, check=True)
+    run_id = pause_on_a(machines)
+    approve_as_b(machines, run_id, keys)
+    c = machines.clone("runner-c")
+    env = {**machines.project.env, "LG_SERVER": machines.server.url, "LG_TOKEN": machines.tokens["runner-c"]}
+    resuming = subprocess.Popen([sys.executable, str(ON_FAKE), str(machines.project.tmp / "vms"), "resume", run_id],
+                                cwd=c, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        wait_until(lambda: machines.server_store().step(run_id, "after").status is StepStatus.RUNNING)
+        machines.server.process.kill()  # SIGKILL: bump's effects are applied and recorded, `after` is running
+        machines.server.process.wait()
+        _, stderr = resuming.communicate(timeout=120)
+    finally:
+        if resuming.poll() is None:
+            resuming.kill()
+            resuming.wait()
+    assert resuming.returncode == 5, stderr  # the server is gone: nothing more can be recorded
+    applied_once = json.loads((c / "package.json").read_text())
+
+    machines.server = start_server(machines.server.state)  # the server comes back, on another port
+    again = machines.lg(c, "runner-c", "resume", run_id, "--server", machines.server.url)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((c / "package.json").read_text()) == applied_once == {
+        "name": "app", "dependencies": {"left-pad": "1.3.0"}}
+    assert (c / "after.txt").read_text() == "done\n"
+    store = machines.server_store()
+    assert store.verify_audit() == []
+    records = [r for r in store.audit_log.records() if r.run_id == run_id]
+    assert [r.data["step"] for r in records if r.kind == "effects.applied"] == ["bump", "after"]  # bump once
+    assert [r.kind for r in records if r.kind == "gate.decision"] == ["gate.decision"]  # the decision survived
+    assert store.run(run_id).status is RunStatus.SUCCEEDED
