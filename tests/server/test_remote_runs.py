@@ -287,3 +287,28 @@ def test_a_server_killed_mid_resume_loses_nothing_and_applies_nothing_twice(mach
     assert [r.data["step"] for r in records if r.kind == "effects.applied"] == ["bump", "after"]  # bump once
     assert [r.kind for r in records if r.kind == "gate.decision"] == ["gate.decision"]  # the decision survived
     assert store.run(run_id).status is RunStatus.SUCCEEDED
+
+
+def test_a_runner_waiting_at_a_gate_on_the_server_goes_on_once_approved(machines: Machines,
+                                                                         keys: dict[str, Path]) -> None:
+    a = machines.clone("runner-a")
+    env = {**machines.project.env, "LG_SERVER": machines.server.url, "LG_TOKEN": machines.tokens["runner-a"]}
+    waiting = subprocess.Popen([sys.executable, str(ON_FAKE), str(machines.project.tmp / "vms"), "run",
+                                "pipeline.yaml", "--wait"], cwd=a, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
+    try:
+        def gate_open() -> bool:
+            runs = machines.server_store().runs(1)
+            return bool(runs) and bool(GateStore(machines.server_store()).gates(runs[0].id))
+
+        wait_until(gate_open)
+        run_id = machines.server_store().runs(1)[0].id
+        approve_as_b(machines, run_id, keys)
+        _, stderr = waiting.communicate(timeout=120)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 0, stderr
+    assert (a / "notes.txt").read_bytes() == b"notes\n"
+    assert machines.server_store().run(run_id).status is RunStatus.SUCCEEDED
