@@ -34,6 +34,7 @@ class Machines:
     server: Server
     tokens: dict[str, str]
     origin: Path
+    real_vms: bool = False  # lg itself, booting microVMs, instead of lg on the fake backend
 
     def clone(self, name: str) -> Path:
         target = self.project.tmp / name
@@ -46,8 +47,12 @@ class Machines:
         env = {**self.project.env, "LG_SERVER": self.server.url, "LG_TOKEN": self.tokens[token],
                "TMPDIR": str(scratch)}
         env.pop("LG_STATE_DIR", None)
-        return subprocess.run([sys.executable, str(ON_FAKE), str(self.project.tmp / "vms"), *args], cwd=where,
-                              text=True, capture_output=True, env=env, timeout=180, check=False)
+        if self.real_vms:
+            env.pop("LG_CACHE_DIR", None)  # the machine's image cache, with the images scripts/setup built
+        launcher = [sys.executable, "-m", "lg"] if self.real_vms else [sys.executable, str(ON_FAKE),
+                                                                        str(self.project.tmp / "vms")]
+        return subprocess.run([*launcher, *args], cwd=where, text=True, capture_output=True, env=env,
+                              timeout=900 if self.real_vms else 180, check=False)
 
     def server_store(self) -> RunStore:
         return RunStore(self.server.state)
@@ -55,6 +60,10 @@ class Machines:
 
 @pytest.fixture
 def machines(project: Project) -> Iterator[Machines]:
+    yield from _machines(project)
+
+
+def _machines(project: Project, real_vms: bool = False) -> Iterator[Machines]:
     (project.root / "pipeline.yaml").write_text(textwrap.dedent(LOGGED_CHANGE))
     origin = project.root
     subprocess.run(["git", "init", "-q"], cwd=origin, check=True)
@@ -68,7 +77,7 @@ def machines(project: Project) -> Iterator[Machines]:
               for name, role in (("runner-a", Role.RUNNER), ("runner-c", Role.RUNNER),
                                  ("approver", Role.APPROVER), ("viewer", Role.VIEWER))}
     store.close()
-    machines = Machines(project, start_server(state), tokens, origin)
+    machines = Machines(project, start_server(state), tokens, origin, real_vms)
     try:
         yield machines
     finally:
@@ -131,6 +140,16 @@ def test_paused_on_a_approved_by_b_resumed_on_c(machines: Machines, keys: dict[s
                               env={**machines.project.env, "LG_STATE_DIR": str(machines.server.state)},
                               cwd=machines.project.tmp, check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.vm
+def test_paused_on_a_approved_by_b_resumed_on_c_in_real_vms(tiny_image_ready: None, project: Project,
+                                                             keys: dict[str, Path]) -> None:
+    """The same three machines, each step in a real microVM (slow: two VM boots under TCG)."""
+    for machines in _machines(project, real_vms=True):
+        test_paused_on_a_approved_by_b_resumed_on_c(machines, keys)
+        (run,) = machines.server_store().runs(1)
+        assert machines.server_store().step(run.id, "bump").accelerator in ("tcg", "kvm")  # a real guest ran it
 
 
 def test_a_workspace_that_moved_on_is_refused_and_nothing_is_applied(machines: Machines,
