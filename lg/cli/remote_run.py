@@ -25,6 +25,7 @@ from lg.client.http import ApiClient
 from lg.client.remote_store import RemoteRunStore
 from lg.errors import InvalidInput
 from lg.inputs.run_inputs import RunInputs
+from lg.runner.artifacts import Artifact, step_artifacts_dir, write_record
 from lg.runner.effects import effects_dir, host_sha256
 from lg.runs.gates import Gate
 from lg.runs.states import GateStatus, RunStatus, StepStatus
@@ -131,9 +132,7 @@ def _download(client: ApiClient, store: RemoteRunStore, run_id: str, step: StepR
         if not needs_content:
             continue
         path = str(change["path"])
-        parts = PurePosixPath(path).parts
-        if not parts or PurePosixPath(path).is_absolute() or any(p in ("..", ".", "") for p in parts):
-            raise InvalidInput(f"the server named a held file {path!r} outside the workspace; nothing was applied")
+        parts = _safe_parts(path)
         if not change.get("download"):
             raise InvalidInput(f"run {run_id}: held file {path!r} of step {step.step_id} is not on the server "
                                "(not uploaded, or discarded); nothing was applied")
@@ -144,6 +143,34 @@ def _download(client: ApiClient, store: RemoteRunStore, run_id: str, step: StepR
         destination = target.joinpath(*parts)
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_bytes(data)
+
+
+def fetch_artifacts(client: ApiClient, store: RemoteRunStore, run_id: str) -> None:
+    """The artifacts the run's ended steps kept, into this machine's run directory, each checked against its
+    digest: the steps still to run receive them (`artifacts_from:`) as they would on the first machine."""
+    kept: dict[str, list[Artifact]] = {}
+    for entry in store.call("artifacts", run_id=run_id):
+        artifact = Artifact(str(entry["step"]), str(entry["path"]), int(entry["size"]), str(entry["sha256"]))
+        kept.setdefault(artifact.step, []).append(artifact)
+    run_dir = store.run_dir(run_id)
+    for step_id, artifacts in kept.items():
+        for artifact in artifacts:
+            parts = _safe_parts(artifact.path)
+            data = client.get_bytes(f"/api/v1/blobs/{artifact.sha256}").body
+            if hashlib.sha256(data).hexdigest() != artifact.sha256:
+                raise InvalidInput(f"run {run_id}: artifact {step_id}/{artifact.path} as downloaded does not match "
+                                   "its recorded digest")
+            target = step_artifacts_dir(run_dir, step_id).joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        write_record(run_dir, step_id, artifacts)
+
+
+def _safe_parts(path: str) -> tuple[str, ...]:
+    parts = PurePosixPath(path).parts
+    if not parts or PurePosixPath(path).is_absolute() or any(p in ("..", ".", "") for p in parts):
+        raise InvalidInput(f"the server named a file {path!r} outside the run's directory; nothing was applied")
+    return parts
 
 
 def cancel_on_server(client: ApiClient, run_id: str, reason: str) -> None:

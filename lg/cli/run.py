@@ -171,7 +171,13 @@ def resume(run_id: str, accepted: tuple[Path, ...], workspace: Path | None, wait
 def _resume_on_server(client: ApiClient, run_id: str, accepted: tuple[Path, ...], workspace: Path, wait: bool,
                       junit: Path | None, as_json: bool) -> int:
     from lg.approvals.decide import current_user  # noqa: PLC0415
-    from lg.cli.remote_run import fetch_approved_effects, local_inputs, relocated, remote_store  # noqa: PLC0415
+    from lg.cli.remote_run import (  # noqa: PLC0415
+        fetch_approved_effects,
+        fetch_artifacts,
+        local_inputs,
+        relocated,
+        remote_store,
+    )
     from lg.runner.engine import resume_run  # noqa: PLC0415
     from lg.runner.resume import bind_unchanged_inputs  # noqa: PLC0415
 
@@ -181,6 +187,7 @@ def _resume_on_server(client: ApiClient, run_id: str, accepted: tuple[Path, ...]
             raise InvalidInput(f"run {record.id} already finished ({record.status}); there is nothing to resume")
         inputs = local_inputs(bind_unchanged_inputs(store, record, accepted), store)
         fetch_approved_effects(client, store, record.id, workspace)  # before the claim: a refusal changes nothing
+        fetch_artifacts(client, store, record.id)
         reports = _reports(inputs, junit, as_json, progress=False)
         reports.run_id = record.id
         request = _request(inputs, workspace, as_json, wait, reports)

@@ -27,6 +27,7 @@ from lg.runs.store import Attempt, CancelRequested, RunRecord, StepRecord
 
 CALLS = "/api/v1/runner/calls"
 HeldDir = Callable[[Path, str], Path]  # (run directory, step id) -> the step's held effects (lg.runner.effects)
+ARTIFACTS = "artifacts"  # a run directory's kept artifacts: STEP.json and STEP/PATH (lg.runner.artifacts)
 
 
 def _local(refused: ServerRefused) -> LgError | InternalError:
@@ -88,6 +89,21 @@ class RemoteRunStore:
         for run, step in list(self._logs):
             if run == run_id:
                 self.upload_log(run, step)
+
+    def upload_artifacts(self, run_id: str, step_id: str) -> None:
+        """The artifacts the step's attempt kept (its STEP.json and files), recorded on the server."""
+        root = self.run_dir(run_id) / ARTIFACTS
+        listing = root / f"{step_id}.json"
+        if not listing.is_file():
+            return
+        try:
+            kept = json.loads(listing.read_text())
+        except (OSError, ValueError) as error:
+            raise InvalidInput(f"{listing}: not an artifact list lg wrote ({error})") from None
+        for artifact in kept:
+            data = (root / step_id).joinpath(*PurePosixPath(str(artifact["path"])).parts).read_bytes()
+            self.upload(data, str(artifact["sha256"]))
+        self.call("attach_artifacts", run_id=run_id, step_id=step_id, artifacts=kept)
 
     def upload_held(self, run_id: str, step_id: str, subject: Mapping[str, Any]) -> None:
         """Every held file an effects gate shows, into the server's blob store (digest checked here and there)."""
@@ -204,6 +220,7 @@ class RemoteRunStore:
 
     def record_attempt(self, run_id: str, step_id: str, attempt: Attempt) -> None:
         self.upload_log(run_id, step_id)
+        self.upload_artifacts(run_id, step_id)
         self.call("record_attempt", run_id=run_id, step_id=step_id, attempt={
             "exit_code": attempt.exit_code, "detail": attempt.detail, "accelerator": attempt.accelerator,
             "image_digest": attempt.image_digest, "boot_seconds": attempt.boot_seconds,

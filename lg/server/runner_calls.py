@@ -14,20 +14,22 @@ before what it would apply can be downloaded.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lg.errors import EnvironmentUnfit, InvalidInput
 from lg.model import FileChange
+from lg.runner.artifacts import Artifact, recorded, step_artifacts_dir, write_record
 from lg.runs.blobs import BlobStore, check_name
 from lg.runs.gates import GateRules, GateStore
 from lg.runs.states import GateStatus, IllegalTransition, RunStatus, StepStatus
 from lg.runs.store import CancelRequested, RunStore
 from lg.runs.wire import encode
-from lg.server.call import Call
+from lg.server.call import Call, find_run
 from lg.server.errors import ApiError, bad_request, conflict
 from lg.server.held import safe_relative
 
@@ -260,6 +262,36 @@ def _audit(c: Context, a: dict[str, Any]) -> None:
     c.store.audit(a["kind"], a["run_id"], **data)
 
 
+def _attach_artifacts(c: Context, a: dict[str, Any]) -> None:
+    """A step's kept artifacts, uploaded as blobs, recorded in the server's run directory as a local run records
+    them (`lg artifacts` there, and a runner resuming elsewhere, find them)."""
+    c.store.step(a["run_id"], a["step_id"])
+    kept = []
+    for entry in a["artifacts"]:
+        if set(entry) != {"step", "path", "size", "sha256"} or entry["step"] != a["step_id"] \
+                or isinstance(entry["size"], bool) or not isinstance(entry["size"], int):
+            raise _refuse("artifacts", "entries {step (this step), path, size, sha256}")
+        try:
+            safe_relative(str(entry["path"]))
+            kept.append(Artifact(a["step_id"], str(entry["path"]), entry["size"], check_name(str(entry["sha256"]))))
+        except (ApiError, InvalidInput):
+            raise _refuse("artifacts", f"artifact {str(entry['path'])[:200]!r}: a workspace-relative path and the "
+                                       "SHA-256 of an uploaded blob") from None
+    run_dir = c.store.run_dir(a["run_id"])
+    directory = step_artifacts_dir(run_dir, a["step_id"])
+    shutil.rmtree(directory, ignore_errors=True)  # a previous attempt's files must not mix with this one's
+    for artifact in kept:
+        target = directory.joinpath(*PurePosixPath(artifact.path).parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        c.blobs.copy_to(artifact.sha256, target)
+    write_record(run_dir, a["step_id"], kept)
+
+
+def _artifacts(c: Context, a: dict[str, Any]) -> Any:
+    c.store.run(a["run_id"])
+    return [artifact.to_json() for artifact in recorded(c.store.run_dir(a["run_id"]))]
+
+
 def _require_intact(c: Context, a: dict[str, Any]) -> None:
     c.store.require_intact_audit()
 
@@ -286,6 +318,8 @@ CALLS: dict[str, Method] = {
     "steps": Method(_RUN, lambda c, a: c.store.steps(a["run_id"])),
     "start_step": Method({**_STEP, "script_sha256": _S}, _start_step),
     "attach_log": Method({**_STEP, "sha256": _S}, _attach_log),
+    "attach_artifacts": Method({**_STEP, "artifacts": _objects}, _attach_artifacts),
+    "artifacts": Method(_RUN, _artifacts),
     "wait_at_gate": Method({**_STEP, "status": _enum(StepStatus), "gate_id": _N},
                            lambda c, a: c.store.wait_at_gate(a["run_id"], a["step_id"], a["status"], a["gate_id"])),
     "skip_step": Method({**_STEP, "reason": _S},
@@ -326,6 +360,8 @@ def runner_call(call: Call) -> Any:
     """POST /api/v1/runner/calls: one store method, checked, performed in one transaction; its result."""
     method, args = _request(call.body)
     store = call.store
+    if args.get("run_id") is not None:
+        find_run(store, args["run_id"])  # exactly this id (no prefixes over HTTP), else 404 unknown_run
     context = Context(call, store, call.stores.gates(), BlobStore(call.config.blob_dir))
     try:
         with store.transaction():

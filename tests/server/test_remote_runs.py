@@ -84,7 +84,7 @@ def _machines(project: Project, real_vms: bool = False) -> Iterator[Machines]:
         machines.server.stop()  # the one running now (a test may have killed and restarted it)
 
 
-def pause_on_a(machines: Machines) -> str:
+def pause_on_a(machines: Machines, gate: str = "bump.effects") -> str:
     """Runner A: the run pauses at its effects gate on the server (exit 3); then A's machine is gone."""
     a = machines.clone("runner-a")
     result = machines.lg(a, "runner-a", "run", "pipeline.yaml", "--server", machines.server.url)
@@ -92,7 +92,7 @@ def pause_on_a(machines: Machines) -> str:
     assert not (a / ".lg").exists()  # no local state directory
     assert list((machines.project.tmp / "tmp-runner-a").iterdir()) == []  # its scratch directory is removed
     (run,) = machines.server.request("GET", "/api/v1/runs", machines.tokens["viewer"]).json
-    assert f"{machines.server.url}/runs/{run['id']}/gates/bump.effects" in result.stderr  # the gate's page
+    assert f"{machines.server.url}/runs/{run['id']}/gates/{gate}" in result.stderr  # the gate's page
     shutil.rmtree(a)
     return str(run["id"])
 
@@ -331,3 +331,39 @@ def test_a_runner_waiting_at_a_gate_on_the_server_goes_on_once_approved(machines
     assert waiting.returncode == 0, stderr
     assert (a / "notes.txt").read_bytes() == b"notes\n"
     assert machines.server_store().run(run_id).status is RunStatus.SUCCEEDED
+
+
+ARTIFACTS_ACROSS_A_GATE = """\
+    name: artifacts
+    steps:
+      - id: build
+        run: mkdir -p dist && echo app > dist/app.whl
+        artifacts: [dist/]
+      - id: ship
+        needs: [build]
+        approve: {reason: a person looks first}
+        run: echo shipped > shipped.txt
+        artifacts_from: {build: null}
+"""
+
+
+def test_artifacts_kept_on_a_are_recorded_on_the_server_and_delivered_on_c(machines: Machines) -> None:
+    (machines.origin / "pipeline.yaml").write_text(textwrap.dedent(ARTIFACTS_ACROSS_A_GATE))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "artifacts"],
+                   cwd=machines.origin, check=True)
+    run_id = pause_on_a(machines, "ship.before")
+    kept = machines.server.state / "runs" / run_id / "artifacts"
+    assert (kept / "build" / "dist" / "app.whl").read_bytes() == b"app\n"
+    assert json.loads((kept / "build.json").read_text()) == [
+        {"step": "build", "path": "dist/app.whl", "size": 4, "sha256": hashlib.sha256(b"app\n").hexdigest()}]
+    gate = GateStore(machines.server_store()).gate(run_id, "ship.before")
+    assert gate is not None
+    answer = machines.server.request("POST", f"/api/v1/runs/{run_id}/gates/ship.before/decisions",
+                                     machines.tokens["approver"], {"verdict": "approve", "digest": gate.digest})
+    assert answer.status == 201, answer.body
+    c = machines.clone("runner-c")
+    (c / "dist").mkdir()
+    (c / "dist" / "app.whl").write_text("app\n")  # build's change, as the checkout of its commit would hold it
+    resumed = machines.lg(c, "runner-c", "resume", run_id, "--server", machines.server.url)
+    assert resumed.returncode == 0, resumed.stderr  # `ship` received build's artifacts (else: ArtifactMissing)
+    assert (c / "shipped.txt").read_text() == "shipped\n"
