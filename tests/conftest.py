@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +40,25 @@ def lg(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
 
     def invoke(*args: str | Path) -> CliResult:
         capsys.readouterr()
-        code = run([str(arg) for arg in args])
+        with _signal_handlers_kept():
+            code = run([str(arg) for arg in args])
         captured = capsys.readouterr()
         print(_crash_report(captured.err), end="")  # unread capture: pytest shows it if the test then fails
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """`lg run` and `lg resume` install their interrupt handlers (lg.runner.interrupts), as a process does; run
+    in-process, they must not outlive the command and turn pytest's own SIGTERM/SIGINT into lg's interrupts."""
+    kept = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in kept.items():
+            signal.signal(number, handler)
 
 
 def _crash_report(err: str) -> str:

@@ -12,7 +12,7 @@ from lg.cli.output import color_enabled, emit_json, json_option
 from lg.errors import ExitCode, InvalidInput
 from lg.model import ProjectConfig
 from lg.policy.levels import RiskLevel
-from lg.policy.model import Assessment, Relaxation
+from lg.policy.model import Assessment, Relaxation, RiskPolicy
 from lg.policy.network import NONE, UNKNOWN, NetworkScope
 
 LEVEL_COLOURS = {RiskLevel.GREEN: "green", RiskLevel.YELLOW: "yellow", RiskLevel.ORANGE: "bright_red",
@@ -67,35 +67,66 @@ def test(policies: tuple[str, ...], golden_dirs: tuple[Path, ...], as_json: bool
                    "network is unknown and graded as some network.")
 @click.option("--network", "network", default=None,
               help="Grade as if the profile allowed these hosts (comma-separated host:port), or 'none'.")
+@click.option("--mcp", "mcp_call", default=None, metavar="SERVER/TOOL",
+              help="Grade a call to this MCP tool (an agent step's) instead of a command.")
+@click.option("--arguments", "mcp_arguments", default=None, metavar="JSON",
+              help="With --mcp: the call's arguments, a JSON object (default: {}).")
+@click.option("--annotations", "mcp_annotations", default=None, metavar="JSON",
+              help='With --mcp: the tool\'s annotations as its server lists them, e.g. \'{"destructiveHint": true}\'.')
 @click.argument("command", nargs=-1)
 @json_option
 def explain(policy_name: str | None, effects_file: Path | None, profile_name: str | None, network: str | None,
-            command: tuple[str, ...], as_json: bool) -> int:
-    """Explain the grade of COMMAND (after `--`), or of a change set: level, every rule that matched with the
-    program it found (unwrapped: `rm (via sudo, sh -c)`), and whether it gates."""
+            mcp_call: str | None, mcp_arguments: str | None, mcp_annotations: str | None, command: tuple[str, ...],
+            as_json: bool) -> int:
+    """Explain the grade of COMMAND (after `--`), of a change set, or of an MCP tool call: level, every rule that
+    matched with the program it found (unwrapped: `rm (via sudo, sh -c)`), and whether it gates."""
     from lg.config.project import load_project_config  # noqa: PLC0415
     from lg.policy.grade import grade_command, grade_effects, grade_script  # noqa: PLC0415
     from lg.policy.load import changes_with_content, load_policy  # noqa: PLC0415
 
     config = load_project_config()
     loaded = load_policy(policy_name or config.policy, config, Path.cwd())
-    if effects_file is not None and command:
-        raise InvalidInput("explain takes a command or --effects, not both")
+    if sum((bool(command), effects_file is not None, mcp_call is not None)) > 1:
+        raise InvalidInput("explain takes one of a command, --effects or --mcp")
+    if mcp_call is None and (mcp_arguments is not None or mcp_annotations is not None):
+        raise InvalidInput("--arguments and --annotations go with --mcp SERVER/TOOL")
     if profile_name is not None and network is not None:
         raise InvalidInput("explain takes --profile or --network, not both")
-    if effects_file is not None:
+    if mcp_call is not None:
+        assessment = _grade_mcp(loaded, mcp_call, mcp_arguments or "{}", mcp_annotations)
+    elif effects_file is not None:
         assessment = grade_effects(loaded, *changes_with_content(_read_changes(effects_file)))
     elif command and profile_name is not None:
         assessment = grade_script(loaded, " ".join(command), _profile_relaxations(profile_name, config))
     elif command:
         assessment = grade_command(loaded, " ".join(command), _scope(network))
     else:
-        raise InvalidInput("nothing to explain: give a command after `--`, or --effects FILE")
+        raise InvalidInput("nothing to explain: give a command after `--`, --effects FILE, or --mcp SERVER/TOOL")
     if as_json:
         emit_json(assessment.to_json())
     else:
         click.echo(render_assessment(assessment, loaded.name))
     return ExitCode.OK
+
+
+def _grade_mcp(loaded: RiskPolicy, call: str, arguments: str, annotations: str | None) -> Assessment:
+    from lg.policy.mcp_grade import grade_mcp_call  # noqa: PLC0415
+
+    server, slash, tool = call.partition("/")
+    if not (server and slash and tool):
+        raise InvalidInput(f"--mcp {call!r}: write the server's name and the tool's, SERVER/TOOL")
+    hints = _json_option("--annotations", annotations) if annotations is not None else None
+    if hints is not None and not isinstance(hints, dict):
+        raise InvalidInput("--annotations: expected a JSON object, e.g. '{\"destructiveHint\": true}'")
+    # Arguments that are valid JSON but not an object are graded (red), as they would be from a model.
+    return grade_mcp_call(loaded, server, tool, _json_option("--arguments", arguments), hints)
+
+
+def _json_option(option: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise InvalidInput(f"{option}: not JSON: {error}") from None
 
 
 def _scope(network: str | None) -> NetworkScope:

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from lg.errors import EnvironmentUnfit, InvalidInput, Location
 from lg.runs.ports import RunStoreLike
-from lg.runs.store import RunRecord
+from lg.runs.store import RunRecord, StepRecord
+
+if TYPE_CHECKING:
+    from lg.render.github import GateNotice
 
 junit_option = click.option(
     "--junit", "junit", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
@@ -32,8 +37,10 @@ class Reports:
     github: bool = False
     progress: bool = False
     summary: Path | None = None  # $GITHUB_STEP_SUMMARY
+    outputs: Path | None = None  # $GITHUB_OUTPUT: the step's outputs (run-id, run-status) for later jobs
     locations: dict[str, Location] = field(default_factory=dict)  # where each step is in the pipeline file
     run_id: str | None = None
+    server_url: str | None = None  # the lg serve the run is recorded on (its gates' pages are there)
     _groups: Callable[[str], None] | None = None
     _live: object | None = None
 
@@ -84,19 +91,52 @@ class Reports:
             except OSError as error:
                 problems.append(f"cannot write the JUnit report {self.junit}: {error.strerror or error}")
         if self.github:
-            from lg.render.github import append_summary, step_annotations  # noqa: PLC0415
-
-            for line in step_annotations(steps, self.locations):
-                click.echo(line)
-            if self.summary is not None:
-                try:
-                    append_summary(self.summary, run, steps)
-                except OSError as error:
-                    problems.append(f"cannot write the job summary {self.summary}: {error.strerror or error}")
+            problems += self._github(store, run, steps)
         for problem in problems:
             click.echo(f"lg: error: {problem}", err=True)
         if problems and not failed:
             raise EnvironmentUnfit(problems[0])
+
+    def _github(self, store: RunStoreLike, run: RunRecord, steps: list[StepRecord]) -> list[str]:
+        """Annotations on stdout; the summary (the steps, then each open gate with the commands that decide it)
+        and the step's outputs (run-id, run-status) appended to GitHub's files. Returns what could not be written."""
+        from lg.render.github import (  # noqa: PLC0415
+            append_gate_summaries,
+            append_summary,
+            gate_annotation,
+            step_annotations,
+        )
+
+        for line in step_annotations(steps, self.locations):
+            click.echo(line)
+        gates = self._open_gates(store)
+        for gate in gates:
+            click.echo(gate_annotation(gate))
+        problems = []
+        if self.summary is not None:
+            try:
+                append_summary(self.summary, run, steps)
+                append_gate_summaries(self.summary, gates)
+            except OSError as error:
+                problems.append(f"cannot write the job summary {self.summary}: {error.strerror or error}")
+        if self.outputs is not None:
+            try:
+                with self.outputs.open("a", encoding="utf-8") as out:
+                    out.write(f"run-id={run.id}\nrun-status={run.status.value}\n")
+            except OSError as error:
+                problems.append(f"cannot write the step outputs {self.outputs}: {error.strerror or error}")
+        return problems
+
+    def _open_gates(self, store: RunStoreLike) -> list[GateNotice]:
+        """The run's open gates, each with its card as `lg show` prints it (without colour, wrapped at 100)."""
+        from lg.approvals.card import render  # noqa: PLC0415
+        from lg.render.github import GateNotice  # noqa: PLC0415
+
+        assert self.run_id is not None  # noqa: S101 - finish() checked it
+        return [GateNotice(gate.run_id, gate.gate_id, gate.step_id, str(gate.card.get("level", "red")), gate.digest,
+                           render(gate.card, digest=gate.digest, status=gate.status, outcome=gate.outcome,
+                                  colour=False, width=100), self.server_url)
+                for gate in store.gate_store(time.time).gates(self.run_id) if gate.is_open]
 
 
 def reports_for(state_dir: Path, junit: Path | None, as_json: bool, colour: bool,
@@ -111,5 +151,7 @@ def reports_for(state_dir: Path, junit: Path | None, as_json: bool, colour: bool
                 break
     github = in_github_actions()
     summary = os.environ.get("GITHUB_STEP_SUMMARY") if github else None
+    outputs = os.environ.get("GITHUB_OUTPUT") if github else None
     return Reports(state_dir, junit, github, progress=colour and not as_json and not github,
-                   summary=Path(summary) if summary else None, locations=locations)
+                   summary=Path(summary) if summary else None, outputs=Path(outputs) if outputs else None,
+                   locations=locations)

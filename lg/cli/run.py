@@ -104,6 +104,7 @@ def _run_on_server(client: ApiClient, inputs: RunInputs, root: Path, wait: bool,
     with remote_store(client) as store:
         inputs = local_inputs(inputs, store)
         reports = _reports(inputs, junit, as_json, progress=False)
+        reports.server_url = client.url  # a CI notice links the gate's page there
         request = _request(inputs, root, as_json, wait, reports)
         with webhook_courier(inputs.config):
             return _paused_on_server(client, store, reports, lambda: _reported(
@@ -189,7 +190,7 @@ def _resume_on_server(client: ApiClient, run_id: str, accepted: tuple[Path, ...]
         fetch_approved_effects(client, store, record.id, workspace)  # before the claim: a refusal changes nothing
         fetch_artifacts(client, store, record.id)
         reports = _reports(inputs, junit, as_json, progress=False)
-        reports.run_id = record.id
+        reports.run_id, reports.server_url = record.id, client.url
         request = _request(inputs, workspace, as_json, wait, reports)
         claimed = store.claim(record.id, current_user())
         with webhook_courier(inputs.config):

@@ -9,10 +9,14 @@
     effects:
       - {changes: [{path: .github/workflows/ci.yml, kind: modified}], level: orange}
       - {changes: [{path: requirements.txt, kind: modified, content: "x @ https://x.example/x.whl"}], at_least: red}
+    mcp:
+      - {call: {server: github, tool: delete_repo, arguments: {name: x}}, level: orange}
+      - {call: {server: docs, tool: search, annotations: {destructiveHint: true}}, at_least: orange}
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,9 @@ from lg.errors import InvalidInput, InvalidInputs, Location
 from lg.model import ProjectConfig
 from lg.policy.grade import grade_command, grade_effects
 from lg.policy.levels import LEVEL_NAMES, RiskLevel
-from lg.policy.load import changes_with_content, load_policy, scope_from
+from lg.policy.load import changes_with_content, load_policy, mcp_call_from, scope_from
+from lg.policy.mcp_grade import grade_mcp_call
+from lg.policy.mcp_match import McpCall
 
 
 def golden_schema() -> dict[str, Any]:
@@ -46,6 +52,10 @@ def golden_schema() -> dict[str, Any]:
             "effects": {"type": "array", "items": {
                 "type": "object", "additionalProperties": False, "required": ["changes"], "oneOf": one_level,
                 "properties": {"changes": {"type": "array", "items": {"type": "object"}}, **expectation}}},
+            "mcp": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False, "required": ["call"], "oneOf": one_level,
+                "properties": {"call": {"type": "object", "description": "{server, tool, arguments, annotations}"},
+                               **expectation}}},
         },
     }
 
@@ -86,7 +96,17 @@ def run_golden(path: Path, config: ProjectConfig) -> list[GoldenCase]:
         actual = grade_effects(policy, changes, content).level
         subject = ", ".join(f"{c.kind} {c.path}" for c in changes)
         cases.append(_case(doc.location(("effects", index)), subject, case, actual))
+    for index, case in enumerate(doc.data.get("mcp", [])):
+        call = mcp_call_from(doc, ("mcp", index, "call"), case["call"])
+        actual = grade_mcp_call(policy, call.server, call.tool, call.arguments, call.annotations).level
+        cases.append(_case(doc.location(("mcp", index)), call_subject(call), case, actual))
     return cases
+
+
+def call_subject(call: McpCall) -> str:
+    """An MCP call on one line, its arguments cut short (golden reports list many)."""
+    arguments = json.dumps(call.arguments, ensure_ascii=False, default=repr)
+    return f"{call.server}/{call.tool} {arguments if len(arguments) <= 120 else arguments[:120] + '...'}"
 
 
 def _case(location: Location, subject: str, case: dict[str, Any], actual: RiskLevel) -> GoldenCase:

@@ -15,6 +15,7 @@ from typing import Any
 from lg.model import FileChange, Step
 from lg.policy.content import ContentReader, content_changes
 from lg.policy.levels import RiskLevel
+from lg.policy.mcp_match import argument_problem
 from lg.policy.model import (
     Assessment,
     MatchContext,
@@ -82,7 +83,7 @@ def scope_of(relaxations: Iterable[Relaxation]) -> NetworkScope:
 
 
 def rule_matches_example(rule: Rule, example: Any, context: MatchContext | None = None) -> bool:
-    """Does `rule`, on its own, match an example (a command line, a change list, a relaxation)?"""
+    """Does `rule`, on its own, match an example (a command line, a change list, a relaxation, an MCP call)?"""
     if rule.kind in ("command", "redirect", "allow"):
         scope = context.scope if context else UNKNOWN
         return any(_rule_hits(rule, invocation, context or MatchContext(scope))
@@ -90,6 +91,10 @@ def rule_matches_example(rule: Rule, example: Any, context: MatchContext | None 
     if rule.kind == "environment":
         assert rule.environment is not None  # noqa: S101
         return any(rule.environment.matches(assignment) for assignment in analyse(example).assignments)
+    if rule.kind == "mcp":
+        assert rule.mcp is not None  # noqa: S101
+        return argument_problem(example.arguments) is None and rule.mcp.matches(
+            example.server, example.tool, example.arguments) is not None
     if rule.kind == "effects":
         assert rule.effects is not None  # noqa: S101
         changes, content = example if isinstance(example, tuple) else (example, None)

@@ -20,6 +20,7 @@ from lg.errors import InvalidInput, InvalidInputs
 from lg.model import FileChange, ProjectConfig, ProjectPaths
 from lg.policy.content import ContentMatch, InlineContent, split_content
 from lg.policy.levels import RiskLevel
+from lg.policy.mcp_match import ArgumentCondition, McpCall, McpMatch, parse_pointer
 from lg.policy.model import (
     ApprovalRules,
     CommandMatch,
@@ -39,7 +40,7 @@ from lg.policy.network import NONE, UNKNOWN, NetworkScope
 from lg.policy.schema import policy_schema
 
 _FLAG = re.compile(r"^(-[A-Za-z0-9]|--[A-Za-z0-9][A-Za-z0-9-]*)$")
-MATCH_KINDS: tuple[RuleKind, ...] = ("command", "redirect", "allow", "environment", "effects", "relaxation")
+MATCH_KINDS: tuple[RuleKind, ...] = ("command", "redirect", "allow", "environment", "effects", "relaxation", "mcp")
 
 
 
@@ -90,6 +91,8 @@ def _build(doc: SourceDoc, chain: tuple[Path, ...], paths: ProjectPaths) -> Risk
         ),
         default_level=RiskLevel.parse(data["default_level"]) if "default_level" in data
         else parent.default_level if parent else RiskLevel.YELLOW,
+        mcp_default_level=RiskLevel.parse(data["mcp_default_level"]) if "mcp_default_level" in data
+        else parent.mcp_default_level if parent else RiskLevel.YELLOW,
         extends=(parent.path, *parent.extends) if parent else (),
         approvals=approvals,
         required_gates=_required_gates(doc, parent.required_gates if parent else (), approvals),
@@ -173,7 +176,7 @@ def _rule(doc: SourceDoc, index: int, raw: dict[str, Any], problems: list[Invali
     if len(kinds) != 1:
         found = ", ".join(kinds) or "none"
         problems.append(doc.error(where, "a rule matches exactly one of command, redirect, allow, environment, "
-                                         f"effects, relaxation (found: {found})"))
+                                         f"effects, relaxation, mcp (found: {found})"))
         return None
     kind = kinds[0]
     try:
@@ -256,9 +259,22 @@ def _relaxation(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> Relaxati
     return RelaxationMatch(frozenset(raw["kinds"]), tuple(raw.get("details", ())))
 
 
+def _mcp(doc: SourceDoc, where: KeyPath, raw: dict[str, Any]) -> McpMatch:
+    conditions = []
+    for index, condition in enumerate(raw.get("arguments", [])):
+        at: KeyPath = (*where, "arguments", index)
+        try:
+            pointer = parse_pointer(condition.get("path", ""))
+        except ValueError as error:
+            raise doc.error((*at, "path"), f"{condition['path']!r} is not a JSON pointer: {error}") from None
+        conditions.append(ArgumentCondition(pointer, condition.get("glob"), _regex(doc, at, condition, "regex")))
+    return McpMatch(tools=_strings(raw["tool"]), servers=_strings(raw.get("server", [])),
+                    arguments=tuple(conditions))
+
+
 _MATCHERS: dict[str, Callable[[SourceDoc, KeyPath, Any], Any]] = {
     "command": _command, "redirect": _redirect, "allow": _allow, "environment": _environment, "effects": _effects,
-    "relaxation": _relaxation,
+    "relaxation": _relaxation, "mcp": _mcp,
 }
 
 
@@ -304,6 +320,8 @@ def _example(doc: SourceDoc, where: KeyPath, rule: Rule, example: Any) -> tuple[
         if not isinstance(example, str):
             raise doc.error(where, "a command example is a command line (a string), or {command, network}")
         return example, UNKNOWN
+    if rule.kind == "mcp":
+        return mcp_call_from(doc, where, example), UNKNOWN
     if rule.kind == "relaxation":
         if not isinstance(example, dict) or "kind" not in example:
             raise doc.error(where, "a relaxation example is a mapping with 'kind' (and 'detail')")
@@ -326,6 +344,20 @@ def changes_with_content(raw: list[dict[str, Any]]) -> tuple[list[FileChange], I
         if old is not None:
             old_text[change["path"]] = old
     return changes, InlineContent(new_text, old_text)
+
+
+def mcp_call_from(doc: SourceDoc, where: KeyPath, raw: Any) -> McpCall:
+    """An MCP call as examples and golden files write it: {server, tool, arguments, annotations}."""
+    if not (isinstance(raw, dict) and isinstance(raw.get("server"), str) and isinstance(raw.get("tool"), str)):
+        raise doc.error(where, "an MCP call is a mapping with 'server' and 'tool' (and 'arguments', "
+                               "'annotations')")
+    unknown = sorted(set(raw) - {"server", "tool", "arguments", "annotations"})
+    if unknown:
+        raise doc.error((*where, unknown[0]), "an MCP call has server, tool, arguments and annotations only")
+    annotations = raw.get("annotations", {})
+    if not isinstance(annotations, dict):
+        raise doc.error((*where, "annotations"), "annotations are a mapping (destructiveHint: true, ...)")
+    return McpCall(raw["server"], raw["tool"], raw.get("arguments", {}), annotations)
 
 
 def scope_from(doc: SourceDoc, where: KeyPath, raw: Any) -> NetworkScope:

@@ -14,10 +14,11 @@ from typing import Any, Literal
 from lg.model import FileChange
 from lg.policy.content import ContentMatch
 from lg.policy.levels import RiskLevel
+from lg.policy.mcp_match import McpMatch
 from lg.policy.network import UNKNOWN, NetworkScope
 from lg.policy.shell import Assignment, Invocation
 
-RuleKind = Literal["command", "redirect", "allow", "environment", "effects", "relaxation"]
+RuleKind = Literal["command", "redirect", "allow", "environment", "effects", "relaxation", "mcp"]
 WRITE_OPERATORS = frozenset({">", ">>", ">|", "&>", "&>>", ">&", "<>"})
 READ_OPERATORS = frozenset({"<", "<>", "<&"})
 # Where a program given by path is the system's own copy, or a tool the step installed the usual way (a venv,
@@ -253,6 +254,7 @@ class Rule:
     environment: EnvironmentMatch | None = None
     effects: EffectsMatch | None = None
     relaxation: RelaxationMatch | None = None
+    mcp: McpMatch | None = None  # a call to an MCP tool (lg.policy.mcp_match)
     source: str = ""  # file:line where the rule is defined
 
 
@@ -317,6 +319,7 @@ class RiskPolicy:
     rules: tuple[Rule, ...]
     thresholds: Thresholds = field(default_factory=Thresholds)
     default_level: RiskLevel = RiskLevel.YELLOW  # programs no rule mentions
+    mcp_default_level: RiskLevel = RiskLevel.YELLOW  # MCP calls no rule matches: never below yellow
     extends: tuple[Path, ...] = ()  # the chain of policies this one builds on, nearest first
     approvals: ApprovalRules = field(default_factory=ApprovalRules)
     required_gates: tuple[RequiredGate, ...] = ()  # inherited ones can never be dropped
@@ -362,7 +365,7 @@ class RuleMatch:
     level: RiskLevel
     reason: str
     span: str | None
-    part: str  # command | redirect | environment | effects | relaxation | analysis | default
+    part: str  # command | redirect | environment | effects | relaxation | mcp | analysis | default
     program: str | None = None  # the program the finding is about, unwrapped, with what it was reached through
 
     def to_json(self) -> dict[str, Any]:

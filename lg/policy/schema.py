@@ -19,7 +19,7 @@ def _strings(description: str = "", *, min_items: int = 1) -> dict[str, Any]:
 
 def _examples() -> dict[str, Any]:
     sample = {"description": "a command line (or {command, network: none | [host:port]}), or (effects rules) a "
-                             "list of changes, or (relaxations) one"}
+                             "list of changes, or (relaxations) one, or (mcp rules) {server, tool, arguments}"}
     return {
         "type": "object",
         "additionalProperties": False,
@@ -93,6 +93,35 @@ def _effects() -> dict[str, Any]:
     }
 
 
+def _mcp() -> dict[str, Any]:
+    globs = {"oneOf": [{"type": "string", "minLength": 1}, _strings()]}
+    condition = {
+        "type": "object", "additionalProperties": False,
+        "anyOf": [{"required": ["path"]}, {"required": ["glob"]}, {"required": ["regex"]}],
+        "properties": {
+            "path": {"type": "string", "pattern": "^(/.*)?$",
+                     "description": "JSON pointer into the arguments (/a/b; * any one key or index, ** any "
+                                    "number); absent: anywhere"},
+            "glob": {"type": "string", "description": "some value at or under the path matches (whole value; "
+                                                      "numbers, booleans and null as JSON text)"},
+            "regex": {"type": "string", "minLength": 1, "description": "some value at or under the path "
+                                                                       "matches (search)"},
+        },
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["tool"],
+        "description": "a call to an MCP tool by an agent step",
+        "properties": {
+            "server": {**globs, "description": "globs on the MCP server's name as the pipeline names it"},
+            "tool": {**globs, "description": "globs on the tool's name"},
+            "arguments": {"type": "array", "minItems": 1, "items": condition,
+                          "description": "conditions on the call's arguments; every one must hold"},
+        },
+    }
+
+
 def rule_schema() -> dict[str, Any]:
     return {
         "type": "object",
@@ -123,6 +152,7 @@ def rule_schema() -> dict[str, Any]:
                 "properties": {"kinds": _strings("network, capability, seccomp_off, apparmor_off, memory, ..."),
                                "details": _strings("globs on the detail, e.g. CAP_SYS_*")},
             },
+            "mcp": _mcp(),
             "examples": _examples(),
         },
     }
@@ -141,6 +171,9 @@ def policy_schema() -> dict[str, Any]:
             "extends": {"type": "string", "minLength": 1, "description": "a policy name or path to build on"},
             "disable": _strings("rule ids of the extended policy to drop"),
             "default_level": {"enum": list(LEVEL_NAMES), "description": "for programs no rule mentions"},
+            "mcp_default_level": {"enum": [name for name in LEVEL_NAMES if name != "green"],
+                                  "description": "for MCP tool calls no rule matches (never green: only a rule "
+                                                 "that names a call can make it green)"},
             "thresholds": {
                 "type": "object", "additionalProperties": False,
                 "properties": {"before": {"enum": list(LEVEL_NAMES)}, "effects": {"enum": list(LEVEL_NAMES)}},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from lg.errors import InvalidInput, Location
@@ -137,3 +138,57 @@ def _repo_path(path: Path) -> str:
             pass
     return str(path)
 
+
+
+@dataclass(frozen=True)
+class GateNotice:
+    """An open gate as a CI job reports it: what to run to decide it and go on, and where to look."""
+
+    run_id: str
+    gate_id: str
+    step_id: str
+    level: str
+    digest: str
+    card_text: str  # the card as `lg show` prints it without colour
+    server_url: str | None = None  # the lg serve holding the run, when it was recorded on one
+
+    @property
+    def page_url(self) -> str | None:
+        return f"{self.server_url}/runs/{self.run_id}/gates/{self.gate_id}" if self.server_url else None
+
+    def commands(self) -> tuple[str, str]:
+        """The exact approve and resume commands (with the server, when the run lives on one)."""
+        server = f" --server {self.server_url}" if self.server_url else ""
+        return (f"lg approve {self.run_id} {self.gate_id} --digest {self.digest[:16]}{server}",
+                f"lg resume {self.run_id}{server}")
+
+
+_LEVEL_ICON = {"green": "🟢", "yellow": "🟡", "orange": "🟠", "red": "🔴"}
+
+
+def gate_markdown(gate: GateNotice) -> str:
+    """The job summary's section for an open gate: the card in full and the commands that decide it."""
+    approve, resume = gate.commands()
+    icon = _LEVEL_ICON.get(gate.level, "⚪")
+    lines = [f"### {icon} Awaiting approval: gate `{gate.gate_id}` of run `{gate.run_id}` ({gate.level})", ""]
+    if gate.page_url:
+        lines += [f"Review it on the approval page: {gate.page_url}", ""]
+    fence = "````" if "```" in gate.card_text else "```"  # a card quoting a fence must not close ours
+    lines += ["<details open><summary>Diff card</summary>", "", f"{fence}text", gate.card_text, fence, "",
+              "</details>", "", "Approve (bound to the digest you reviewed), then resume the run:", "", "```sh",
+              approve, resume, "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def gate_annotation(gate: GateNotice) -> str:
+    """A notice annotation pointing at the gate's page (or at the commands when there is no server)."""
+    approve, _ = gate.commands()
+    where = f"review and decide at {gate.page_url}" if gate.page_url else f"decide with: {approve}"
+    return annotation("notice", f"run {gate.run_id} waits at gate {gate.gate_id} (step {gate.step_id}, "
+                                f"{gate.level}); {where}", title="lg: awaiting approval")
+
+
+def append_gate_summaries(path: Path, gates: Sequence[GateNotice]) -> None:
+    with path.open("a", encoding="utf-8") as out:
+        for gate in gates:
+            out.write(gate_markdown(gate))

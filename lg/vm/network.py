@@ -226,6 +226,11 @@ def _build_links(network: VmNetwork) -> None:
     base = int(UPLINKS.network_address) + 4 * network.index  # the VM's /30: .1 is the host's end, .2 its own
     host_address, namespace_address = str(ipaddress.IPv4Address(base + 1)), str(ipaddress.IPv4Address(base + 2))
     with IPRoute() as host:
+        # A link of this name outlived its namespace's name: a process still inside a namespace whose name was
+        # removed keeps its veth pair alive. The index is ours now (chosen under the allocation lock), so the
+        # old pair is stale; deleting the host end removes both ends.
+        for stale in host.link_lookup(ifname=network.host_link):
+            host.link("del", index=stale)
         host.link("add", ifname=network.host_link, kind="veth",
                   peer={"ifname": UPLINK, "net_ns_fd": network.netns})
         link = host.link_lookup(ifname=network.host_link)[0]

@@ -123,6 +123,34 @@ def test_github_actions_groups_annotations_and_summary(
     assert "| `test` | ❌ failed |" in text and "| `package` | ⏭️ skipped |" in text
 
 
+def test_a_paused_run_in_github_actions_tells_how_to_decide_and_resume(
+        lg: Callable[..., Any], pipeline_file: Callable[[str], Path], fake_project: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #17 item 6: the gate's whole card and the exact approve and resume commands in the job summary,
+    and a notice annotation; the commands printed there work as they are."""
+    pipeline_file(GATED.replace("echo second output", "echo " + "a-long-argument " * 12))
+    summary = fake_project.parent / "summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    outputs = fake_project.parent / "outputs"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
+    result = lg("run", "pipeline.yaml")
+    assert result.code == 3
+    run_id = RunStore(fake_project / ".lg").runs(1)[0].id
+    assert outputs.read_text() == f"run-id={run_id}\nrun-status=awaiting_approval\n"
+    text = summary.read_text()
+    assert f"Awaiting approval: gate `second.before` of run `{run_id}`" in text
+    assert "a-long-argument " * 3 in text  # the command in full, in the card
+    (approve, resume) = text.split("```sh\n")[1].split("\n```")[0].splitlines()
+    assert approve.startswith(f"lg approve {run_id} second.before --digest ") and resume == f"lg resume {run_id}"
+    notices = [line for line in result.out.splitlines() if line.startswith("::notice ")]
+    assert notices == [f"::notice title=lg%3A awaiting approval::run {run_id} waits at gate second.before (step "
+                       f"second, {notices[0].split('(step second, ')[1].split(')')[0]}); decide with: {approve}"]
+    monkeypatch.delenv("GITHUB_ACTIONS")
+    assert lg(*approve.split()[1:]).code == 0
+    assert lg(*resume.split()[1:]).code == 0
+
+
 def test_github_actions_annotates_invalid_input(
         lg: Callable[..., Any], pipeline_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
     path = pipeline_file("name: bad\nsteps:\n  - {id: a, run: echo, needs: [b]}\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -232,7 +233,7 @@ def test_roles_are_enforced_and_tokens_checked(paused: tuple[Project, Server, st
 def test_a_revoked_token_stops_working_at_once(paused: tuple[Project, Server, str, dict[str, str]]) -> None:
     project, server, _, tokens = paused
     assert server.request("GET", "/api/v1/runs", tokens["viewer"]).status == 200
-    result = subprocess.run(["python", "-m", "lg", "token", "revoke", "viewer@example.com", "--state",
+    result = subprocess.run([sys.executable, "-m", "lg", "token", "revoke", "viewer@example.com", "--state",
                              str(project.state)], env=project.env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert server.request("GET", "/api/v1/runs", tokens["viewer"]).status == 401

@@ -155,6 +155,29 @@ def test_a_namespace_left_by_a_dead_lg_is_reaped(tmp_path: Path) -> None:
     assert name not in lg_namespaces()
 
 
+def test_a_stale_host_link_of_a_free_index_is_replaced() -> None:
+    """A host link `lgu-N` left behind (its namespace's name was removed while a process still held the
+    namespace) must not make the next VM given index N fail with EEXIST: it is deleted and made anew."""
+    from lg.vm import network
+
+    with network._allocation_lock():
+        index = network._free_index()
+    stale = f"{network.HOST_LINK_PREFIX}{index}"
+    _ip("link", "add", stale, "type", "veth", "peer", "name", f"lgstale{index}")
+    try:
+        attached = network.attach(NetworkSpec(allow=(), hosts=()))
+        try:
+            assert attached.index == index
+            shown = subprocess.run(["ip", "-o", "link", "show", stale], capture_output=True, text=True, check=True)
+            assert "@if" in shown.stdout  # the new pair's host end, whose peer is inside the namespace
+            peer = subprocess.run(["ip", "link", "show", f"lgstale{index}"], capture_output=True, check=False)
+            assert peer.returncode != 0  # the stale pair is gone, both ends
+        finally:
+            attached.release()
+    finally:
+        subprocess.run(["ip", "link", "del", stale], capture_output=True, check=False)
+
+
 def test_a_pipeline_step_reaches_only_its_profile_s_hosts(lg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           tiny_image_ready: None, test_hosts: list[NetHost]) -> None:
     """Through `lg run`: the relaxation is graded (yellow: a named host, no gate), and the step record shows the

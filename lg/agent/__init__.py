@@ -1,0 +1,1 @@
+"""LLM agent steps and their tools."""
