@@ -211,17 +211,19 @@ def test_blobs_over_http(machines: Machines) -> None:
     assert sorted(p.name for p in blobs.iterdir()) == stored  # nothing stored by a refusal
 
 
-def test_an_oversize_blob_is_refused(project: Project, machines: Machines) -> None:
+def test_an_oversize_blob_is_refused_before_it_is_read(project: Project, machines: Machines) -> None:
     machines.server.stop()
-    server = start_server(machines.server.state, "--blobs", str(project.tmp / "blobs"))
-    try:
-        big = b"x" * 1024
-        answer = server.request("PUT", f"/api/v1/blobs/{hashlib.sha256(big).hexdigest()}",
-                                machines.tokens["runner-a"], raw=big,
-                                headers={"Content-Length": str(512 * 1024 * 1024)})
-        assert answer.status in (400, 413)
-    finally:
-        server.stop()
+    machines.server = start_server(machines.server.state, "--blobs", str(project.tmp / "blobs"))
+    big = b"x" * 1024
+    answer = machines.server.request("PUT", f"/api/v1/blobs/{hashlib.sha256(big).hexdigest()}",
+                                     machines.tokens["runner-a"], raw=big,
+                                     headers={"Content-Length": str(512 * 1024 * 1024)})
+    assert (answer.status, answer.error_code) == (413, "body_too_large")
+    assert not (project.tmp / "blobs").exists() or not any((project.tmp / "blobs").iterdir())
+    stored = machines.server.request("PUT", f"/api/v1/blobs/{hashlib.sha256(big).hexdigest()}",
+                                     machines.tokens["runner-a"], raw=big)
+    assert stored.status == 201
+    assert (project.tmp / "blobs" / hashlib.sha256(big).hexdigest()).read_bytes() == big  # in --blobs DIR
 
 
 def _call(machines: Machines, body: object, token: str = "runner-a") -> tuple[int, str]:  # noqa: S107
