@@ -97,6 +97,16 @@ SCHEMAS: dict[str, Any] = {
         "changes": {"type": "array", "items": {"type": "object", "properties": {
             "path": {"type": "string"}, "kind": {"type": "string"}, "sha256": _NULLABLE_STRING,
             "download": _NULLABLE_STRING}}}}),
+    "BlobStored": _object({"sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "size": {"type": "integer"},
+                           "created": {"type": "boolean", "description": "false: it was stored already"}}),
+    "RunnerCall": {
+        "type": "object", "additionalProperties": False, "required": ["method", "args"],
+        "properties": {"method": {"type": "string", "description": "a store method (lg.server.runner_calls.CALLS)"},
+                       "args": {"type": "object", "description": "its arguments by name, each checked"}}},
+    "RunnerResult": _object({"result": {"description": "what the method returned: a run, step or gate record, a "
+                                                       "list of them, or null"}}),
+    "CancelRequest": {"type": "object", "additionalProperties": False, "required": ["reason"],
+                      "properties": {"reason": {"type": "string", "maxLength": 4000}}},
     "AuditVerify": _object({"ok": {"type": "boolean"}, "records": {"type": "integer"},
                             "problems": {"type": "array", "items": _object({"seq": {"type": ["integer", "null"]},
                                                                            "message": {"type": "string"}})}}),
@@ -111,7 +121,8 @@ _ERRORS = {
     401: "no token, or not a valid one",
     403: "the token's role does not allow this, the decision is not allowed, or its signature is refused",
     404: "no such run, step, gate or held file",
-    409: "the gate's digest changed, it is already decided, or the run cannot be claimed",
+    409: "the gate's digest changed, it is already decided, the run cannot be claimed, or the call is refused "
+         "by the run's state",
     413: "the request body is over the limit",
     503: "the audit log is damaged: no decision is added to it",
 }
@@ -130,7 +141,7 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in path_names]
     parameters += [{"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
                    for name, text in endpoint.query]
-    success = "201" if endpoint.method == "POST" and endpoint.body else "200"
+    success = str(endpoint.success or (201 if endpoint.method == "POST" and endpoint.body else 200))
     responses: dict[str, Any] = {success: {"description": endpoint.summary, "content": _content(endpoint.response)}}
     for status in sorted({*endpoint.errors, 401, 403}):
         responses[str(status)] = {"description": _ERRORS[status],
@@ -141,8 +152,7 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         "x-lg-permission": endpoint.permission.value if endpoint.permission else None,
     }
     if endpoint.body:
-        operation["requestBody"] = {"required": True,
-                                    "content": {"application/json": {"schema": _ref(endpoint.body)}}}
+        operation["requestBody"] = {"required": True, "content": _content(endpoint.body)}
     return operation
 
 
