@@ -90,14 +90,25 @@ def digest_prefix(text: str) -> str:
 
 
 def payload_for(gate: Gate, verdict: Verdict, comment: str | None) -> str:
+    return decision_payload(gate.run_id, gate.gate_id, gate.digest, verdict, comment)
+
+
+def decision_payload(run_id: str, gate_id: str, digest: str, verdict: Verdict, comment: str | None) -> str:
+    """The payload of a decision on the gate `gate_id` of `run_id` as it was shown (its whole `digest`)."""
     return json.dumps({
-        "format": PAYLOAD_FORMAT, "run": gate.run_id, "gate": gate.gate_id, "digest": gate.digest,
+        "format": PAYLOAD_FORMAT, "run": run_id, "gate": gate_id, "digest": digest,
         "verdict": verdict, "comment": comment or "", "nonce": secrets.token_hex(16),
     }, sort_keys=True)
 
 
 def sign_decision(gate: Gate, verdict: Verdict, comment: str | None, key: Path) -> SignedDecision:
-    payload = payload_for(gate, verdict, comment)
+    return sign_shown_gate(gate.run_id, gate.gate_id, gate.digest, verdict, comment, key)
+
+
+def sign_shown_gate(run_id: str, gate_id: str, digest: str, verdict: Verdict, comment: str | None,
+                    key: Path) -> SignedDecision:
+    """Sign a decision on a gate known by its names and digest (a gate read from `lg serve`, not the store)."""
+    payload = decision_payload(run_id, gate_id, digest, verdict, comment)
     return SignedDecision(payload, sign(payload, key))
 
 

@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lg.cli.output import color_enabled, emit_json, json_option, state_store, webhook_courier
+from lg.cli.remote import api_client, server_options
 from lg.errors import ExitCode, InvalidInput
+from lg.runs.states import GateStatus
 
 if TYPE_CHECKING:
+    from lg.client.gates import RemoteGates
     from lg.runs.gates import Gate, GateStore, Verdict
     from lg.runs.store import RunRecord, RunStore
 
@@ -49,12 +52,29 @@ def gate_view(gate: Gate, record: RunRecord | None = None) -> dict[str, Any]:
     }
 
 
+def _remote(server: str | None, token_file: Path | None) -> RemoteGates | None:
+    """The gates of the server the command was pointed at, or None for the local state store."""
+    client = api_client(server, token_file)
+    if client is None:
+        return None
+    from lg.client.gates import RemoteGates  # noqa: PLC0415
+
+    return RemoteGates(client)
+
+
 @click.command()
 @json_option
-def pending(as_json: bool) -> int:
+@server_options
+def pending(as_json: bool, server: str | None, token_file: Path | None) -> int:
     """List open gates, oldest first, with the digest a decision must name."""
-    store, gates = _stores()
-    rows = [gate_view(gate, store.run(gate.run_id)) for gate in gates.open_gates()]
+    remote = _remote(server, token_file)
+    if remote is not None:
+        from lg.client.gates import local_view  # noqa: PLC0415
+
+        rows = [local_view(row) for row in remote.pending()]
+    else:
+        store, gates = _stores()
+        rows = [gate_view(gate, store.run(gate.run_id)) for gate in gates.open_gates()]
     if as_json:
         emit_json(rows)
         return ExitCode.OK
@@ -72,28 +92,45 @@ def pending(as_json: bool) -> int:
 @click.argument("run_id", metavar="RUN")
 @click.argument("gate_id", metavar="[GATE]", required=False)
 @json_option
-def show(run_id: str, gate_id: str | None, as_json: bool) -> int:
+@server_options
+def show(run_id: str, gate_id: str | None, as_json: bool, server: str | None, token_file: Path | None) -> int:
     """Print the diff card of a gate: risk, rules, command, relaxations, and each held change as a diff."""
+    remote = _remote(server, token_file)
+    detail = _remote_detail(remote, run_id, gate_id) if remote is not None else _local_detail(run_id, gate_id)
+    if as_json:
+        emit_json(detail)
+        return ExitCode.OK
     from lg.approvals.card import render  # noqa: PLC0415
 
+    click.echo(render(detail["card"], digest=detail["digest"], status=detail["status"], outcome=detail["outcome"],
+                      colour=color_enabled()))
+    for decision in detail["decisions"]:
+        signed = "signed" if decision["signed"] else "unsigned"
+        click.echo(f"  decision: {decision['verdict']} by {decision['approver']} ({signed})"
+                   + (f": {decision['comment']}" if decision["comment"] else ""))
+    if detail["status"] == GateStatus.OPEN:
+        click.echo(f"  decide: lg approve {detail['run']} {detail['gate']} --digest {detail['digest'][:16]}\n"
+                   f"          lg reject {detail['run']} {detail['gate']} --reason TEXT")
+    return ExitCode.OK
+
+
+def _local_detail(run_id: str, gate_id: str | None) -> dict[str, Any]:
+    """A gate of the local store as `lg show --json` prints it."""
     store, gates = _stores()
     record = store.run(run_id)
     gate = _pick(gates, record, gate_id)
     decisions = [{"approver": d.approver, "verdict": d.verdict, "comment": d.comment, "signed": d.signature is not None,
                   "ts": d.ts} for d in gates.decisions(gate)]
-    if as_json:
-        emit_json({**gate_view(gate, record), "card": gate.card, "decisions": decisions})
-        return ExitCode.OK
-    click.echo(render(gate.card, digest=gate.digest, status=gate.status, outcome=gate.outcome,
-                      colour=color_enabled()))
-    for decision in decisions:
-        signed = "signed" if decision["signed"] else "unsigned"
-        click.echo(f"  decision: {decision['verdict']} by {decision['approver']} ({signed})"
-                   + (f": {decision['comment']}" if decision["comment"] else ""))
-    if gate.is_open:
-        click.echo(f"  decide: lg approve {gate.run_id} {gate.gate_id} --digest {gate.digest[:16]}\n"
-                   f"          lg reject {gate.run_id} {gate.gate_id} --reason TEXT")
-    return ExitCode.OK
+    return {**gate_view(gate, record), "card": gate.card, "decisions": decisions}
+
+
+def _remote_detail(remote: RemoteGates, run_id: str, gate_id: str | None) -> dict[str, Any]:
+    """A gate read from the server, with the fields `lg show --json` prints locally."""
+    from lg.client.gates import local_decision, local_view  # noqa: PLC0415
+
+    detail = remote.pick(run_id, gate_id, to_decide=False)
+    return {**local_view(detail), "card": detail["card"],
+            "decisions": [local_decision(decision) for decision in detail["decisions"]]}
 
 
 def _pick(gates: GateStore, record: RunRecord, gate_id: str | None) -> Gate:
@@ -121,13 +158,16 @@ def _pick(gates: GateStore, record: RunRecord, gate_id: str | None) -> Gate:
 @signed_option
 @sign_only_option
 @json_option
+@server_options
 def approve(run_id: str, gate_id: str | None, comment: str | None, key: Path | None, digest: str | None,
-            signed: Path | None, sign_only: Path | None, as_json: bool) -> int:
+            signed: Path | None, sign_only: Path | None, as_json: bool, server: str | None,
+            token_file: Path | None) -> int:
     """Approve a gate of RUN (GATE may be left out when the run has one open gate).
 
     The decision is bound to the gate's digest: if what it guards changed, it does not apply.
     """
-    return _decide(run_id, gate_id, "approve", comment, key, digest, signed, sign_only, as_json)
+    return _decide(run_id, gate_id, "approve", comment, key, digest, signed, sign_only, as_json,
+                   _remote(server, token_file))
 
 
 @click.command()
@@ -139,16 +179,18 @@ def approve(run_id: str, gate_id: str | None, comment: str | None, key: Path | N
 @signed_option
 @sign_only_option
 @json_option
+@server_options
 def reject(run_id: str, gate_id: str | None, reason: str, key: Path | None, digest: str | None,
-           signed: Path | None, sign_only: Path | None, as_json: bool) -> int:
+           signed: Path | None, sign_only: Path | None, as_json: bool, server: str | None,
+           token_file: Path | None) -> int:
     """Reject a gate of RUN: the step does not run, or its held effects are discarded; the run stops (exit 4)."""
-    return _decide(run_id, gate_id, "reject", reason, key, digest, signed, sign_only, as_json)
+    return _decide(run_id, gate_id, "reject", reason, key, digest, signed, sign_only, as_json,
+                   _remote(server, token_file))
 
 
 def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | None, key: Path | None,
-            digest: str | None, signed_file: Path | None, sign_only: Path | None, as_json: bool) -> int:
-    import json  # noqa: PLC0415
-
+            digest: str | None, signed_file: Path | None, sign_only: Path | None, as_json: bool,
+            remote: RemoteGates | None) -> int:
     from lg.approvals.decide import (  # noqa: PLC0415
         SignedDecision,
         decide,
@@ -163,6 +205,11 @@ def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | N
         raise InvalidInput("--signed submits a decision signed elsewhere; it goes without --key and --sign-only")
     if sign_only is not None and key is None:
         raise InvalidInput("--sign-only needs --key (the key to sign with)")
+    if remote is not None:
+        from lg.cli.decide_remote import RemoteDecision, decide_remote  # noqa: PLC0415
+
+        return decide_remote(remote, RemoteDecision(run_id, gate_id, verdict, comment, key, digest, signed_file,
+                                                    sign_only), as_json)
     store, gates = _stores()
     store.require_intact_audit()
     record = store.run(run_id)
@@ -174,9 +221,9 @@ def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | N
     if key is not None:
         signed = sign_decision(gate, verdict, comment, key)
         if sign_only is not None:
-            sign_only.write_text(json.dumps(signed.to_json(), indent=2) + "\n")
-            click.echo(f"signed decision for gate {gate.gate_id} written to {sign_only}")
-            return ExitCode.OK
+            from lg.cli.decide_remote import write_signed  # noqa: PLC0415
+
+            return write_signed(signed, gate.gate_id, sign_only)
     from lg.config.project import load_project_config  # noqa: PLC0415
 
     with webhook_courier(load_project_config()):
@@ -192,3 +239,4 @@ def _decide(run_id: str, gate_id: str | None, verdict: Verdict, comment: str | N
     elif not store.run(record.id).process_alive:
         click.echo(f"  no lg process is waiting on this run; continue it with: lg resume {record.id}")
     return ExitCode.OK
+

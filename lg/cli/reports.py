@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING
 import click
 
 from lg.errors import EnvironmentUnfit, InvalidInput, Location
-from lg.runs.store import RunRecord, RunStore, StepRecord
+from lg.runs.ports import RunStoreLike
+from lg.runs.store import RunRecord, StepRecord
 
 if TYPE_CHECKING:
     from lg.render.github import GateNotice
@@ -72,7 +74,7 @@ class Reports:
             finally:
                 self._live = None
 
-    def finish(self, store: RunStore, failed: bool) -> None:
+    def finish(self, store: RunStoreLike, failed: bool) -> None:
         """Write what the run's records say. A report that cannot be written fails a run that did not fail
         already (a CI job that asked for it would miss it); otherwise it is said on stderr."""
         close = getattr(self._groups, "close", None)
@@ -96,7 +98,7 @@ class Reports:
         if problems and not failed:
             raise EnvironmentUnfit(problems[0])
 
-    def _github(self, store: RunStore, run: RunRecord, steps: list[StepRecord]) -> list[str]:
+    def _github(self, store: RunStoreLike, run: RunRecord, steps: list[StepRecord]) -> list[str]:
         """Annotations on stdout; the summary (the steps, then each open gate with the commands that decide it)
         and the step's outputs (run-id, run-status) appended to GitHub's files. Returns what could not be written."""
         from lg.render.github import (  # noqa: PLC0415
@@ -126,17 +128,16 @@ class Reports:
                 problems.append(f"cannot write the step outputs {self.outputs}: {error.strerror or error}")
         return problems
 
-    def _open_gates(self, store: RunStore) -> list[GateNotice]:
+    def _open_gates(self, store: RunStoreLike) -> list[GateNotice]:
         """The run's open gates, each with its card as `lg show` prints it (without colour, wrapped at 100)."""
         from lg.approvals.card import render  # noqa: PLC0415
         from lg.render.github import GateNotice  # noqa: PLC0415
-        from lg.runs.gates import GateStore  # noqa: PLC0415
 
         assert self.run_id is not None  # noqa: S101 - finish() checked it
         return [GateNotice(gate.run_id, gate.gate_id, gate.step_id, str(gate.card.get("level", "red")), gate.digest,
                            render(gate.card, digest=gate.digest, status=gate.status, outcome=gate.outcome,
                                   colour=False, width=100), self.server_url)
-                for gate in GateStore(store).gates(self.run_id) if gate.is_open]
+                for gate in store.gate_store(time.time).gates(self.run_id) if gate.is_open]
 
 
 def reports_for(state_dir: Path, junit: Path | None, as_json: bool, colour: bool,

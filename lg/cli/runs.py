@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lg.cli.output import emit_json, json_option, state_store
+from lg.cli.remote import api_client, server_options
 from lg.errors import ExitCode, InvalidInput
 
 if TYPE_CHECKING:
@@ -33,59 +33,84 @@ def _seconds(value: float | None) -> str:
 @click.command()
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @json_option
-def runs(limit: int, as_json: bool) -> int:
+@server_options
+def runs(limit: int, as_json: bool, server: str | None, token_file: Path | None) -> int:
     """List recent runs, newest first."""
-    records = state_store().runs(limit)
+    client = api_client(server, token_file)
+    if client is not None:
+        from lg.client.runs import RemoteRuns  # noqa: PLC0415
+
+        documents = RemoteRuns(client).runs(limit)
+    else:
+        from lg.runs.report import run_document  # noqa: PLC0415
+
+        documents = [run_document(record) for record in state_store().runs(limit)]
     if as_json:
-        emit_json([{**asdict(record), "abandoned": record.abandoned} for record in records])
+        emit_json(documents)
         return ExitCode.OK
-    if not records:
+    if not documents:
         click.echo("no runs yet")
-    for record in records:
-        click.echo(f"{record.id}  {record.shown_status:<11}  {record.pipeline:<24}  {_age(record.created)}")
+    for run in documents:
+        click.echo(f"{run['id']}  {_shown_status(run):<11}  {run['pipeline']:<24}  {_age(run['created'])}")
     return ExitCode.OK
+
+
+def _shown_status(run: dict[str, Any]) -> str:
+    """RunRecord.shown_status, from the record as `lg runs --json` prints it (judged where the store is)."""
+    return f"abandoned (lg process {run['pid']} is gone)" if run["abandoned"] else str(run["status"])
 
 
 @click.command()
 @click.argument("run_id")
 @json_option
-def status(run_id: str, as_json: bool) -> int:
+@server_options
+def status(run_id: str, as_json: bool, server: str | None, token_file: Path | None) -> int:
     """Show a run and each of its steps: status, timings, accelerator, image, exit code."""
-    from lg.runs.gates import GateStore  # noqa: PLC0415
+    client = api_client(server, token_file)
+    if client is not None:
+        from lg.client.runs import RemoteRuns  # noqa: PLC0415
 
-    store = state_store()
-    record = store.run(run_id)
-    steps = store.steps(record.id)
-    gates = GateStore(store).gates(record.id)
+        document = RemoteRuns(client).status(run_id)
+    else:
+        from lg.runs.report import status_document  # noqa: PLC0415
+
+        store = state_store()
+        document = status_document(store, store.run(run_id))
     if as_json:
-        emit_json({"run": {**asdict(record), "abandoned": record.abandoned},
-                   "steps": [asdict(step) for step in steps],
-                   "gates": [{"gate": g.gate_id, "kind": g.kind, "status": g.status, "digest": g.digest,
-                              "level": g.card.get("level"), "outcome": g.outcome} for g in gates]})
+        emit_json(document)
         return ExitCode.OK
-    duration = (record.finished or time.time()) - record.started if record.started else None
-    click.echo(f"run {record.id}  {record.shown_status}  pipeline {record.pipeline}  {_seconds(duration)}")
-    if record.error:
-        click.echo(f"  error: {record.error}")
-    if record.input_values:
-        click.echo("  inputs: " + "  ".join(f"{name}={value!r}" for name, value in record.input_values.items()))
-    for step in steps:
-        digest = (step.image_digest or "")[:12] or "-"
+    _print_status(document)
+    return ExitCode.OK
+
+
+def _print_status(document: dict[str, Any]) -> None:
+    """`lg status` for people, from the document `lg status --json` prints (local or from a server)."""
+    run = document["run"]
+    started, finished = run["started"], run["finished"]
+    duration = (finished or time.time()) - started if started else None
+    click.echo(f"run {run['id']}  {_shown_status(run)}  pipeline {run['pipeline']}  {_seconds(duration)}")
+    if run["error"]:
+        click.echo(f"  error: {run['error']}")
+    if run["input_values"]:
+        click.echo("  inputs: " + "  ".join(f"{name}={value!r}" for name, value in run["input_values"].items()))
+    for step in document["steps"]:
+        digest = (step["image_digest"] or "")[:12] or "-"
+        took = step["finished"] - step["started"] if step["started"] and step["finished"] else None
+        exit_code = step["exit_code"] if step["exit_code"] is not None else "-"
         click.echo(
-            f"  {step.step_id:<24} {step.status:<11} exit {step.exit_code if step.exit_code is not None else '-':<4}"
-            f" {_seconds(step.duration):>8}  boot {_seconds(step.boot_seconds):>6}"
-            f"  {step.accelerator or '-':<4} image {digest}  attempts {step.attempts}"
+            f"  {step['step_id']:<24} {step['status']:<11} exit {exit_code:<4}"
+            f" {_seconds(took):>8}  boot {_seconds(step['boot_seconds']):>6}"
+            f"  {step['accelerator'] or '-':<4} image {digest}  attempts {step['attempts']}"
         )
-        if step.detail:
-            click.echo(f"      {step.detail}")
-        if step.security:
+        if step["detail"]:
+            click.echo(f"      {step['detail']}")
+        if step["security"]:
             from lg.security.state import summary  # noqa: PLC0415
 
-            click.echo(f"      security: {summary(step.security)}")
-    for gate in gates:
-        click.echo(f"  gate {gate.gate_id:<24} {gate.status:<9} {gate.card.get('level', '-'):<7} "
-                   f"digest {gate.digest[:12]}" + (f"  {gate.outcome}" if gate.outcome else ""))
-    return ExitCode.OK
+            click.echo(f"      security: {summary(step['security'])}")
+    for gate in document["gates"]:
+        click.echo(f"  gate {gate['gate']:<24} {gate['status']:<9} {gate['level'] or '-':<7} "
+                   f"digest {gate['digest'][:12]}" + (f"  {gate['outcome']}" if gate["outcome"] else ""))
 
 
 @click.command()
@@ -94,29 +119,44 @@ def status(run_id: str, as_json: bool) -> int:
 @click.option("-f", "--follow", is_flag=True,
               help="Keep printing the output as it is written, until the step ends (with STEP) or the run stops.")
 @json_option
-def logs(run_id: str, step_id: str | None, follow: bool, as_json: bool) -> int:
+@server_options
+def logs(run_id: str, step_id: str | None, follow: bool, as_json: bool, server: str | None,
+         token_file: Path | None) -> int:
     """Print the (secret-masked) output of a run's steps, or of one step."""
-    store = state_store()
-    record = store.run(run_id)
-    if follow:
-        if as_json:
-            raise InvalidInput("--follow prints lines as they come; it does not go with --json")
-        return _follow(store, record.id, step_id)
-    steps = store.steps(record.id)
+    if follow and as_json:
+        raise InvalidInput("--follow prints lines as they come; it does not go with --json")
+    client = api_client(server, token_file)
+    if client is not None:
+        if follow:
+            raise InvalidInput("--follow reads the local state store; with --server, print the logs without it")
+        from lg.client.runs import RemoteRuns  # noqa: PLC0415
+
+        texts = RemoteRuns(client).logs(run_id, step_id)
+    else:
+        store = state_store()
+        record = store.run(run_id)
+        if follow:
+            return _follow(store, record.id, step_id)
+        texts = _local_logs(store, record.id, step_id)
+    if as_json:
+        emit_json(texts)
+        return ExitCode.OK
+    for sid, text in texts.items():
+        if len(texts) > 1:
+            click.echo(f"== {sid}")
+        if text is not None:
+            click.echo(text, nl=False)
+    return ExitCode.OK
+
+
+def _local_logs(store: RunStore, run_id: str, step_id: str | None) -> dict[str, str | None]:
+    steps = store.steps(run_id)
     if step_id is not None:
         steps = [step for step in steps if step.step_id == step_id]
         if not steps:
-            raise InvalidInput(f"run {record.id} has no step {step_id!r}")
+            raise InvalidInput(f"run {run_id} has no step {step_id!r}")
     chosen = [(step.step_id, Path(step.log_path)) for step in steps if step.log_path]
-    if as_json:
-        emit_json({sid: path.read_text(errors="replace") if path.is_file() else None for sid, path in chosen})
-        return ExitCode.OK
-    for sid, path in chosen:
-        if len(chosen) > 1:
-            click.echo(f"== {sid}")
-        if path.is_file():
-            click.echo(path.read_text(errors="replace"), nl=False)
-    return ExitCode.OK
+    return {sid: path.read_text(errors="replace") if path.is_file() else None for sid, path in chosen}
 
 
 def _follow(store: RunStore, run_id: str, step_id: str | None) -> int:

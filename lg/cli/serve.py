@@ -42,7 +42,8 @@ def open_store(state: str | None) -> RunStore:
               help="Address to listen on (port 0: any free port, printed at start).")
 @state_option
 @click.option("--blobs", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
-              help="The blob store directory for held effects (default: read them from the state directory).")
+              help="The blob store: held effects, logs and artifacts of runs recorded through the server "
+                   "(default: the state directory's blobs/).")
 @click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Serve HTTPS with this certificate (PEM); needs --tls-key.")
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),

@@ -66,11 +66,18 @@ class ApiClient:
         return f"{self.url}/runs/{quote(run_id)}/gates/{quote(gate_id)}"
 
     def get_json(self, path: str, query: Mapping[str, str] | None = None) -> Any:
-        return self.request("GET", path, query=query).json()
+        return self._json(path, self.request("GET", path, query=query))
 
     def post_json(self, path: str, body: Any, query: Mapping[str, str] | None = None) -> Any:
-        return self.request("POST", path, body=json.dumps(body).encode(), query=query,
-                            content_type="application/json").json()
+        return self._json(path, self.request("POST", path, body=json.dumps(body).encode(), query=query,
+                                             content_type="application/json"))
+
+    def _json(self, path: str, answer: Response) -> Any:
+        try:
+            return answer.json()
+        except ValueError:  # something else answers at that address (a proxy's page, another service)
+            raise EnvironmentUnfit(f"{self.url}{path} did not answer JSON (HTTP {answer.status}): is `lg serve` "
+                                   "there?", fix="check the URL (--server, LG_SERVER or lg.yaml server:)") from None
 
     def get_bytes(self, path: str) -> Response:
         return self.request("GET", path)

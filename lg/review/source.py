@@ -1,6 +1,6 @@
 """Where `lg review` gets gates from and sends decisions to: a small interface with one implementation per
-place gates live. Only the local state store is implemented here; an `lg serve` client implements the same three
-calls over HTTP, and the reviewer does not change.
+place gates live: the local state store here, an `lg serve` in lg.review.http_source (the same three calls over
+HTTP); the reviewer does not change.
 
 Every decision names the digest of the card the reviewer was shown, so a gate whose subject changed meanwhile is
 refused rather than approved blind, and it goes through lg.approvals.decide like `lg approve`: checked

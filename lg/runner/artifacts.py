@@ -118,6 +118,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_record(run_dir: Path, step_id: str, kept: list[Artifact]) -> None:
+    """Record a step's kept artifacts (lg serve records those a remote runner uploads the same way)."""
+    _write_json(run_dir, step_id, kept)
+
+
 def _write_json(run_dir: Path, step_id: str, kept: list[Artifact]) -> None:
     target = artifacts_root(run_dir) / f"{step_id}.json"
     temporary = target.with_suffix(".json.tmp")

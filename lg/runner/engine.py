@@ -54,7 +54,8 @@ from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_reques
 from lg.runner.stopping import StepStopped, StoppableVms, StopSwitch
 from lg.runner.vms import RunVms
 from lg.runner.workspace import UnsafeChange
-from lg.runs.gates import Clock, Gate, GateStore, gate_id_for
+from lg.runs.gates import Clock, Gate, gate_id_for
+from lg.runs.ports import GateStoreLike, RunStoreLike
 from lg.runs.states import (
     ENDED_STEPS,
     FAILED_STEPS,
@@ -65,7 +66,7 @@ from lg.runs.states import (
     RunStatus,
     StepStatus,
 )
-from lg.runs.store import CancelRequested, RunRecord, RunStore, StepRecord
+from lg.runs.store import CancelRequested, RunRecord, StepRecord
 from lg.security.profile import VmProfile
 from lg.vm.api import VmSpec
 
@@ -116,8 +117,8 @@ class _Run:
     """What every step of one run needs."""
 
     request: RunRequest
-    store: RunStore
-    gates: GateStore
+    store: RunStoreLike
+    gates: GateStoreLike
     waiter: Waiter
     record: RunRecord
     deadline: float | None
@@ -125,7 +126,7 @@ class _Run:
     landing: Landing = field(default_factory=Landing)  # steps running at once land their changes one at a time
 
 
-def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
+def run_pipeline(request: RunRequest, store: RunStoreLike) -> RunOutcome:
     pipeline = request.pipeline
     order = topological_order(pipeline)
     record = store.create_run(pipeline.name, pipeline.path, request.workspace, current_user(),
@@ -138,16 +139,16 @@ def run_pipeline(request: RunRequest, store: RunStore) -> RunOutcome:
     return _drive(request, store, record)
 
 
-def resume_run(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcome:
+def resume_run(request: RunRequest, store: RunStoreLike, record: RunRecord) -> RunOutcome:
     """Go on with a run claimed by `RunStore.claim`: ended steps stay ended, the rest run (or wait) as they would."""
     request.echo(f"run {record.id}: resuming {record.pipeline}")
     return _drive(request, store, record)
 
 
-def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcome:
+def _drive(request: RunRequest, store: RunStoreLike, record: RunRecord) -> RunOutcome:
     request = replace(request, echo=line_atomic(request.echo))  # steps print from threads of their own
     pipeline = request.pipeline
-    gates = GateStore(store, request.clock)
+    gates = store.gate_store(request.clock)
     vms = RunVms(None, request.vms) if request.vms is not None else RunVms(lambda: open_provider(request.config))
     waiter = BranchWaiter(store, gates, request.echo, request.colour, request.wait, clock=request.clock,
                           before_waiting=vms.park)
@@ -234,7 +235,7 @@ def _cancelled(run: _Run) -> RunCancelled:
                         "nothing more of the run ran or was applied")
 
 
-def discard_held(store: RunStore, run_id: str, reason: str) -> None:
+def discard_held(store: RunStoreLike, run_id: str, reason: str) -> None:
     """Discard every step's held effects of a run that will never apply them, each with its audit record."""
     held = store.run_dir(run_id) / "effects"
     for step_dir in sorted(held.iterdir()) if held.is_dir() else []:

@@ -16,9 +16,10 @@ from lg.approvals.card import render
 from lg.errors import AwaitingApproval, RunCancelled
 from lg.model import ApprovalSpec, FileChange, Step
 from lg.policy.model import Assessment, RequiredGate, RiskPolicy
-from lg.runs.gates import Clock, Gate, GateKind, GateRules, GateStore
+from lg.runs.gates import Clock, Gate, GateKind, GateRules
+from lg.runs.ports import GateStoreLike, RunStoreLike
 from lg.runs.states import GateStatus
-from lg.runs.store import CancelRequested, RunRecord, RunStore
+from lg.runs.store import CancelRequested, RunRecord
 
 POLL_SECONDS = 0.1
 """How often a waiting run looks for a decision: well inside the half second users are promised."""
@@ -92,8 +93,8 @@ def decide_commands(gate: Gate) -> str:
 class Waiter:
     """Waits at a gate: returns it once decided, or records the pause and raises AwaitingApproval (exit 3)."""
 
-    store: RunStore
-    gates: GateStore
+    store: RunStoreLike
+    gates: GateStoreLike
     echo: Callable[[str], None]
     colour: bool
     wait: bool

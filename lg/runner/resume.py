@@ -16,10 +16,11 @@ from lg.approvals.decide import current_user
 from lg.config.inputs import text_of
 from lg.errors import InvalidInput
 from lg.inputs.run_inputs import InputChange, InputFile, RunInputs, changed_files, load_run_inputs
-from lg.runs.store import RunRecord, RunStore
+from lg.runs.ports import RunStoreLike
+from lg.runs.store import RunRecord
 
 
-def bind_unchanged_inputs(store: RunStore, record: RunRecord, accepted: Sequence[Path] = ()) -> RunInputs:
+def bind_unchanged_inputs(store: RunStoreLike, record: RunRecord, accepted: Sequence[Path] = ()) -> RunInputs:
     """The run's inputs loaded again, once they are known to be the ones it recorded (or accepted)."""
     path = Path(record.pipeline_path)
     if not path.is_file():

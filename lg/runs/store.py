@@ -13,7 +13,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -306,6 +306,10 @@ class RunStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def gate_store(self, clock: Callable[[], float] = time.time) -> GateStore:
+        """The gates of this store (lg.runs.ports.RunStoreLike: a server's store hands out its own)."""
+        return GateStore(self, clock)
 
     @property
     def connection(self) -> Connection:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lg.runs.tokens import Permission
+from lg.server.blobs import get_blob, put_blob
 from lg.server.call import Call
-from lg.server.decisions import claim_run, post_decision
+from lg.server.decisions import cancel_run, claim_run, post_decision
 from lg.server.held import effect_file, effects_manifest
 from lg.server.reads import (
     audit_export,
@@ -23,9 +24,11 @@ from lg.server.reads import (
     list_steps,
     pending_gates_cached,
     run_gates,
+    run_status,
     step_log,
     whoami,
 )
+from lg.server.runner_calls import runner_call
 
 Handler = Callable[[Call], Any]
 
@@ -47,6 +50,12 @@ class Endpoint:
     # An answer from a cache, tried first on the event loop's thread (no hop to a worker thread); None sends the
     # request on to `handler` in a worker thread. Only reads of a few indexed rows belong here.
     fast: Handler | None = None
+    success: int | None = None  # the status of a successful answer, when not the default (201 for a POST body)
+
+    @property
+    def raw_body(self) -> bool:
+        """The body is bytes (a blob, up to ServerConfig.max_blob), not a JSON object."""
+        return self.body == "bytes"
 
 
 _R = Permission
@@ -54,9 +63,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/api/v1/whoami", "whoami", _R.READ, "The calling token's identity and role", whoami,
              "Identity"),
     Endpoint("GET", "/api/v1/runs", "listRuns", _R.READ, "Recent runs, newest first", list_runs, "RunList",
-             errors=(400,), query=(("limit", "how many (1-1000, default 50)"),)),
+             errors=(400,), query=(("limit", "how many (1-1000, default 50)"),
+                                   ("records", "1: each run's whole record, as `lg runs --json` prints it"))),
     Endpoint("GET", "/api/v1/runs/{run}", "getRun", _R.READ, "A run with its steps and gates", get_run,
              "RunDetail", errors=(404,)),
+    Endpoint("GET", "/api/v1/runs/{run}/status", "getRunStatus", _R.READ,
+             "A run as `lg status --json` prints it: its whole record, steps and gates", run_status, "RunStatus",
+             errors=(404,)),
     Endpoint("GET", "/api/v1/runs/{run}/steps", "listSteps", _R.READ, "A run's steps in order", list_steps,
              "StepList", errors=(404,)),
     Endpoint("GET", "/api/v1/runs/{run}/steps/{step}/log", "getStepLog", _R.READ,
@@ -80,6 +93,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/api/v1/runs/{run}/steps/{step}/effects/{path:path}", "getHeldEffect", _R.RUN,
              "One held file's content (X-Content-SHA256: its digest as the guest reported it)", effect_file,
              "bytes", errors=(400, 404)),
+    Endpoint("PUT", "/api/v1/blobs/{sha256}", "putBlob", _R.RUN,
+             "Store a blob (a held file, a step's log) under the SHA-256 of its bytes", put_blob, "BlobStored",
+             body="bytes", errors=(400, 413), success=201),
+    Endpoint("GET", "/api/v1/blobs/{sha256}", "getBlob", _R.RUN,
+             "A blob's bytes, checked against its name (X-Content-SHA256)", get_blob, "bytes",
+             errors=(400, 404, 503)),
+    Endpoint("POST", "/api/v1/runner/calls", "runnerCall", _R.RUN,
+             "A remote runner's store call (lg run/resume --server), performed in one transaction", runner_call,
+             "RunnerResult", body="RunnerCall", errors=(400, 404, 409, 413, 503), success=200),
+    Endpoint("POST", "/api/v1/runs/{run}/cancel", "cancelRun", _R.RUN,
+             "Cancel a run (lg cancel --server): a paused one at once, a running one at its runner's next call",
+             cancel_run, "Run", body="CancelRequest", errors=(400, 404, 409, 413, 503), success=200),
     Endpoint("GET", "/api/v1/audit/verify", "verifyAudit", _R.READ,
              "Verify the hash-chained audit log and the tables against it", audit_verify, "AuditVerify"),
     Endpoint("GET", "/api/v1/audit/export", "exportAudit", _R.READ, "Every audit record (of one run with ?run=)",

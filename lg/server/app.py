@@ -78,17 +78,18 @@ async def http_error(request: Request, error: Exception) -> Response:
 def api_route(endpoint: Endpoint, config: ServerConfig, stores: Stores, metrics: Metrics) -> Endpoint_:
     async def serve(request: Request) -> Response:
         try:
-            raw = await read_body(request, config.max_body) if endpoint.body else None
+            limit = config.max_blob if endpoint.raw_body else config.max_body
+            raw = await read_body(request, limit) if endpoint.body else None
             arguments = (endpoint, config, stores, request.headers.get("authorization"),
                          dict(request.path_params), dict(request.query_params), raw)
             reply = _serve(*arguments, fast=True) if endpoint.fast is not None else None
             if reply is None:
                 reply = await run_in_threadpool(_serve, *arguments)
         except ApiError as error:
-            if endpoint.body:
+            if endpoint.name == "decideGate":
                 metrics.decisions.labels(error.code).inc()
             return JSONResponse(error.to_json(), status_code=error.status)
-        if endpoint.body:
+        if endpoint.name == "decideGate":
             metrics.decisions.labels("recorded").inc()
         return _response(reply)
 
@@ -100,7 +101,7 @@ def _serve(endpoint: Endpoint, config: ServerConfig, stores: Stores, authorizati
            params: Mapping[str, str], query: Mapping[str, str], raw: bytes | None, fast: bool = False) -> Any:
     token = bearer_token(stores.tokens(), authorization)
     require(token, endpoint.permission)
-    body = parse_json(raw) if raw is not None else None
+    body = raw if endpoint.raw_body else parse_json(raw) if raw is not None else None
     try:
         handler = endpoint.fast if fast and endpoint.fast is not None else endpoint.handler
         return handler(Call(stores, config, token, params, query, body))

@@ -151,3 +151,27 @@ def claim_run(call: Call) -> Reply:
                                    for s in call.store.steps(claimed.id) if held_root(call, claimed, s).is_dir()]})
 
 
+
+
+def cancel_run(call: Call) -> Reply:
+    """`lg cancel RUN --server`: a run nobody is running (paused at a gate, interrupted, or its lg process gone)
+    is cancelled at once. A run being run is asked to stop (recorded first, as `lg cancel` does): from then on
+    the store refuses it any progress, so its runner stops at its next call, and a second cancel finishes the
+    records at once (for a runner that died and will never call again)."""
+    assert call.token is not None  # noqa: S101
+    body = call.body
+    if not isinstance(body, dict) or set(body) != {"reason"} or not isinstance(body["reason"], str) \
+            or not body["reason"].strip() or len(body["reason"]) > MAX_COMMENT:
+        raise bad_request("invalid_body", f"the body must be {{\"reason\": TEXT}} (1 to {MAX_COMMENT} characters)")
+    find_run(call.store, call.params["run"])
+    with checked_writing(call.store):
+        record = find_run(call.store, call.params["run"])
+        if record.finished_for_good:
+            raise conflict("run_finished", f"run {record.id} already finished ({record.status}); there is nothing "
+                                           "to cancel")
+        live = record.status in EXECUTING_RUNS and record.process_alive
+        if live and record.cancel_requested is None:
+            settled = call.store.request_cancel(record.id, body["reason"], call.token.name)
+        else:
+            settled = call.store.cancel(record.id, body["reason"])
+    return Reply(data=run_view(settled))

@@ -1,6 +1,8 @@
 """Held effects for a runner resuming elsewhere: a step's change list with download links, and each held file
-byte for byte, never from outside the step's held directory. (Read from the state directory until the blob
-store of issue #17 item 2 takes their place.)"""
+byte for byte. A run recorded through the server (`lg run --server`) holds its files in the blob store, by the
+SHA-256 each change reports, served while the step waits at its gate or is being applied; a run recorded on
+the server's own machine holds them in the state directory, never served from outside the step's held
+directory."""
 
 from __future__ import annotations
 
@@ -9,9 +11,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lg.runner.effects import effects_dir
+from lg.runs.blobs import BlobDamaged, BlobMissing, BlobRefused, BlobStore
+from lg.runs.states import StepStatus
 from lg.runs.store import RunRecord, StepRecord
 from lg.server.call import Call, Reply, find_run, find_step
-from lg.server.errors import bad_request, not_found
+from lg.server.errors import ApiError, bad_request, not_found
+
+# A step's held files are served while they wait to be applied (never once applied, discarded or rejected).
+_HOLDING = frozenset({StepStatus.HELD, StepStatus.APPLYING})
 
 
 def held_root(call: Call, record: RunRecord, step: StepRecord) -> Path:
@@ -24,11 +31,22 @@ def effects_manifest(call: Call) -> Any:
     root = held_root(call, record, step)
     changes = []
     for change in step.changes:
-        held = _held_file(root, str(change.get("path", "")))
+        held = _held_file(root, str(change.get("path", ""))) is not None or _blob_of(call, step, change) is not None
         download = f"/api/v1/runs/{record.id}/steps/{step.step_id}/effects/{change['path']}" if held else None
         changes.append({**change, "download": download})
-    return {"run": record.id, "step": step.step_id, "status": step.status.value, "has_held_files": root.is_dir(),
-            "changes": changes}
+    return {"run": record.id, "step": step.step_id, "status": step.status.value,
+            "has_held_files": any(c["download"] for c in changes) or root.is_dir(), "changes": changes}
+
+
+def _blob_of(call: Call, step: StepRecord, change: dict[str, Any]) -> str | None:
+    """The blob name holding this change's content, if the step holds it in the blob store."""
+    digest = change.get("sha256")
+    if step.status not in _HOLDING or change.get("kind") == "deleted" or change.get("symlink_target") is not None:
+        return None
+    try:
+        return digest if isinstance(digest, str) and BlobStore(call.config.blob_dir).has(digest) else None
+    except BlobRefused:
+        return None
 
 
 def effect_file(call: Call) -> Reply:
@@ -40,6 +58,15 @@ def effect_file(call: Call) -> Reply:
     change = listed.get(relative)
     if change is None:
         raise not_found("unknown_effect", f"step {step.step_id} of run {record.id} made no change {relative!r}")
+    blob = _blob_of(call, step, change)
+    if blob is not None:
+        try:
+            content = BlobStore(call.config.blob_dir).get(blob)
+        except BlobMissing:
+            raise not_found("not_held", f"{relative!r} of step {step.step_id} is no longer held") from None
+        except BlobDamaged as error:
+            raise ApiError(503, "blob_damaged", str(error)) from None
+        return Reply(content=content, media_type="application/octet-stream", headers={"X-Content-SHA256": blob})
     held = _held_file(held_root(call, record, step), relative)
     if held is None:
         raise not_found("not_held", f"{relative!r} of step {step.step_id} is not held (applied, discarded, or a "

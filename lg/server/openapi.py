@@ -38,7 +38,9 @@ SCHEMAS: dict[str, Any] = {
         "created": {"type": "number"}, "started": _NULLABLE_NUMBER, "finished": _NULLABLE_NUMBER,
         "exit_code": {"type": ["integer", "null"]}, "error": _NULLABLE_STRING, "initiator": {"type": "string"},
         "cancel_requested": {"type": ["object", "null"]}}),
-    "RunList": _array("Run"),
+    "RunList": {"type": "array", "items": {"anyOf": [_ref("Run"), {
+        "type": "object",
+        "description": "with records=1: the run's whole record and abandoned (as `lg runs --json`)"}]}},
     "Step": _object({
         "step": {"type": "string"}, "name": {"type": "string"}, "position": {"type": "integer"},
         "status": {"type": "string"}, "attempts": {"type": "integer"}, "started": _NULLABLE_NUMBER,
@@ -69,6 +71,12 @@ SCHEMAS: dict[str, Any] = {
                                                   "profile with relaxations, changes with per-file diffs, outputs"},
         "decisions": _array("Decision")})]},
     "RunDetail": {"allOf": [_ref("Run"), _object({"steps": _array("Step"), "gates": _array("Gate")})]},
+    "RunStatus": _object({
+        "run": {"type": "object", "description": "the run's whole record (as `lg runs --json`), with abandoned"},
+        "steps": {"type": "array", "items": {"type": "object"}, "description": "each step's whole record"},
+        "gates": {"type": "array", "items": _object({
+            "gate": {"type": "string"}, "kind": {"type": "string"}, "status": {"type": "string"},
+            "digest": {"type": "string"}, "level": _NULLABLE_STRING, "outcome": _NULLABLE_STRING})}}),
     "DecisionRequest": {
         "type": "object", "additionalProperties": False, "required": ["verdict", "digest"],
         "properties": {
@@ -89,6 +97,16 @@ SCHEMAS: dict[str, Any] = {
         "changes": {"type": "array", "items": {"type": "object", "properties": {
             "path": {"type": "string"}, "kind": {"type": "string"}, "sha256": _NULLABLE_STRING,
             "download": _NULLABLE_STRING}}}}),
+    "BlobStored": _object({"sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "size": {"type": "integer"},
+                           "created": {"type": "boolean", "description": "false: it was stored already"}}),
+    "RunnerCall": {
+        "type": "object", "additionalProperties": False, "required": ["method", "args"],
+        "properties": {"method": {"type": "string", "description": "a store method (lg.server.runner_calls.CALLS)"},
+                       "args": {"type": "object", "description": "its arguments by name, each checked"}}},
+    "RunnerResult": _object({"result": {"description": "what the method returned: a run, step or gate record, a "
+                                                       "list of them, or null"}}),
+    "CancelRequest": {"type": "object", "additionalProperties": False, "required": ["reason"],
+                      "properties": {"reason": {"type": "string", "maxLength": 4000}}},
     "AuditVerify": _object({"ok": {"type": "boolean"}, "records": {"type": "integer"},
                             "problems": {"type": "array", "items": _object({"seq": {"type": ["integer", "null"]},
                                                                            "message": {"type": "string"}})}}),
@@ -103,7 +121,8 @@ _ERRORS = {
     401: "no token, or not a valid one",
     403: "the token's role does not allow this, the decision is not allowed, or its signature is refused",
     404: "no such run, step, gate or held file",
-    409: "the gate's digest changed, it is already decided, or the run cannot be claimed",
+    409: "the gate's digest changed, it is already decided, the run cannot be claimed, or the call is refused "
+         "by the run's state",
     413: "the request body is over the limit",
     503: "the audit log is damaged: no decision is added to it",
 }
@@ -122,7 +141,7 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in path_names]
     parameters += [{"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
                    for name, text in endpoint.query]
-    success = "201" if endpoint.method == "POST" and endpoint.body else "200"
+    success = str(endpoint.success or (201 if endpoint.method == "POST" and endpoint.body else 200))
     responses: dict[str, Any] = {success: {"description": endpoint.summary, "content": _content(endpoint.response)}}
     for status in sorted({*endpoint.errors, 401, 403}):
         responses[str(status)] = {"description": _ERRORS[status],
@@ -133,8 +152,7 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         "x-lg-permission": endpoint.permission.value if endpoint.permission else None,
     }
     if endpoint.body:
-        operation["requestBody"] = {"required": True,
-                                    "content": {"application/json": {"schema": _ref(endpoint.body)}}}
+        operation["requestBody"] = {"required": True, "content": _content(endpoint.body)}
     return operation
 
 

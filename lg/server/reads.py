@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from lg.runs.gates import Gate
+from lg.runs.report import run_document, status_document
 from lg.runs.store import RunRecord
 from lg.server.call import Call, Reply, find_gate, find_run, find_step, int_query
-from lg.server.errors import not_found
+from lg.server.errors import bad_request, not_found
 from lg.server.state import Cached
 from lg.server.views import decision_view, gate_view, run_view, step_view
 
@@ -25,7 +26,11 @@ _OPEN_GATES = "open-gates"  # the cache's key for the list of open gates
 
 def list_runs(call: Call) -> Any:
     limit = int_query(call, "limit", 50, 1, MAX_RUNS)
-    return [run_view(record) for record in call.store.runs(limit)]
+    whole = call.query.get("records")
+    if whole not in (None, "1"):
+        raise bad_request("invalid_query", f"records={whole!r}: 1 (each run's whole record), or leave it out")
+    view = run_document if whole else run_view
+    return [view(record) for record in call.store.runs(limit)]
 
 
 def get_run(call: Call) -> Any:
@@ -33,6 +38,12 @@ def get_run(call: Call) -> Any:
     gates = call.stores.gates().gates(record.id)
     return {**run_view(record), "steps": [step_view(s) for s in call.store.steps(record.id)],
             "gates": [gate_view(g, record) for g in gates]}
+
+
+def run_status(call: Call) -> Any:
+    """The run as `lg status --json` prints it where the store is (so `lg status --server` prints the same)."""
+    record = find_run(call.store, call.params["run"])
+    return status_document(call.store, record)
 
 
 def list_steps(call: Call) -> Any:

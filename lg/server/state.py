@@ -20,10 +20,15 @@ from lg.runs.tokens import TokenStore
 @dataclass(frozen=True)
 class ServerConfig:
     state_dir: Path
-    blobs: Path | None = None  # the blob store (issue #17 item 2); held effects are read from state_dir until then
+    blobs: Path | None = None  # the blob store (issue #17 item 2); None: the state directory's blobs/
     secure_cookies: bool = False  # served over TLS: cookies get the Secure attribute
     max_body: int = 64 * 1024
+    max_blob: int = 256 * 1024 * 1024  # one uploaded blob (a held file, a step's log)
     state_url: str | None = None  # the PostgreSQL store (state_dir then keeps only local files)
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.blobs if self.blobs is not None else self.state_dir / "blobs"
 
 
 @dataclass(frozen=True)

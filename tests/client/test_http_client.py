@@ -3,7 +3,9 @@ uses, and the server's refusals as lg's errors with their exit codes."""
 
 from __future__ import annotations
 
+import http.server
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +16,6 @@ from lg.client.settings import ServerSettings, resolve_server
 from lg.errors import EnvironmentUnfit, ExitCode, InvalidInput
 from lg.runs.tokens import Role
 from tests.server.conftest import Project, Server
-
-pytest_plugins = ["tests.server.conftest"]
 
 
 def test_option_beats_environment_beats_lg_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -80,3 +80,29 @@ def test_an_unreachable_server_is_an_environment_error() -> None:
         client = ApiClient(ServerSettings(f"http://127.0.0.1:{port}", "x"), timeout=5)
         with pytest.raises(EnvironmentUnfit, match="cannot reach lg serve"):
             client.get_json("/api/v1/gates")
+
+
+def test_a_server_that_is_not_lg_serve_is_an_environment_error() -> None:
+    """Something else answering at the URL (a proxy's HTML page): a clear error, no traceback."""
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the standard library's name
+            body = b"<html>a login page</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page) as other:
+        thread = threading.Thread(target=other.serve_forever, daemon=True)
+        thread.start()
+        try:
+            client = ApiClient(ServerSettings(f"http://127.0.0.1:{other.server_address[1]}", "x"), timeout=10)
+            with pytest.raises(EnvironmentUnfit, match="did not answer JSON"):
+                client.get_json("/api/v1/gates")
+        finally:
+            other.shutdown()
+            thread.join()

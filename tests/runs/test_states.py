@@ -117,6 +117,8 @@ ALLOWED = {
     ("policy/inline.py", "open"): "Python's open() in inline code the policy reads (`python -c`)",
     ("config/templates.py", "cancelled"): "the status function cancelled() an if: may call (as in GitHub Actions)",
     ("render/junit.py", "skipped"): "the JUnit format's <skipped> element and skipped= count attribute",
+    ("client/remote_store.py", "applying"): "the name of RunStore.applying as a runner call (POST /runner/calls)",
+    ("server/runner_calls.py", "applying"): "the name of RunStore.applying as a runner call (POST /runner/calls)",
 }
 
 
