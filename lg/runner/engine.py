@@ -42,6 +42,7 @@ from lg.policy.grade import grade_effects, grade_script
 from lg.policy.model import Assessment, RiskPolicy
 from lg.pool.key import PoolKey
 from lg.pool.provider import VmProvider, open_provider
+from lg.runner.agent_step import AgentAttempt, run_agent_attempt, task_sha256
 from lg.runner.conditions import skip_reason
 from lg.runner.console import StepOutput, line_atomic, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
@@ -376,7 +377,8 @@ def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepSta
     record = run.store.step(run.record.id, step.id)
     context = _template_context(run, step, states)
     if record.status in RAN_STEPS:  # a resumed run: the step ran; its effects wait or were landing
-        return _settle_effects(run, step, record, _runtime_text(step.run or "", context, f"step {step.id} run"))
+        shown = step.agent.task if step.agent is not None else step.run or ""
+        return _settle_effects(run, step, record, _runtime_text(shown, context, f"step {step.id} run"))
     script = _runtime_text(step.run or "", context, f"step {step.id} run")
     env = {name: _runtime_text(value, context, f"step {step.id} env.{name}") for name, value in step.env.items()}
     profile = _profile(run, step)
@@ -393,6 +395,8 @@ def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepSta
         closed = _pass(run, step, gate, StepStatus.AWAITING_APPROVAL)
         if closed is not None:
             return closed
+    if step.agent is not None:
+        return _execute_agent(run, step, env, profile, context)
     return _execute(run, step, script, env, profile)
 
 
@@ -479,6 +483,52 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
         request.echo(f"[{step.id}] {mask(f'{result.status}: {result.detail}')}")
         return StepState(result.status, continued=step.continue_on_error)
     return _settle_effects(run, step, store.step(record.id, step.id), script)
+
+
+def _execute_agent(run: _Run, step: Step, env: Mapping[str, str], profile: VmProfile,
+                   context: Mapping[str, object]) -> StepState:
+    """An agent step (lg.runner.agent_step): its loop, paused at each tool-call gate, then its effects as any
+    step's. The model's API key goes to litellm only: the VM's environment never has it."""
+    request, store, record = run.request, run.store, run.record
+    agent = step.agent
+    assert agent is not None  # noqa: S101 - the caller checked
+    task = _runtime_text(agent.task, context, f"step {step.id} with.task")
+    log_path = store.run_dir(record.id) / f"{step.id}.log"
+    store.start_step(record.id, step.id, log_path, task_sha256(task))
+    mask = request.secrets.masker()
+    held = effects_dir(store.run_dir(record.id), step.id)
+    values = request.secrets.values
+    vm_env = {**request.pipeline.env, **env, **{name: v for name, v in values.items() if name != agent.api_key}}
+    with open_log(log_path) as log:
+        output = StepOutput(step.id, mask, log, request.echo)
+        step_context = StepContext(request.inputs, step, request.workspace, task, vm_env,
+                                   _step_timeout(step, run.deadline), record.id, store.run_dir(record.id), output,
+                                   profile, held, run.vms)
+        try:
+            outcome = run_agent_attempt(AgentAttempt(step_context, agent, values.get(agent.api_key or ""), store,
+                                                     run.gates, mask, request.config.model_prices))
+        except KeyboardInterrupt as stop:
+            output.flush()
+            discard(held)
+            if isinstance(stop, StepStopped) and stop.cancelled:
+                store.cancel_step(record.id, step.id, f"{stop.reason}; VM stopped, nothing applied")
+                request.echo(f"[{step.id}] {stop.reason}; VM stopped, nothing applied")
+                raise
+            store.end_step(record.id, step.id, StepStatus.INTERRUPTED, "interrupted; VM destroyed, nothing applied",
+                           audited=False)
+            raise
+        output.flush()
+        if isinstance(outcome, Gate):
+            store.wait_at_gate(record.id, step.id, StepStatus.AWAITING_APPROVAL, outcome.gate_id)
+            run.waiter.until_decided(record, outcome)  # the branch pauses (BranchPaused) while the gate is open
+            return _execute_agent(run, step, env, profile, context)  # decided: the loop goes on from the gate
+        result = masked_result(outcome, mask, output.note)
+        store.record_attempt(record.id, step.id, result)
+    if result.status is not StepStatus.SUCCEEDED:
+        store.end_attempts(record.id, step.id, result.status)
+        request.echo(f"[{step.id}] {mask(f'{result.status}: {result.detail}')}")
+        return StepState(result.status, continued=step.continue_on_error)
+    return _settle_effects(run, step, store.step(record.id, step.id), task)
 
 
 def _settle_effects(run: _Run, step: Step, record: StepRecord, script: str) -> StepState:
