@@ -51,7 +51,7 @@ from lg.runner.interrupts import CancelWatch, deferred
 from lg.runner.landing import Landing
 from lg.runner.scheduler import Scheduler, limit_note, max_parallel
 from lg.runner.secret_outputs import masked_result
-from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
+from lg.runner.step_vm import GUEST_WORKSPACE, AttemptResult, StepContext, run_attempt, vm_request, warmup_for
 from lg.runner.stopping import StepStopped, StoppableVms, StopSwitch
 from lg.runner.vms import RunVms
 from lg.runner.workspace import UnsafeChange
@@ -498,7 +498,8 @@ def _execute_agent(run: _Run, step: Step, env: Mapping[str, str], profile: VmPro
     mask = request.secrets.masker()
     held = effects_dir(store.run_dir(record.id), step.id)
     values = request.secrets.values
-    vm_env = {**request.pipeline.env, **env, **{name: v for name, v in values.items() if name != agent.api_key}}
+    vm_env = {**request.pipeline.env, **env, **{name: v for name, v in values.items() if name != agent.api_key},
+              "LG_RUN_ID": record.id, "LG_STEP_ID": step.id, "LG_WORKSPACE": GUEST_WORKSPACE, "CI": "true"}
     with open_log(log_path) as log:
         output = StepOutput(step.id, mask, log, request.echo)
         step_context = StepContext(request.inputs, step, request.workspace, task, vm_env,
