@@ -7,19 +7,38 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from lg.approvals.decide import decide
+from lg.config.project import load_project_config
 from lg.config.secrets import SecretValues
 from lg.errors import AwaitingApproval, ExitCode, StepFailed
 from lg.runner.engine import RunOutcome, resume_run, run_pipeline
 from lg.runs.agent_sessions import AgentSessions
 from lg.runs.gates import Gate, GateStore
+from lg.testing.fake import FakeHypervisor, fake_pool
+from lg.testing.images import stand_in_image
 from tests.agent.fake_llm import Script, say, scripted_provider
-from tests.runner.test_engine_fake import Project, project  # noqa: F401 - the fixture
+from tests.runner.test_engine_fake import Clock, Project, Steps
 
-SECRET = "sk-live-0123456789abcdef"
+SECRET = "sk-live-0123456789abcdef"  # noqa: S105 - a stand-in, to find where it would leak
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "lg.yaml").write_text("image: tiny\nstate_dir: .lg\n")
+    monkeypatch.delenv("LG_STATE_DIR", raising=False)
+    monkeypatch.setenv("LG_CACHE_DIR", str(tmp_path / "cache"))
+    stand_in_image(load_project_config(root), "tiny")
+    steps = Steps()
+    hypervisor = FakeHypervisor(tmp_path / "vms", handler=steps)
+    with fake_pool(hypervisor, tmp_path / "templates") as pool:
+        yield Project(root, hypervisor, steps, pool, Clock(), [])
+    assert [vm.id for vm in hypervisor.booted if vm.directory.exists()] == [], "a VM outlived its step"
 
 
 @pytest.fixture
