@@ -27,6 +27,10 @@ class Spend:
     def tokens(self) -> int:
         return self.tokens_in + self.tokens_out
 
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(self.calls + other.calls, self.tokens_in + other.tokens_in, self.tokens_out + other.tokens_out,
+                     self.usd + other.usd, self.unpriced_calls + other.unpriced_calls)
+
     def add(self, tokens_in: int, tokens_out: int, usd: float | None) -> Spend:
         return Spend(self.calls + 1, self.tokens_in + tokens_in, self.tokens_out + tokens_out,
                      self.usd + (usd or 0.0), self.unpriced_calls + (usd is None))

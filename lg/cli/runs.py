@@ -51,17 +51,23 @@ def runs(limit: int, as_json: bool) -> int:
 @json_option
 def status(run_id: str, as_json: bool) -> int:
     """Show a run and each of its steps: status, timings, accelerator, image, exit code."""
+    from lg.agent.costs import Spend  # noqa: PLC0415
+    from lg.runs.agent_sessions import AgentSessions  # noqa: PLC0415
     from lg.runs.gates import GateStore  # noqa: PLC0415
 
     store = state_store()
     record = store.run(run_id)
     steps = store.steps(record.id)
     gates = GateStore(store).gates(record.id)
+    spent = {session.step_id: Spend.from_json(session.spend) for session in AgentSessions(store).of_run(record.id)}
+    total = sum(spent.values(), Spend()) if spent else None
     if as_json:
         emit_json({"run": {**asdict(record), "abandoned": record.abandoned},
                    "steps": [asdict(step) for step in steps],
                    "gates": [{"gate": g.gate_id, "kind": g.kind, "status": g.status, "digest": g.digest,
-                              "level": g.card.get("level"), "outcome": g.outcome} for g in gates]})
+                              "level": g.card.get("level"), "outcome": g.outcome} for g in gates],
+                   "agent_spend": {"steps": {sid: spend.to_json() for sid, spend in spent.items()},
+                                   "total": total.to_json() if total else None}})
         return ExitCode.OK
     duration = (record.finished or time.time()) - record.started if record.started else None
     click.echo(f"run {record.id}  {record.shown_status}  pipeline {record.pipeline}  {_seconds(duration)}")
@@ -82,6 +88,10 @@ def status(run_id: str, as_json: bool) -> int:
             from lg.security.state import summary  # noqa: PLC0415
 
             click.echo(f"      security: {summary(step.security)}")
+        if step.step_id in spent:
+            click.echo(f"      agent: {spent[step.step_id].summary()}")
+    if total is not None:
+        click.echo(f"  agent spend, whole run: {total.summary()}")
     for gate in gates:
         click.echo(f"  gate {gate.gate_id:<24} {gate.status:<9} {gate.card.get('level', '-'):<7} "
                    f"digest {gate.digest[:12]}" + (f"  {gate.outcome}" if gate.outcome else ""))

@@ -24,6 +24,7 @@ from lg.agent.tools import ToolCall, openai_tools
 from lg.approvals.card import CardInput, build
 from lg.errors import LgError
 from lg.model import AgentSpec, ModelPrice
+from lg.runner.agent_mcp import McpTools
 from lg.runner.agent_tools import VmToolHost
 from lg.runner.gating import gate_rules
 from lg.runner.step_vm import (
@@ -130,8 +131,12 @@ def _loop(attempt: AgentAttempt, vm: Vm, backend_name: str, conversation: Conver
                       time.monotonic() + context.timeout, context.output, attempt.store, context.run_id,
                       context.step.id, attempt.mask)
     settings = ModelSettings(spec.model, spec.api_base, attempt.api_key, attempt.prices)
-    tools = openai_tools(spec.tools)
-    loop = AgentLoop(spec, list(spec.tools), lambda messages: complete(settings, messages, tools), host)
+    offered, tools = list(spec.tools), openai_tools(spec.tools)
+    if spec.mcp:
+        mcp = McpTools.start(spec.mcp, context.inputs.policy, host.record)
+        host.mcp = mcp
+        offered, tools = offered + mcp.names, openai_tools(spec.tools, mcp.schemas())
+    loop = AgentLoop(spec, offered, lambda messages: complete(settings, messages, tools), host)
     base = AttemptResult(StepStatus.FAILED, None, None, accelerator=vm.accelerator,
                          image_digest=context.inputs.image_for(context.step).digest)
     try:

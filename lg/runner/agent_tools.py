@@ -23,6 +23,7 @@ from lg.model import FileChange
 from lg.policy.content import InlineContent
 from lg.policy.grade import grade_effects, grade_script
 from lg.policy.model import Assessment, RiskPolicy
+from lg.runner.agent_mcp import McpTools
 from lg.runner.console import StepOutput
 from lg.runs.store import RunStore
 from lg.security.profile import VmProfile
@@ -50,7 +51,7 @@ class VmToolHost:
     run_id: str
     step_id: str
     mask: Callable[[str], str]
-    mcp: Any = None  # lg.runner.agent_mcp.McpTools when the step has MCP servers
+    mcp: McpTools | None = None  # when the step has MCP servers
     last_grade: dict[str, Any] = field(default_factory=dict)  # the last call's, for its gate's card
     last_diff: str | None = None
 
@@ -59,7 +60,7 @@ class VmToolHost:
     def grade(self, call: ToolCall) -> Verdict:
         self.last_diff = None
         if self.mcp is not None and self.mcp.offers(call.name):
-            verdict: Verdict = self.mcp.grade(call)
+            verdict = self.mcp.grade(call)
         else:
             assessment = self._assess(call)
             action: Action = "deny" if assessment.denied else "gate" if assessment.gate else "run"
@@ -97,7 +98,7 @@ class VmToolHost:
 
     def run(self, call: ToolCall) -> str:
         if self.mcp is not None and self.mcp.offers(call.name):
-            return str(self.mcp.call(call))
+            return self.mcp.call(call)
         if call.name == "shell":
             return self._shell(str(call.arguments["command"]))
         path = workspace_path(call.path)
@@ -176,7 +177,7 @@ class VmToolHost:
     def record(self, event: str, data: Mapping[str, Any]) -> None:
         """A transcript line in the step's log (masked), and an audit record for grades, decisions and results."""
         self.output.note(self.mask(_transcript_line(event, data)))
-        if event in ("call.graded", "call.result", "call.refused", "model", "call.decided"):
+        if event in ("call.graded", "call.result", "call.refused", "model", "call.decided", "mcp.tools"):
             self.store.audit(f"agent.{event}", self.run_id, step=self.step_id,
                              **{key: _audited(value, self.mask) for key, value in data.items()})
 

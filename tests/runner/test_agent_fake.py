@@ -5,16 +5,19 @@ CustomLLM. tests/runner/test_agent_vm.py runs the same paths in real VMs."""
 from __future__ import annotations
 
 import json
+import sys
+import types
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lg.approvals.decide import decide
 from lg.config.project import load_project_config
 from lg.config.secrets import SecretValues
-from lg.errors import AwaitingApproval, ExitCode, StepFailed
+from lg.errors import AwaitingApproval, ExitCode, LgError, StepFailed
 from lg.runner.engine import RunOutcome, resume_run, run_pipeline
 from lg.runs.agent_sessions import AgentSessions
 from lg.runs.gates import Gate, GateStore
@@ -214,3 +217,81 @@ def test_a_model_error_fails_the_step_clearly(project: Project) -> None:
     step = project.store.steps(project.store.runs(1)[0].id)[0]
     assert step.detail is not None and step.detail.startswith("model openai/gpt-4o-mini: ")
     assert SECRET not in json.dumps(step.detail)
+
+
+# --- MCP tools (the client and the policy's mcp rules are their own modules: stood in for here) -----------
+
+
+@dataclass(frozen=True)
+class StandInServer:
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class StandInTool:
+    server: str
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    annotations: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StandInResult:
+    text: str
+    is_error: bool
+
+
+class StandInServerError(LgError):
+    """As lg.agent.mcp_tools.McpServerError: an LgError naming the server."""
+
+
+@pytest.fixture
+def mcp_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, dict[str, Any]]]:
+    """lg.agent.mcp_tools with its documented signatures, answering from memory; records the calls made."""
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+    module = types.ModuleType("lg.agent.mcp_tools")
+
+    def list_tools(server: StandInServer, timeout: float) -> list[StandInTool]:
+        if server.name == "down":
+            raise StandInServerError(f"MCP server {server.name} ({server.url}): connection refused")
+        return [StandInTool(server.name, "create_ticket", "Open a ticket", {"type": "object"},
+                            {"destructiveHint": False})]
+
+    def call_tool(server: StandInServer, tool: str, arguments: dict[str, Any], timeout: float) -> StandInResult:
+        calls.append((server.name, tool, dict(arguments)))
+        return StandInResult("ticket 42 opened", False)
+
+    module.__dict__.update(McpServer=StandInServer, list_tools=list_tools, call_tool=call_tool,
+                           McpServerError=StandInServerError)
+    monkeypatch.setitem(sys.modules, "lg.agent.mcp_tools", module)
+    monkeypatch.setitem(sys.modules, "lg.policy.mcp_grade", None)  # the policy cannot grade MCP calls: gate
+    return calls
+
+
+def test_an_mcp_call_with_no_policy_rule_to_grade_it_is_gated_then_made_from_the_host(
+        project: Project, model: tuple[Script, str], mcp_client: list[tuple[str, str, dict[str, Any]]]) -> None:
+    script, name = model
+    script.replies = [say("filing it", ("tickets__create_ticket", {"title": "flaky test"})), say("filed")]
+    body = pipeline(name, extra='mcp: [{name: tickets, url: "http://127.0.0.1:9/mcp"}]')
+    with pytest.raises(AwaitingApproval):
+        run(project, body)
+    gate = open_gate(project)
+    assert gate.card["call"]["name"] == "tickets__create_ticket" and gate.card["level"] == "unknown"
+    assert mcp_client == []
+    run_id = project.store.runs(1)[0].id
+    decide_open(project, run_id, "approve")
+    assert resume(project, run_id).exit_code == ExitCode.OK
+    assert mcp_client == [("tickets", "create_ticket", {"title": "flaky test"})]
+    assert [m["content"] for m in script.seen[-1] if m["role"] == "tool"] == ["ticket 42 opened"]
+
+
+def test_an_mcp_server_that_is_down_fails_the_step_naming_it(
+        project: Project, model: tuple[Script, str], mcp_client: list[tuple[str, str, dict[str, Any]]]) -> None:
+    _, name = model
+    body = pipeline(name, extra='mcp: [{name: down, url: "http://127.0.0.1:9/mcp"}]')
+    with pytest.raises(StepFailed):
+        run(project, body)
+    step = project.store.steps(project.store.runs(1)[0].id)[0]
+    assert step.detail is not None and "MCP server down (http://127.0.0.1:9/mcp)" in step.detail

@@ -112,6 +112,8 @@ def test_an_agent_fixes_a_test_past_a_rejected_curl_pipe_sh(
     assert KEY not in (store.run_dir(run.id) / "fix.log").read_text()
     logs = lg("logs", run.id, "fix")
     assert "agent call shell" in logs.out and "test.sh passes now" in logs.out
+    shown = lg("status", run.id)
+    assert "agent: 5 model call(s)" in shown.out and "agent spend, whole run: 5 model call(s)" in shown.out
 
 
 def test_kill_9_at_a_tool_call_gate_then_resume_runs_the_call_once(
