@@ -55,6 +55,7 @@ from lg.runner.step_vm import GUEST_WORKSPACE, AttemptResult, StepContext, run_a
 from lg.runner.stopping import StepStopped, StoppableVms, StopSwitch
 from lg.runner.vms import RunVms
 from lg.runner.workspace import UnsafeChange
+from lg.runs.agent_sessions import AgentSessions
 from lg.runs.gates import Clock, Gate, GateStore, gate_id_for
 from lg.runs.states import (
     ENDED_STEPS,
@@ -157,7 +158,8 @@ def _drive(request: RunRequest, store: RunStore, record: RunRecord) -> RunOutcom
     states = _restore_states(run)
     try:
         with CancelWatch(store.path, record.id):
-            _announce_steps(run, [step for step in topological_order(pipeline) if step.id not in states])
+            _announce_steps(run, [step for step in topological_order(pipeline)
+                                  if step.id not in states and not _in_saved_vm(run, step)])
             note = limit_note(pipeline, request.config)
             if note is not None:
                 request.echo(f"run {record.id}: {note}")
@@ -259,6 +261,15 @@ def _announce_steps(run: _Run, steps: list[Step]) -> None:
             wanted[key] = (spec, profile, wanted.get(key, (spec, profile, 0))[2] + 1)
     for key, (spec, profile, count) in wanted.items():
         run.vms.expect(key, spec, count, warmup_for(profile))
+
+
+def _in_saved_vm(run: _Run, step: Step) -> bool:
+    """An agent step paused at a tool-call gate goes on in its saved VM: the pool need not make it one (which
+    would take the CPU the restore needs)."""
+    if step.agent is None:
+        return False
+    session = AgentSessions(run.store).get(run.record.id, step.id)
+    return session is not None and session.gate_id is not None
 
 
 def _pool_request(run: _Run, step: Step) -> tuple[PoolKey, VmSpec, VmProfile] | None:
