@@ -44,12 +44,12 @@ class Conversation:
         return cls([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": task}])
 
     def to_json(self) -> dict[str, Any]:
-        return {"messages": self.messages, "pending": self.pending, "said": self.said, "turns": self.turns,
+        return {"messages": self.messages, "unanswered": self.pending, "said": self.said, "turns": self.turns,
                 "tool_calls": self.tool_calls, "spend": self.spend.to_json()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Conversation:
-        return cls(list(data["messages"]), list(data.get("pending", [])), str(data.get("said", "")),
+        return cls(list(data["messages"]), list(data.get("unanswered", [])), str(data.get("said", "")),
                    int(data.get("turns", 0)), int(data.get("tool_calls", 0)), Spend.from_json(data.get("spend", {})))
 
     def answer(self, call_id: str, text: str) -> None:
@@ -145,6 +145,10 @@ class AgentLoop:
                                        "tool_calls": reply.tool_calls, "tokens_in": reply.tokens_in,
                                        "tokens_out": reply.tokens_out, "usd": reply.usd,
                                        "spent": conversation.spend.to_json()})
+            if reply.usd is None and self.spec.budget.usd is not None:  # fail closed: it cannot be kept
+                return Stopped(f"the cost budget cannot be kept: no price is known for model {self.spec.model} "
+                               "(litellm's price map does not list it; give it in lg.yaml model_prices) "
+                               f"({conversation.spend.summary()})")
             over = conversation.spend.over(self.spec.budget)
             if over is not None and reply.tool_calls:  # its calls are not run: what they would do is not paid for
                 return Stopped(f"{over} ({conversation.spend.summary()})")

@@ -13,6 +13,7 @@ directory, and effects that were being applied are finished idempotently.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -42,7 +43,7 @@ from lg.policy.grade import grade_effects, grade_script
 from lg.policy.model import Assessment, RiskPolicy
 from lg.pool.key import PoolKey
 from lg.pool.provider import VmProvider, open_provider
-from lg.runner.agent_step import AgentAttempt, run_agent_attempt, task_sha256
+from lg.runner.agent_step import AgentAttempt, run_agent_attempt, snapshot_root, task_sha256
 from lg.runner.conditions import skip_reason
 from lg.runner.console import StepOutput, line_atomic, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
@@ -243,6 +244,9 @@ def discard_held(store: RunStore, run_id: str, reason: str) -> None:
     for step_dir in sorted(held.iterdir()) if held.is_dir() else []:
         discard(step_dir)
         store.audit("effects.discarded", run_id, step=step_dir.name, reason=reason)
+    saved = snapshot_root(store.run_dir(run_id))  # VMs agent steps saved at their tool-call gates
+    if saved.is_dir():
+        shutil.rmtree(saved, ignore_errors=True)
 
 
 def _announce_steps(run: _Run, steps: list[Step]) -> None:

@@ -94,3 +94,13 @@ def test_budget_and_turns_must_be_positive(write: Write) -> None:
         """)
     errors = " ".join(errors_of(path))
     assert "max_turns" in errors and "budget.usd" in errors
+
+
+def test_model_prices_come_from_lg_yaml(write: Write) -> None:
+    from lg.config.project import load_project_config
+    from lg.model import ModelPrice
+
+    write("lg.yaml", "model_prices:\n  local/llama: {input: 0.5, output: 1.5}\n")
+    config = load_project_config(write("p.yaml", "name: x\nsteps: [{id: a, run: echo}]\n").parent)
+    assert dict(config.model_prices) == {"local/llama": ModelPrice(0.5, 1.5)}
+    assert config.model_prices["local/llama"].cost(1_000_000, 2_000_000) == 3.5

@@ -171,3 +171,15 @@ def test_a_model_that_cannot_be_reached_is_a_clear_error() -> None:
     (".", "."), ("src/./a.py", "src/a.py"), ("/workspace/src", "src"), ("/workspace", "."), ("a//b/", "a/b")])
 def test_workspace_paths(raw: str, expected: str) -> None:
     assert workspace_path(raw) == expected
+
+
+def test_a_usd_budget_over_a_model_nobody_can_price_stops_at_once(model: tuple[Script, str]) -> None:
+    script, name = model
+    script.replies = lambda turn, messages: say("more", ("shell", {"command": "true"}))
+    agent = AgentSpec(model=name, task="x", tools=TOOLS, budget=AgentBudget(usd=1.0))
+    settings = ModelSettings(name, None, None, {})  # no price in lg.yaml, none in litellm's map
+    tools = openai_tools(TOOLS)
+    host = Host()
+    outcome = AgentLoop(agent, TOOLS, lambda m: complete(settings, m, tools), host).run(Conversation.start("x"))
+    assert isinstance(outcome, Stopped) and "cost budget cannot be kept: no price is known" in outcome.reason
+    assert host.ran == [] and len(script.seen) == 1
