@@ -31,7 +31,7 @@ echo ok
 """
 
 
-def agent_pipeline(project: Path, api_base: str) -> Path:
+def agent_pipeline(project: Path, api_base: str, extra: str = "") -> Path:
     path = project / "pipeline.yaml"
     path.write_text(textwrap.dedent(f"""\
         name: agent-vm
@@ -46,6 +46,7 @@ def agent_pipeline(project: Path, api_base: str) -> Path:
               tools: [shell, read_file, write_file, list_files]
               api_key: MODEL_KEY
               max_turns: 10
+              {extra}
         """))
     return path
 
@@ -138,3 +139,32 @@ def test_kill_9_at_a_tool_call_gate_then_resume_runs_the_call_once(
     assert tool_results(resumed)[-1].startswith("exit code")
     assert (project / "calc.sh").read_text() == "add() { echo $(($1 + $2)); }\n"
     assert not session.snapshot.exists()  # the saved VM is removed once the step went on
+
+
+def test_a_workflow_edit_is_held_at_the_effects_gate_and_a_budget_ends_a_step(
+        lg: Callable[..., Any], project: Path) -> None:
+    def editor(turn: int, messages: list[dict[str, Any]]) -> Reply:
+        if turn == 0:
+            return say("", ("shell", {"command": "mkdir -p .github/workflows && echo 'on: push' > "
+                                                 ".github/workflows/ci.yml"}))
+        return say("edited the workflow")
+
+    with openai_server(Script(editor), KEY) as (api_base, _):
+        path = agent_pipeline(project, api_base)
+        first = lg("run", path)
+        store = RunStore(project / ".lg")
+        run = store.runs(1)[0]
+        if "fix.tool-1" in first.out:  # the command itself may be gated first: let it run
+            assert lg("approve", run.id, "fix.tool-1").code == 0
+            first = lg("resume", run.id)
+        assert first.code == 3 and "gate fix.effects" in first.out, first.out + first.err
+        assert ".github/workflows/ci.yml" in first.out and store.step(run.id, "fix").status == "held"
+        assert not (project / ".github").exists()
+
+    def spender(turn: int, messages: list[dict[str, Any]]) -> Reply:
+        return say("again", ("shell", {"command": "echo $((n + 1))"}), tokens=(4000, 1000))
+
+    with openai_server(Script(spender), KEY) as (api_base, _):
+        spent = lg("run", agent_pipeline(project, api_base, "budget: {tokens: 12000}"))
+    assert spent.code == 1, spent.out + spent.err
+    assert "token budget reached: 15000 of 12000 tokens used (3 model call(s)" in spent.out
