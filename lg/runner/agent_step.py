@@ -101,8 +101,8 @@ def _resume(attempt: AgentAttempt, session: AgentSession, backend_name: str, spe
     backend = _snapshot_backend(attempt, backend_name)
     started = time.monotonic()
     vm = backend.restore(session.snapshot, spec)
+    restored = getattr(context.vms, "restored", None)  # a step's StoppableVms: a fail_fast stop reaches this VM
     try:
-        restored = getattr(context.vms, "restored", None)
         if restored is not None:
             restored(vm)
         context.output.note(f"VM {vm.id} restored from the snapshot of gate {session.gate_id} in "
@@ -113,6 +113,8 @@ def _resume(attempt: AgentAttempt, session: AgentSession, backend_name: str, spe
                                 call=session.call.get("id"), status=str(gate.status), outcome=gate.outcome)
         result = _loop(attempt, vm, backend_name, Conversation.from_json(session.conversation), decision)
     finally:
+        if restored is not None:
+            restored(None)
         vm.destroy()
     shutil.rmtree(session.snapshot, ignore_errors=True)  # the VM restored from it is gone; it is not needed again
     return result

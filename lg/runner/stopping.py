@@ -96,10 +96,12 @@ class StoppableVms:
     def snapshot_backend(self, name: str) -> SnapshotBackend | None:
         return self._vms.snapshot_backend(name)
 
-    def restored(self, vm: Vm) -> None:
-        """A VM the step restored itself (an agent step after its tool-call gate): stopped like a leased one."""
-        self._switch.check()
+    def restored(self, vm: Vm | None) -> None:
+        """The step holds `vm`, a VM it restored itself (an agent step after its tool-call gate), stopped like a
+        leased one; None: it holds it no more (about to destroy it)."""
         self._switch.holding(vm)
+        if vm is not None:
+            self._switch.check()
 
     def close(self) -> None:
         """The run's provider is the run's to close."""

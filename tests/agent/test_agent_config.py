@@ -104,3 +104,16 @@ def test_model_prices_come_from_lg_yaml(write: Write) -> None:
     config = load_project_config(write("p.yaml", "name: x\nsteps: [{id: a, run: echo}]\n").parent)
     assert dict(config.model_prices) == {"local/llama": ModelPrice(0.5, 1.5)}
     assert config.model_prices["local/llama"].cost(1_000_000, 2_000_000) == 3.5
+
+
+def test_validating_an_agent_pipeline_does_not_import_litellm() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys; from lg.cli.main import run; "
+            f"code = run(['validate', '{REPO / 'pipelines/agent-fix/pipeline.yaml'}']); "
+            "print(code, [m for m in sys.modules if m.split('.')[0] == 'litellm'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "0 []"
