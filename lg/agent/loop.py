@@ -175,7 +175,12 @@ class AgentLoop:
             if decision is not None and decision.call_id == call.call_id:
                 text = self._decided(call, decision)
             else:
-                verdict = self.host.grade(call)
+                try:
+                    verdict = self.host.grade(call)
+                except ToolProblem as problem:  # e.g. a write over a path the guest cannot read
+                    self.host.record("call.refused", {"id": call_id, "name": call.name, "error": str(problem)})
+                    conversation.answer(call_id, f"error: {problem}")
+                    continue
                 if verdict.action == "gate":
                     return Paused(call, verdict)
                 text = self._denied(call, verdict) if verdict.action == "deny" else self._run(call)

@@ -183,3 +183,16 @@ def test_a_usd_budget_over_a_model_nobody_can_price_stops_at_once(model: tuple[S
     outcome = AgentLoop(agent, TOOLS, lambda m: complete(settings, m, tools), host).run(Conversation.start("x"))
     assert isinstance(outcome, Stopped) and "cost budget cannot be kept: no price is known" in outcome.reason
     assert host.ran == [] and len(script.seen) == 1
+
+
+def test_a_call_that_cannot_be_graded_is_a_tool_error(model: tuple[Script, str]) -> None:
+    script, name = model
+    script.replies = [say("", ("write_file", {"path": "dir", "content": "x"})), say("ok")]
+
+    class Unreadable(Host):
+        def grade(self, call: ToolCall) -> Verdict:
+            raise ToolProblem("dir: cannot read it: Is a directory")
+
+    conversation = Conversation.start("x")
+    assert loop(script, name, Unreadable()).run(conversation) == Finished("ok")
+    assert tool_results(conversation) == ["error: dir: cannot read it: Is a directory"]
