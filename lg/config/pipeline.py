@@ -300,6 +300,9 @@ class _PipelineBuilder:
         if given is None:
             self.fail((*key_path, "uses"), "an agent step needs 'with:' giving at least model and task")
             return None
+        for key, why in AGENT_REFUSED_KEYS.items():
+            if key in raw:
+                self.fail((*key_path, key), f"'{key}' does not apply to an agent step ({why})", at_key=True)
         api_key = given.get("api_key")
         declared = set(_secret_names(self.data.get("secrets")))
         if api_key is not None and api_key not in declared:
@@ -409,6 +412,16 @@ class _PipelineBuilder:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+
+
+AGENT_REFUSED_KEYS: dict[str, str] = {
+    "retries": "a retry would run again tool calls a reviewer approved once",
+    "cache": "its VM may be saved and restored at tool-call gates; declare the cache on a `run:` step",
+    "artifacts": "collect them in a `run:` step after it",
+    "artifacts_from": "the agent can read the workspace; deliver artifacts with a `run:` step",
+    "workdir": "its tools work from the workspace root; give paths relative to it in the task",
+}
+"""Step keys an agent step refuses, and why (each said at its line)."""
 
 
 def _secret_names(raw: Any) -> list[str]:

@@ -25,11 +25,11 @@ from lg.policy.grade import grade_effects, grade_script
 from lg.policy.model import Assessment, RiskPolicy
 from lg.runner.agent_mcp import McpTools
 from lg.runner.console import StepOutput
+from lg.runner.step_vm import GUEST_OUTPUT_DIR, GUEST_OUTPUT_FILE, GUEST_WORKSPACE
 from lg.runs.store import RunStore
 from lg.security.profile import VmProfile
 from lg.vm.api import ExecRequest, ExecResult, Vm
 
-GUEST_WORKSPACE = "/workspace"
 MAX_READ_BYTES = 256 * 1024
 MAX_LISTED = 500
 CALL_TIMEOUT = 600.0
@@ -123,9 +123,10 @@ class VmToolHost:
                 on_output(stream, chunk)
 
         result = self.vm.exec(ExecRequest(
-            argv=argv, env={"HOME": GUEST_WORKSPACE if uid else "/root", "USER": self.profile.user, **self.env},
+            argv=argv, env={"HOME": GUEST_WORKSPACE if uid else "/root", "USER": self.profile.user,
+                            "LG_OUTPUT": f"{GUEST_OUTPUT_DIR}/{GUEST_OUTPUT_FILE}", **self.env},
             cwd=GUEST_WORKSPACE, timeout=min(CALL_TIMEOUT, remaining), uid=uid, gid=gid, stdin=stdin,
-            confine=self.profile.confinement(self.kernel)), on_output=collect)
+            confine=self.profile.confinement(self.kernel), mkdirs=(GUEST_OUTPUT_DIR,)), on_output=collect)
         return result, b"".join(chunks["stdout"]), b"".join(chunks["stderr"])
 
     def _shell(self, command: str) -> str:

@@ -117,3 +117,18 @@ def test_validating_an_agent_pipeline_does_not_import_litellm() -> None:
             "print(code, [m for m in sys.modules if m.split('.')[0] == 'litellm'])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_keys_that_do_not_apply_to_an_agent_step_are_refused_at_their_line(write: Write) -> None:
+    path = write("p.yaml", """\
+        name: x
+        steps:
+          - id: a
+            uses: agent
+            retries: 2
+            workdir: src
+            with: {model: m, task: t}
+        """)
+    errors = errors_of(path)
+    assert any(":5:" in e and "'retries' does not apply to an agent step" in e for e in errors), errors
+    assert any(":6:" in e and "'workdir' does not apply to an agent step" in e for e in errors), errors

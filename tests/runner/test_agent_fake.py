@@ -119,6 +119,15 @@ def test_the_agent_s_calls_run_in_the_vm_and_its_changes_land(project: Project, 
     assert project.store.verify_audit() == []
 
 
+def test_an_agent_step_s_outputs(project: Project, model: tuple[Script, str]) -> None:
+    script, name = model
+    script.replies = [say("", ("shell", {"command": "echo verdict=fixed >> \"$LG_OUTPUT\""})), say("done")]
+    body = pipeline(name).replace("          - id: fix\n", "          - id: fix\n            outputs: [verdict]\n")
+    body += "  - {id: use, needs: fix, run: 'echo {{ steps.fix.outputs.verdict }} > verdict.txt'}\n"
+    assert run(project, body).exit_code == ExitCode.OK
+    assert (project.root / "verdict.txt").read_text() == "fixed\n"
+
+
 def test_the_api_key_never_reaches_the_vm(project: Project, model: tuple[Script, str]) -> None:
     script, name = model
     script.replies = [say("", ("shell", {"command": "env"})), say("done")]
