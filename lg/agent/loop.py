@@ -9,6 +9,7 @@ ones, so resuming with the reviewer's `Decision` goes on exactly there, and the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -107,9 +108,10 @@ class Paused:
 
 @dataclass(frozen=True)
 class Stopped:
-    """The step ends without finishing (exit 1): a budget was reached, or max_turns ran out."""
+    """The step ends without finishing (exit 1): a budget was reached, max_turns ran out, or its timeout."""
 
     reason: str
+    timed_out: bool = False
 
 
 Outcome = Finished | Paused | Stopped
@@ -122,6 +124,7 @@ class AgentLoop:
     offered: Sequence[str]  # tool names the model was given (built-in ones, then `server__tool` of MCP servers)
     model: Model
     host: ToolHost
+    deadline: float | None = None  # time.monotonic() when the step's timeout runs out
 
     def run(self, conversation: Conversation, decision: Decision | None = None) -> Outcome:
         while True:
@@ -132,6 +135,9 @@ class AgentLoop:
             last = conversation.messages[-1]
             if last.get("role") == "assistant" and not last.get("tool_calls"):
                 return Finished(str(last.get("content") or ""))
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return Stopped(f"the step's timeout ran out before the agent finished ({conversation.spend.summary()})",
+                               timed_out=True)
             limit = self._limit(conversation)
             if limit is not None:
                 return Stopped(limit)

@@ -138,7 +138,7 @@ def _loop(attempt: AgentAttempt, vm: Vm, backend_name: str, conversation: Conver
         mcp = McpTools.start(spec.mcp, context.inputs.policy, host.record)
         host.mcp = mcp
         offered, tools = offered + mcp.names, openai_tools(spec.tools, mcp.schemas())
-    loop = AgentLoop(spec, offered, lambda messages: complete(settings, messages, tools), host)
+    loop = AgentLoop(spec, offered, lambda messages: complete(settings, messages, tools), host, host.deadline)
     base = AttemptResult(StepStatus.FAILED, None, None, accelerator=vm.accelerator,
                          image_digest=context.inputs.image_for(context.step).digest)
     try:
@@ -151,7 +151,8 @@ def _loop(attempt: AgentAttempt, vm: Vm, backend_name: str, conversation: Conver
     _save(attempt, conversation)
     attempt.store.audit("agent.spend", context.run_id, step=context.step.id, **conversation.spend.to_json())
     if isinstance(outcome, Stopped):
-        return replace(base, detail=outcome.reason)
+        return replace(base, status=StepStatus.TIMED_OUT if outcome.timed_out else StepStatus.FAILED,
+                       detail=outcome.reason)
     assert isinstance(outcome, Finished)  # noqa: S101 - the three outcomes
     context.output.note(f"agent finished: {conversation.spend.summary()}")
     outputs = collect_outputs(vm, context.step)

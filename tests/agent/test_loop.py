@@ -5,6 +5,7 @@ VMs, tests/runner/test_agent_vm.py). Bad input from the model never crashes the 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,3 +197,18 @@ def test_a_call_that_cannot_be_graded_is_a_tool_error(model: tuple[Script, str])
     conversation = Conversation.start("x")
     assert loop(script, name, Unreadable()).run(conversation) == Finished("ok")
     assert tool_results(conversation) == ["error: dir: cannot read it: Is a directory"]
+
+
+def test_the_step_s_timeout_ends_the_loop(model: tuple[Script, str]) -> None:
+    script, name = model
+    script.replies = lambda turn, messages: say("again", ("shell", {"command": "true"}))
+
+    class RunsOutOfTime(Host):
+        def run(self, call: ToolCall) -> str:
+            agent_loop.deadline = time.monotonic()  # the step's time is up once this call has run
+            return super().run(call)
+
+    agent_loop = loop(script, name, RunsOutOfTime())
+    outcome = agent_loop.run(Conversation.start("x"))
+    assert isinstance(outcome, Stopped) and outcome.timed_out
+    assert outcome.reason.startswith("the step's timeout ran out before the agent finished (1 model call(s)")
