@@ -173,6 +173,10 @@ def _pause(attempt: AgentAttempt, vm: Vm, backend_name: str, conversation: Conve
     """Save the VM and the conversation, then open the gate (in that order: a gate is never open without the
     state its call would run in). The caller destroys the VM."""
     context = attempt.context
+    if context.profile.network is not None:
+        # Its network namespace and allow-list are made at boot; a restore would not remake them.
+        raise LgError(f"the agent's call {paused.call.name} needs approval, and a VM with a network allow-list "
+                      f"(profile {context.profile.name}) cannot be saved at a tool-call gate; nothing was applied")
     gate_id = f"{context.step.id}.tool-{conversation.tool_calls + 1}"
     snapshot = context.run_dir / "agent" / context.step.id / gate_id
     shutil.rmtree(snapshot, ignore_errors=True)
