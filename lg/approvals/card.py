@@ -98,7 +98,7 @@ def build(card_input: CardInput, mask: Callable[[str], str]) -> tuple[dict[str, 
                         "arguments": {key: mask(str(value)) for key, value in (call.get("arguments") or {}).items()
                                       if key != "reason"}}
         if card_input.call_diff is not None:
-            card["diff"] = mask(card_input.call_diff).split("\n")[:MAX_CARD_DIFF_LINES]
+            card["diff"] = mask(card_input.call_diff).rstrip("\n").split("\n")[:MAX_CARD_DIFF_LINES]
     return subject, card
 
 
@@ -268,7 +268,7 @@ def _render_call(call: Mapping[str, Any], diff: Sequence[str] | None,
     """A tool-call gate: the call in full, the model's stated reason, and for a write the diff it would make."""
     out = [f"  call: {paint('1', _shown(call.get('name')))}", f"  reason (the model's): {_shown(call.get('reason'))}"]
     for key, value in (call.get("arguments") or {}).items():
-        lines = str(value).split("\n")
+        lines = str(value).rstrip("\n").split("\n")
         out.append(f"    {_shown(key)}: {_shown(lines[0])}")
         out.extend(f"      {_shown(line)}" for line in lines[1:])
     if diff:

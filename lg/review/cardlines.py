@@ -100,7 +100,7 @@ def _call(call: Mapping[str, Any], diff: Sequence[str]) -> Iterable[Line]:
     yield Line(Text.assemble(("call ", "bold"), shown(call.get("name", ""))), "call")
     yield Line(Text.assemble(("reason (the model's): ", "bold"), shown(call.get("reason", ""))), "call", 22)
     for key, value in (call.get("arguments") or {}).items():
-        rows = str(value).split("\n")
+        rows = str(value).rstrip("\n").split("\n")
         yield Line(Text.assemble(f"  {shown(key)}: ", shown(rows[0])), "call", 4)
         yield from (Line(Text(f"    {shown(row)}"), "call", 4) for row in rows[1:])
     if diff:
