@@ -133,13 +133,15 @@ def gate(image_name: str) -> dict[str, Any]:
             pass
         gates = GateStore(store)
         (opened,) = gates.open_gates()
-        log = (store.run_dir(opened.run_id) / "a.log").read_text()
+        saved = store.run_dir(opened.run_id) / "agent" / "a" / opened.gate_id
+        snapshot_mib = sum(f.stat().st_size for f in saved.rglob("*") if f.is_file()) / 1048576
         approved_at = time.perf_counter()
         decide(gates, store.run(opened.run_id), opened, "approve", None, user="bench")
         resume_run(replace(request, echo=lambda line: None), store, store.claim(opened.run_id, "bench"))
         log = (store.run_dir(opened.run_id) / "a.log").read_text()
     return {"approval_to_call_done_s": round(marks["call_done"] - approved_at, 3), "target_s": 1.0,
-            "vm_saved_s": _seconds(log, "saved in "), "vm_restored_s": _seconds(log, "restored from the snapshot")}
+            "vm_saved_s": _seconds(log, "saved in "), "vm_restored_s": _seconds(log, "restored from the snapshot"),
+            "snapshot_mib": round(snapshot_mib, 1)}
 
 
 def _seconds(log: str, marker: str) -> float | None:
