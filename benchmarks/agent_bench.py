@@ -133,7 +133,7 @@ def gate(image_name: str) -> dict[str, Any]:
             pass
         gates = GateStore(store)
         (opened,) = gates.open_gates()
-        saved = store.run_dir(opened.run_id) / "agent" / "a" / opened.gate_id
+        saved = store.run_dir(opened.run_id) / "agent" / "a"
         snapshot_mib = sum(f.stat().st_size for f in saved.rglob("*") if f.is_file()) / 1048576
         approved_at = time.perf_counter()
         decide(gates, store.run(opened.run_id), opened, "approve", None, user="bench")

@@ -12,6 +12,7 @@ collected as any step's are, and go through the effects grading and gate (lg.run
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -178,8 +179,9 @@ def _pause(attempt: AgentAttempt, vm: Vm, backend_name: str, conversation: Conve
         raise LgError(f"the agent's call {paused.call.name} needs approval, and a VM with a network allow-list "
                       f"(profile {context.profile.name}) cannot be saved at a tool-call gate; nothing was applied")
     gate_id = f"{context.step.id}.tool-{conversation.tool_calls + 1}"
-    snapshot = context.run_dir / "agent" / context.step.id / gate_id
-    shutil.rmtree(snapshot, ignore_errors=True)
+    # A directory of its own for each save: the VM running now may have been restored from an earlier one
+    # (the same gate, opened again after lg died before opening it), whose disk still backs it.
+    snapshot = snapshot_root(context.run_dir) / context.step.id / f"{gate_id}-{secrets.token_hex(4)}"
     snapshot.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     _snapshot_backend(attempt, backend_name).save_snapshot(vm, snapshot)
