@@ -154,6 +154,9 @@ def test_a_risky_call_waits_at_a_gate_and_runs_once_after_approval(
     assert not (project.root / "before.txt").exists()  # nothing applied while the gate is open
     assert project.statuses(run_id) == {"fix": "awaiting_approval"}
     assert len(script.seen) == 1
+    with pytest.raises(AwaitingApproval):  # resumed before a decision: it waits at the same gate again
+        resume(project, run_id)
+    assert open_gate(project).gate_id == "fix.tool-2" and len(script.seen) == 1
     decide_open(project, run_id, "approve")
     outcome = resume(project, run_id)
     assert outcome.exit_code == ExitCode.OK
