@@ -210,6 +210,7 @@ class _Hooks:
         if held.exists():
             discard(held)
             run.store.audit("effects.discarded", run.record.id, step=step.id, reason=reason)
+        shutil.rmtree(snapshot_root(run.store.run_dir(run.record.id)) / step.id, ignore_errors=True)  # saved VMs
         run.request.echo(f"[{step.id}] {reason}; nothing of it was applied")
         return StepState(StepStatus.CANCELLED)
 
