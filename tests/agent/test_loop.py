@@ -155,8 +155,11 @@ def test_litellm_s_real_http_path_against_an_openai_compatible_server() -> None:
         settings = ModelSettings(agent.model, api_base, "sk-test-key-123456", {})
         tools = openai_tools(TOOLS)
         host = Host()
-        outcome = AgentLoop(agent, TOOLS, lambda m: complete(settings, m, tools), host).run(Conversation.start("x"))
+        conversation = Conversation.start("x")
+        outcome = AgentLoop(agent, TOOLS, lambda m: complete(settings, m, tools), host).run(conversation)
     assert outcome == Finished("read it") and [c.path for c in host.ran] == ["README.md"]
+    # litellm's own price map (the copy in the package): gpt-4o-mini at $0.15 / $0.60 per million tokens
+    assert conversation.spend.usd == pytest.approx(2 * (100 * 0.15 + 20 * 0.60) / 1e6)
     assert authorizations == ["Bearer sk-test-key-123456"] * 2
     assert script.seen[0][-1] == {"role": "user", "content": "x"}
 
