@@ -504,7 +504,8 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
 def _execute_agent(run: _Run, step: Step, env: Mapping[str, str], profile: VmProfile,
                    context: Mapping[str, object]) -> StepState:
     """An agent step (lg.runner.agent_step): its loop, paused at each tool-call gate, then its effects as any
-    step's. The model's API key goes to litellm only: the VM's environment never has it."""
+    step's. The model's API key goes to litellm only, and the VM gets no secret at all: whatever its commands
+    print goes to the model's endpoint."""
     request, store, record = run.request, run.store, run.record
     agent = step.agent
     assert agent is not None  # noqa: S101 - the caller checked
@@ -514,8 +515,8 @@ def _execute_agent(run: _Run, step: Step, env: Mapping[str, str], profile: VmPro
     mask = request.secrets.masker()
     held = effects_dir(store.run_dir(record.id), step.id)
     values = request.secrets.values
-    vm_env = {**request.pipeline.env, **env, **{name: v for name, v in values.items() if name != agent.api_key},
-              "LG_RUN_ID": record.id, "LG_STEP_ID": step.id, "LG_WORKSPACE": GUEST_WORKSPACE, "CI": "true"}
+    vm_env = {**request.pipeline.env, **env, "LG_RUN_ID": record.id, "LG_STEP_ID": step.id,
+              "LG_WORKSPACE": GUEST_WORKSPACE, "CI": "true"}
     with open_log(log_path) as log:
         output = StepOutput(step.id, mask, log, request.echo)
         step_context = StepContext(request.inputs, step, request.workspace, task, vm_env,

@@ -128,12 +128,16 @@ def test_an_agent_step_s_outputs(project: Project, model: tuple[Script, str]) ->
     assert (project.root / "verdict.txt").read_text() == "fixed\n"
 
 
-def test_the_api_key_never_reaches_the_vm(project: Project, model: tuple[Script, str]) -> None:
+def test_no_secret_reaches_an_agent_s_vm(project: Project, model: tuple[Script, str]) -> None:
     script, name = model
     script.replies = [say("", ("shell", {"command": "env"})), say("done")]
-    run(project, pipeline(name))
+    body = pipeline(name).replace("secrets: [MODEL_KEY]", "secrets: [MODEL_KEY, DEPLOY_TOKEN]")
+    request = replace(project.request(body), secrets=SecretValues({"MODEL_KEY": SECRET,
+                                                                   "DEPLOY_TOKEN": "dt-0123456789abcdef"}))
+    assert run_pipeline(request, project.store).exit_code == ExitCode.OK
     (env_result,) = [m["content"] for m in script.seen[-1] if m["role"] == "tool"]
-    assert "LG_STEP_ID=fix" in env_result and SECRET not in env_result and "MODEL_KEY" not in env_result
+    assert "LG_STEP_ID=fix" in env_result
+    assert SECRET not in env_result and "MODEL_KEY" not in env_result and "DEPLOY_TOKEN" not in env_result
 
 
 def test_a_risky_call_waits_at_a_gate_and_runs_once_after_approval(
