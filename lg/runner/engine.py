@@ -405,8 +405,9 @@ def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepSta
         return StepState(StepStatus.FAILED, continued=step.continue_on_error)
     need = before_gate(run.request.policy, step, assessment)
     if need is not None:
+        shown = script if step.agent is None else _runtime_text(step.agent.task, context, f"step {step.id} task")
         gate = _open_gate(run, step, need, CardInput(
-            run.record.id, step.id, step.display_name, need.kind, gate_id_for(step.id, need.kind), script, profile,
+            run.record.id, step.id, step.display_name, need.kind, gate_id_for(step.id, need.kind), shown, profile,
             assessment, need.reasons))
         closed = _pass(run, step, gate, StepStatus.AWAITING_APPROVAL)
         if closed is not None:

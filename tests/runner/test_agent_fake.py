@@ -356,3 +356,12 @@ def test_lg_dying_between_saving_the_vm_and_opening_the_gate_opens_it_on_resume(
     assert resume(project, run_id).exit_code == ExitCode.OK
     assert (project.root / "once.txt").read_text() == "x\n" and len(script.seen) == 2
     assert list((store.run_dir(run_id) / "agent" / "fix").iterdir()) == []
+
+
+def test_an_explicit_gate_before_an_agent_step_shows_its_task(project: Project, model: tuple[Script, str]) -> None:
+    _, name = model
+    body = pipeline(name).replace("            uses: agent\n", "            uses: agent\n            approve: true\n")
+    with pytest.raises(AwaitingApproval):
+        run(project, body)
+    gate = open_gate(project)
+    assert gate.gate_id == "fix.before" and gate.card["command"] == "make the test pass"
