@@ -67,6 +67,17 @@ class ProjectPaths:
 
 
 @dataclass(frozen=True)
+class ModelPrice:
+    """What a model costs, in US dollars per million tokens (lg.yaml `model_prices`, for agent steps)."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.input_per_mtok + tokens_out * self.output_per_mtok) / 1_000_000
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     source: Path | None  # the lg.yaml read, or None for built-in defaults
     root: Path
@@ -86,6 +97,7 @@ class ProjectConfig:
     # that PostgreSQL database; state_dir then keeps only local files (step logs, held effects). None: SQLite.
     state_url: str | None = None
     server: str | None = None  # the lg serve URL client commands use (lg.client.settings)
+    model_prices: Mapping[str, ModelPrice] = field(default_factory=lambda: MappingProxyType({}))
 
 
 # --- pipelines -------------------------------------------------------------------------------------------
@@ -160,6 +172,40 @@ class MatrixGroup:
     fail_fast: bool | None = None
 
 
+AGENT_TOOLS: tuple[str, ...] = ("shell", "read_file", "write_file", "list_files")
+"""The built-in tools of an agent step, each run inside the step's VM (lg.agent.tools)."""
+
+
+@dataclass(frozen=True)
+class McpServerSpec:
+    """An MCP server an agent step may call (Streamable HTTP), from lg on the host, never from the VM."""
+
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class AgentBudget:
+    """What one agent step may spend; None: no limit of that kind (max_turns still ends it)."""
+
+    usd: float | None = None
+    tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """`uses: agent` with its `with:` keys (docs/agents.md)."""
+
+    model: str
+    task: str  # templated like `run:`; templates over step outputs stay unrendered until run time
+    tools: tuple[str, ...]
+    mcp: tuple[McpServerSpec, ...] = ()
+    max_turns: int = 20
+    budget: AgentBudget = field(default_factory=AgentBudget)
+    api_key: str | None = None  # the name of a declared secret: passed to litellm, never to the VM
+    api_base: str | None = None
+
+
 @dataclass(frozen=True)
 class Step:
     id: str
@@ -184,6 +230,7 @@ class Step:
     cache: CacheSpec | None = None
     artifacts_from: FrozenMap = field(default_factory=frozen_map)  # needed step id -> absolute guest path
     matrix_group: MatrixGroup | None = None  # set on each expansion of a matrix step
+    agent: AgentSpec | None = None  # set when `uses: agent`
 
     @property
     def display_name(self) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ KIND_TEXT = {
     "explicit": "explicit gate: the pipeline asks for approval before this step runs",
     "before": "before gate: the step's command is graded at or over the policy's threshold; nothing has run",
     "effects": "effects gate: the step ran in a throwaway VM; what it did is held, not applied",
+    "tool": "tool-call gate: an agent asks to make this call in its VM; it has not run (the VM is saved)",
 }
 
 
@@ -52,6 +54,8 @@ class CardInput:
     workspace: Path | None = None
     held: Path | None = None
     base: Mapping[str, str | None] | None = None
+    call: Mapping[str, Any] | None = None  # a tool-call gate's call: name, arguments, reason (lg.agent)
+    call_diff: str | None = None  # for a write_file call: the unified diff it would make
 
 
 def build(card_input: CardInput, mask: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -69,6 +73,8 @@ def build(card_input: CardInput, mask: Callable[[str], str]) -> tuple[dict[str, 
         subject["changes"] = [_change_subject(change, card_input.base or {}) for change in card_input.changes]
         subject["outputs"] = {name: hashlib.sha256(value.encode()).hexdigest()
                               for name, value in sorted((card_input.outputs or {}).items())}
+    if card_input.call is not None:
+        subject["call_sha256"] = hashlib.sha256(json.dumps(card_input.call, sort_keys=True).encode()).hexdigest()
     assessment = card_input.assessment
     card: dict[str, Any] = {
         "run": card_input.run_id,
@@ -86,6 +92,13 @@ def build(card_input: CardInput, mask: Callable[[str], str]) -> tuple[dict[str, 
         budget = _Budget(MAX_CARD_DIFF_LINES)
         card["changes"] = [_change_card(change, card_input, mask, budget) for change in card_input.changes]
         card["outputs"] = {name: mask(value) for name, value in sorted((card_input.outputs or {}).items())}
+    if card_input.call is not None:
+        call = card_input.call
+        card["call"] = {"name": call.get("name"), "reason": mask(str(call.get("reason") or "")),
+                        "arguments": {key: mask(str(value)) for key, value in (call.get("arguments") or {}).items()
+                                      if key != "reason"}}
+        if card_input.call_diff is not None:
+            card["diff"] = mask(card_input.call_diff).rstrip("\n").split("\n")[:MAX_CARD_DIFF_LINES]
     return subject, card
 
 
@@ -217,6 +230,8 @@ def render(card: Mapping[str, Any], *, digest: str, status: str, outcome: str | 
                f"{profile.get('memory_mib')} MiB)")
     relaxations = profile.get("relaxations") or []
     out.append("  relaxations: " + (", ".join(relaxations) if relaxations else "none"))
+    if card.get("call"):
+        out.extend(_render_call(card["call"], card.get("diff"), paint))
     if card.get("kind") == "effects":
         out.extend(_render_changes(card.get("changes", []), paint))
         outputs = card.get("outputs") or {}
@@ -245,6 +260,20 @@ def _render_changes(changes: Sequence[Mapping[str, Any]], paint: Callable[[str, 
             out.append(f"      {change['note']}")
         for line in (change.get("diff") or "").rstrip("\n").split("\n") if change.get("diff") else []:
             out.append("      " + _diff_line(_shown(line), paint))
+    return out
+
+
+def _render_call(call: Mapping[str, Any], diff: Sequence[str] | None,
+                 paint: Callable[[str, str], str]) -> list[str]:
+    """A tool-call gate: the call in full, the model's stated reason, and for a write the diff it would make."""
+    out = [f"  call: {paint('1', _shown(call.get('name')))}", f"  reason (the model's): {_shown(call.get('reason'))}"]
+    for key, value in (call.get("arguments") or {}).items():
+        lines = str(value).rstrip("\n").split("\n")
+        out.append(f"    {_shown(key)}: {_shown(lines[0])}")
+        out.extend(f"      {_shown(line)}" for line in lines[1:])
+    if diff:
+        out.append("  diff:")
+        out.extend("    " + _diff_line(_shown(line), paint) for line in diff)
     return out
 
 

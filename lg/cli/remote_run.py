@@ -46,7 +46,13 @@ def remote_store(client: ApiClient) -> Iterator[RemoteRunStore]:
 
 def local_inputs(inputs: RunInputs, store: RemoteRunStore) -> RunInputs:
     """The run's inputs with the scratch directory as state directory: the step cache and webhook queue of a
-    run recorded on a server leave nothing behind on this machine."""
+    run recorded on a server leave nothing behind on this machine. Agent steps are refused here, before
+    anything is recorded: their conversations and saved VMs are kept in the local store only (for now)."""
+    agents = [step.id for step in inputs.pipeline.steps if step.agent is not None]
+    if agents:
+        raise InvalidInput(f"{inputs.pipeline.path}: agent step(s) {', '.join(agents)} cannot run on a server "
+                           "(--server / LG_SERVER) yet: their conversations and saved VMs are kept in the local "
+                           "state store only; run this pipeline without a server")
     return replace(inputs, config=replace(inputs.config, state_dir=store.state_dir))
 
 

@@ -85,6 +85,7 @@ def status(run_id: str, as_json: bool, server: str | None, token_file: Path | No
 
 def _print_status(document: dict[str, Any]) -> None:
     """`lg status` for people, from the document `lg status --json` prints (local or from a server)."""
+    from lg.agent.costs import Spend  # noqa: PLC0415
     run = document["run"]
     started, finished = run["started"], run["finished"]
     duration = (finished or time.time()) - started if started else None
@@ -108,6 +109,12 @@ def _print_status(document: dict[str, Any]) -> None:
             from lg.security.state import summary  # noqa: PLC0415
 
             click.echo(f"      security: {summary(step['security'])}")
+        spent = document.get("agent_spend", {}).get("steps", {}).get(step["step_id"])
+        if spent is not None:
+            click.echo(f"      agent: {Spend.from_json(spent).summary()}")
+    total = document.get("agent_spend", {}).get("total")
+    if total is not None:
+        click.echo(f"  agent spend, whole run: {Spend.from_json(total).summary()}")
     for gate in document["gates"]:
         click.echo(f"  gate {gate['gate']:<24} {gate['status']:<9} {gate['level'] or '-':<7} "
                    f"digest {gate['digest'][:12]}" + (f"  {gate['outcome']}" if gate["outcome"] else ""))

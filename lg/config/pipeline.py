@@ -19,9 +19,12 @@ from lg.config.schema_check import check_schema, suggest
 from lg.config.yamlsource import KeyPath, SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
 from lg.model import (
+    AgentBudget,
+    AgentSpec,
     ApprovalSpec,
     InputSpec,
     MatrixGroup,
+    McpServerSpec,
     OutputSpec,
     Pipeline,
     ProjectConfig,
@@ -30,8 +33,8 @@ from lg.model import (
     frozen_map,
 )
 
-KNOWN_STEP_KINDS: dict[str, str] = {}
-"""`uses:` kinds this version runs (agent steps arrive later). Empty: every `uses` is refused clearly."""
+KNOWN_STEP_KINDS: dict[str, str] = {"agent": "an LLM agent whose tool calls run in the step's VM (docs/agents.md)"}
+"""`uses:` kinds this version runs."""
 
 
 def load_pipeline(path: Path, config: ProjectConfig | None = None,
@@ -283,6 +286,43 @@ class _PipelineBuilder:
                 raw.get("artifacts_from"), key_path, expansion.step_id, self.shards, upstream,
                 lambda shard: bool(self.raw_by_id[shard].get("artifacts")), self.fail)),
             matrix_group=_matrix_group(expansion),
+            agent=self._agent(raw, key_path, context, probe),
+        )
+
+    def _agent(self, raw: Mapping[str, Any], key_path: KeyPath, context: Mapping[str, Any],
+               probe: templates.StepsProbe) -> AgentSpec | None:
+        """`uses: agent` with its `with:` keys (the schema checked their shapes)."""
+        given = raw.get("with")
+        if raw.get("uses") != "agent" or "run" in raw:
+            if given is not None and "uses" not in raw:
+                self.fail((*key_path, "with"), "'with' belongs to a step with 'uses'", at_key=True)
+            return None
+        if given is None:
+            self.fail((*key_path, "uses"), "an agent step needs 'with:' giving at least model and task")
+            return None
+        for key, why in AGENT_REFUSED_KEYS.items():
+            if key in raw:
+                self.fail((*key_path, key), f"'{key}' does not apply to an agent step ({why})", at_key=True)
+        api_key = given.get("api_key")
+        declared = set(_secret_names(self.data.get("secrets")))
+        if api_key is not None and api_key not in declared:
+            self.fail((*key_path, "with", "api_key"),
+                      f"api_key names the secret {api_key!r}, which is not declared in 'secrets:'"
+                      f"{suggest(api_key, sorted(declared))}")
+        names = [server["name"] for server in given.get("mcp", [])]
+        for position, name in enumerate(names):
+            if name in names[:position]:
+                self.fail((*key_path, "with", "mcp", position, "name"), f"duplicate MCP server name {name!r}")
+        budget = given.get("budget", {})
+        return AgentSpec(
+            model=given["model"],
+            task=self._render((*key_path, "with", "task"), given["task"], context, probe),
+            tools=tuple(given.get("tools", ())),
+            mcp=tuple(McpServerSpec(server["name"], server["url"]) for server in given.get("mcp", [])),
+            max_turns=given.get("max_turns", 20),
+            budget=AgentBudget(usd=budget.get("usd"), tokens=budget.get("tokens")),
+            api_key=api_key,
+            api_base=given.get("api_base"),
         )
 
     def _check_kind(self, raw: Mapping[str, Any], key_path: KeyPath) -> None:
@@ -372,6 +412,20 @@ class _PipelineBuilder:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+
+
+AGENT_REFUSED_KEYS: dict[str, str] = {
+    "retries": "a retry would run again tool calls a reviewer approved once",
+    "cache": "its VM may be saved and restored at tool-call gates; declare the cache on a `run:` step",
+    "artifacts": "collect them in a `run:` step after it",
+    "artifacts_from": "the agent can read the workspace; deliver artifacts with a `run:` step",
+    "workdir": "its tools work from the workspace root; give paths relative to it in the task",
+}
+"""Step keys an agent step refuses, and why (each said at its line)."""
+
+
+def _secret_names(raw: Any) -> list[str]:
+    return list(raw) if isinstance(raw, list | dict) else []
 
 
 def _text(value: Any) -> str:

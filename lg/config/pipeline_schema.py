@@ -137,7 +137,8 @@ def step_schema() -> dict[str, Any]:
             "id": {"type": "string", "pattern": STEP_ID_PATTERN, "maxLength": 64},
             "name": {"type": "string"},
             "run": {"type": "string", "minLength": 1, "description": "shell script, run with /bin/sh -e"},
-            "uses": {"type": "string", "minLength": 1, "description": "reserved for later step kinds"},
+            "uses": {"type": "string", "minLength": 1, "description": "a step kind instead of `run`: agent"},
+            "with": agent_schema(),
             "needs": {
                 "oneOf": [
                     {"type": "string", "pattern": STEP_ID_PATTERN},
@@ -183,6 +184,46 @@ def step_schema() -> dict[str, Any]:
             "hypervisor": {"enum": list(HYPERVISOR_CHOICES)},
             "image": image_name("guest image recipe name, overriding the pipeline's"),
             "approve": _approve(),
+        },
+    }
+
+
+def agent_schema() -> dict[str, Any]:
+    """The `with:` keys of `uses: agent` (docs/agents.md)."""
+    limit = {"type": "number", "exclusiveMinimum": 0}
+    return {
+        "type": "object",
+        "description": "the settings of a `uses:` step kind; for agent: model, task, tools, mcp, max_turns, "
+                       "budget, api_key, api_base",
+        "additionalProperties": False,
+        "required": ["model", "task"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "description": "a litellm model name, e.g. openai/gpt-4o"},
+            "api_base": {"type": "string", "pattern": "^https?://", "description": "an OpenAI-compatible server"},
+            "task": {"type": "string", "minLength": 1, "description": "what the agent is asked to do (templated)"},
+            "tools": {
+                "type": "array", "uniqueItems": True,
+                "items": {"enum": ["shell", "read_file", "write_file", "list_files"]},
+                "description": "built-in tools, each run inside the step's VM",
+            },
+            "mcp": {
+                "type": "array",
+                "items": {
+                    "type": "object", "additionalProperties": False, "required": ["name", "url"],
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
+                        "url": {"type": "string", "pattern": "^https?://"},
+                    },
+                },
+                "description": "MCP servers over Streamable HTTP, called from lg on the host",
+            },
+            "max_turns": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "budget": {
+                "type": "object", "additionalProperties": False, "minProperties": 1,
+                "properties": {"usd": limit, "tokens": {"type": "integer", "minimum": 1}},
+            },
+            "api_key": {"type": "string", "pattern": SECRET_NAME_PATTERN,
+                        "description": "the name of a declared secret holding the model's API key"},
         },
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from lg.config.locations import default_cache_dir, default_state_dir
@@ -11,7 +12,15 @@ from lg.config.pipeline_schema import MAX_PARALLEL_SCHEMA, image_name
 from lg.config.schema_check import check_schema
 from lg.config.yamlsource import SourceDoc, load_yaml
 from lg.errors import InvalidInput, InvalidInputs
-from lg.model import HYPERVISOR_CHOICES, PoolSettings, ProjectConfig, ProjectPaths, StepCacheLimits, WebhookSpec
+from lg.model import (
+    HYPERVISOR_CHOICES,
+    ModelPrice,
+    PoolSettings,
+    ProjectConfig,
+    ProjectPaths,
+    StepCacheLimits,
+    WebhookSpec,
+)
 
 PROJECT_FILE = "lg.yaml"
 
@@ -65,6 +74,15 @@ def project_schema() -> dict[str, Any]:
                                   "description": "restore VMs from template snapshots and keep them ready "
                                                  "(default true); false cold-boots every step's VM when it "
                                                  "starts"},
+                },
+            },
+            "model_prices": {
+                "type": "object",
+                "description": "USD per million tokens for models litellm's price map does not know (agent steps)",
+                "additionalProperties": {
+                    "type": "object", "additionalProperties": False, "required": ["input", "output"],
+                    "properties": {"input": {"type": "number", "minimum": 0},
+                                   "output": {"type": "number", "minimum": 0}},
                 },
             },
             "webhooks": {
@@ -186,6 +204,8 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
         max_parallel=data.get("max_parallel"),
         state_url=state_url,
         server=data.get("server"),
+        model_prices=MappingProxyType({model: ModelPrice(float(price["input"]), float(price["output"]))
+                                       for model, price in data.get("model_prices", {}).items()}),
         paths=ProjectPaths(
             vm_profiles=_search_dirs(root, paths.get("vm_profiles"), "profiles/vm"),
             risk_policies=_search_dirs(root, paths.get("risk_policies"), "profiles/risk"),

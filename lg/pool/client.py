@@ -15,7 +15,7 @@ from lg.pool.local import local_pool
 from lg.pool.pool import Lease, WarmPool
 from lg.pool.wire import LineSocket, PoolDaemonError, default_socket, exec_to_json, spec_to_json
 from lg.vm.agent_client import AgentClient
-from lg.vm.api import AgentUnresponsive, ExecRequest, GuestCrashed, VmSpec
+from lg.vm.api import AgentUnresponsive, ExecRequest, GuestCrashed, SnapshotBackend, VmSpec
 from lg.vm.base import AgentVm
 from lg.vm.channel import ChannelError, UnixSocketConnector
 from lg.vm.console import read_console_tail
@@ -110,6 +110,10 @@ class DaemonClient:
                      _release=lambda lease: lease.vm.destroy(),
                      template_seconds=float(template) if template is not None else None,
                      made_while_waiting=bool(answer.get("made_while_waiting")))
+
+    def snapshot_backend(self, name: str) -> SnapshotBackend | None:
+        """None: the daemon's VMs live in its process, where this one cannot save them."""
+        return None
 
     def release(self, vm_id: str) -> None:
         self.call({"op": "release", "vm": vm_id}, 30.0)

@@ -228,6 +228,11 @@ class WarmPool:
                 self._backends[name] = (hypervisor, store)
             return self._backends[name]
 
+    def snapshot_backend(self, name: str) -> SnapshotBackend | None:
+        """The backend of `name` when it can save a VM this process leased (an agent step's tool-call gate)."""
+        hypervisor, _ = self.backend(name)
+        return hypervisor if isinstance(hypervisor, SnapshotBackend) else None
+
     def _spawn(self, key: PoolKey, spec: VmSpec, for_pool: bool) -> ReadyVm:
         """A VM of `key`. One made `for_pool` (by a niced refill worker, whose nice its VMM and the VMM's session
         inherit: lg.vm.host.session_keeps_nice) waits idle; a restored one is warmed up while it waits, unless a

@@ -9,7 +9,7 @@ from lg.pool import client
 from lg.pool.key import PoolKey
 from lg.pool.local import local_pool
 from lg.pool.pool import Lease
-from lg.vm.api import ExecRequest, VmSpec
+from lg.vm.api import ExecRequest, SnapshotBackend, VmSpec
 
 
 class VmProvider(Protocol):
@@ -22,6 +22,11 @@ class VmProvider(Protocol):
     def lease(self, key: PoolKey, spec: VmSpec, timeout: float | None = None,
               warmup: ExecRequest | None = None) -> Lease:
         """A fresh VM for one step, never handed out before; release it (or leave its `with`) to destroy it."""
+        ...
+
+    def snapshot_backend(self, name: str) -> SnapshotBackend | None:
+        """The backend `name` when it can save VMs this process leased and restore them (an agent step's
+        tool-call gate); None when it cannot (no snapshots, or the VMs live in another process)."""
         ...
 
     def close(self) -> None: ...

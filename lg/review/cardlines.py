@@ -48,6 +48,8 @@ def card_document(card: Mapping[str, Any], digest: str, decisions: Sequence[str]
     lines.extend(_rules(card.get("rules") or []))
     lines.extend(_command(str(card.get("command", ""))))
     lines.extend(_profile(card.get("profile") or {}))
+    if card.get("call"):
+        lines.extend(_call(card["call"], card.get("diff") or []))
     if card.get("kind") == "effects":
         lines.extend(_changes(card.get("changes") or []))
         lines.extend(_outputs(card.get("outputs") or {}))
@@ -91,6 +93,19 @@ def _command(command: str) -> Iterable[Line]:
     highlighted.rstrip()
     for line in highlighted.split("\n", allow_blank=True):
         yield Line(Text.assemble(("  │ ", "dim"), line), "command", 4)
+
+
+def _call(call: Mapping[str, Any], diff: Sequence[str]) -> Iterable[Line]:
+    """A tool-call gate (an agent step): the call in full, the model's stated reason, a write's diff."""
+    yield Line(Text.assemble(("call ", "bold"), shown(call.get("name", ""))), "call")
+    yield Line(Text.assemble(("reason (the model's): ", "bold"), shown(call.get("reason", ""))), "call", 22)
+    for key, value in (call.get("arguments") or {}).items():
+        rows = str(value).rstrip("\n").split("\n")
+        yield Line(Text.assemble(f"  {shown(key)}: ", shown(rows[0])), "call", 4)
+        yield from (Line(Text(f"    {shown(row)}"), "call", 4) for row in rows[1:])
+    if diff:
+        yield Line(Text("diff:", style="bold"), "diff")
+        yield from (Line(_diff_line(shown(row)), "diff", 4) for row in diff)
 
 
 def _profile(profile: Mapping[str, Any]) -> Iterable[Line]:

@@ -13,6 +13,7 @@ directory, and effects that were being applied are finished idempotently.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,7 @@ from lg.policy.grade import grade_effects, grade_script
 from lg.policy.model import Assessment, RiskPolicy
 from lg.pool.key import PoolKey
 from lg.pool.provider import VmProvider, open_provider
+from lg.runner.agent_step import AgentAttempt, run_agent_attempt, snapshot_root, task_sha256
 from lg.runner.conditions import skip_reason
 from lg.runner.console import StepOutput, line_atomic, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
@@ -50,11 +52,12 @@ from lg.runner.interrupts import CancelWatch, deferred
 from lg.runner.landing import Landing
 from lg.runner.scheduler import Scheduler, limit_note, max_parallel
 from lg.runner.secret_outputs import masked_result
-from lg.runner.step_vm import AttemptResult, StepContext, run_attempt, vm_request, warmup_for
+from lg.runner.step_vm import GUEST_WORKSPACE, AttemptResult, StepContext, run_attempt, vm_request, warmup_for
 from lg.runner.stopping import StepStopped, StoppableVms, StopSwitch
 from lg.runner.vms import RunVms
 from lg.runner.workspace import UnsafeChange
-from lg.runs.gates import Clock, Gate, gate_id_for
+from lg.runs.agent_sessions import AgentSessions
+from lg.runs.gates import Clock, Gate, GateStore, gate_id_for
 from lg.runs.ports import GateStoreLike, RunStoreLike
 from lg.runs.states import (
     ENDED_STEPS,
@@ -66,7 +69,7 @@ from lg.runs.states import (
     RunStatus,
     StepStatus,
 )
-from lg.runs.store import CancelRequested, RunRecord, StepRecord
+from lg.runs.store import CancelRequested, RunRecord, RunStore, StepRecord
 from lg.security.profile import VmProfile
 from lg.vm.api import VmSpec
 
@@ -157,7 +160,8 @@ def _drive(request: RunRequest, store: RunStoreLike, record: RunRecord) -> RunOu
     states = _restore_states(run)
     try:
         with CancelWatch(store.path, record.id):
-            _announce_steps(run, [step for step in topological_order(pipeline) if step.id not in states])
+            _announce_steps(run, [step for step in topological_order(pipeline)
+                                  if step.id not in states and not _in_saved_vm(run, step)])
             note = limit_note(pipeline, request.config)
             if note is not None:
                 request.echo(f"run {record.id}: {note}")
@@ -207,6 +211,7 @@ class _Hooks:
         if held.exists():
             discard(held)
             run.store.audit("effects.discarded", run.record.id, step=step.id, reason=reason)
+        shutil.rmtree(snapshot_root(run.store.run_dir(run.record.id)) / step.id, ignore_errors=True)  # saved VMs
         run.request.echo(f"[{step.id}] {reason}; nothing of it was applied")
         return StepState(StepStatus.CANCELLED)
 
@@ -241,6 +246,9 @@ def discard_held(store: RunStoreLike, run_id: str, reason: str) -> None:
     for step_dir in sorted(held.iterdir()) if held.is_dir() else []:
         discard(step_dir)
         store.audit("effects.discarded", run_id, step=step_dir.name, reason=reason)
+    saved = snapshot_root(store.run_dir(run_id))  # VMs agent steps saved at their tool-call gates
+    if saved.is_dir():
+        shutil.rmtree(saved, ignore_errors=True)
 
 
 def _announce_steps(run: _Run, steps: list[Step]) -> None:
@@ -259,6 +267,15 @@ def _announce_steps(run: _Run, steps: list[Step]) -> None:
             wanted[key] = (spec, profile, wanted.get(key, (spec, profile, 0))[2] + 1)
     for key, (spec, profile, count) in wanted.items():
         run.vms.expect(key, spec, count, warmup_for(profile))
+
+
+def _in_saved_vm(run: _Run, step: Step) -> bool:
+    """An agent step paused at a tool-call gate goes on in its saved VM: the pool need not make it one (which
+    would take the CPU the restore needs)."""
+    if step.agent is None or not isinstance(run.store, RunStore):
+        return False
+    session = AgentSessions(run.store).get(run.record.id, step.id)
+    return session is not None and session.gate_id is not None
 
 
 def _pool_request(run: _Run, step: Step) -> tuple[PoolKey, VmSpec, VmProfile] | None:
@@ -377,7 +394,8 @@ def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepSta
     record = run.store.step(run.record.id, step.id)
     context = _template_context(run, step, states)
     if record.status in RAN_STEPS:  # a resumed run: the step ran; its effects wait or were landing
-        return _settle_effects(run, step, record, _runtime_text(step.run or "", context, f"step {step.id} run"))
+        shown = step.agent.task if step.agent is not None else step.run or ""
+        return _settle_effects(run, step, record, _runtime_text(shown, context, f"step {step.id} run"))
     script = _runtime_text(step.run or "", context, f"step {step.id} run")
     env = {name: _runtime_text(value, context, f"step {step.id} env.{name}") for name, value in step.env.items()}
     profile = _profile(run, step)
@@ -388,12 +406,15 @@ def _run_step(run: _Run, step: Step, states: Mapping[str, StepState]) -> StepSta
         return StepState(StepStatus.FAILED, continued=step.continue_on_error)
     need = before_gate(run.request.policy, step, assessment)
     if need is not None:
+        shown = script if step.agent is None else _runtime_text(step.agent.task, context, f"step {step.id} task")
         gate = _open_gate(run, step, need, CardInput(
-            run.record.id, step.id, step.display_name, need.kind, gate_id_for(step.id, need.kind), script, profile,
+            run.record.id, step.id, step.display_name, need.kind, gate_id_for(step.id, need.kind), shown, profile,
             assessment, need.reasons))
         closed = _pass(run, step, gate, StepStatus.AWAITING_APPROVAL)
         if closed is not None:
             return closed
+    if step.agent is not None:
+        return _execute_agent(run, step, env, profile, context)
     return _execute(run, step, script, env, profile)
 
 
@@ -480,6 +501,56 @@ def _execute(run: _Run, step: Step, script: str, env: Mapping[str, str], profile
         request.echo(f"[{step.id}] {mask(f'{result.status}: {result.detail}')}")
         return StepState(result.status, continued=step.continue_on_error)
     return _settle_effects(run, step, store.step(record.id, step.id), script)
+
+
+def _execute_agent(run: _Run, step: Step, env: Mapping[str, str], profile: VmProfile,
+                   context: Mapping[str, object]) -> StepState:
+    """An agent step (lg.runner.agent_step): its loop, paused at each tool-call gate, then its effects as any
+    step's. The model's API key goes to litellm only, and the VM gets no secret at all: whatever its commands
+    print goes to the model's endpoint."""
+    request, store, record = run.request, run.store, run.record
+    agent = step.agent
+    assert agent is not None  # noqa: S101 - the caller checked
+    task = _runtime_text(agent.task, context, f"step {step.id} with.task")
+    log_path = store.run_dir(record.id) / f"{step.id}.log"
+    store.start_step(record.id, step.id, log_path, task_sha256(task))
+    mask = request.secrets.masker()
+    held = effects_dir(store.run_dir(record.id), step.id)
+    values = request.secrets.values
+    vm_env = {**request.pipeline.env, **env, "LG_RUN_ID": record.id, "LG_STEP_ID": step.id,
+              "LG_WORKSPACE": GUEST_WORKSPACE, "CI": "true"}
+    with open_log(log_path) as log:
+        output = StepOutput(step.id, mask, log, request.echo)
+        step_context = StepContext(request.inputs, step, request.workspace, task, vm_env,
+                                   _step_timeout(step, run.deadline), record.id, store.run_dir(record.id), output,
+                                   profile, held, run.vms)
+        if not isinstance(store, RunStore) or not isinstance(run.gates, GateStore):  # lg.cli.remote_run refuses it
+            raise EnvironmentUnfit(f"agent step {step.id} needs the local state store (not a server's)")
+        try:
+            outcome = run_agent_attempt(AgentAttempt(step_context, agent, values.get(agent.api_key or ""), store,
+                                                     run.gates, mask, request.config.model_prices))
+        except KeyboardInterrupt as stop:
+            output.flush()
+            discard(held)
+            if isinstance(stop, StepStopped) and stop.cancelled:
+                store.cancel_step(record.id, step.id, f"{stop.reason}; VM stopped, nothing applied")
+                request.echo(f"[{step.id}] {stop.reason}; VM stopped, nothing applied")
+                raise
+            store.end_step(record.id, step.id, StepStatus.INTERRUPTED, "interrupted; VM destroyed, nothing applied",
+                           audited=False)
+            raise
+        output.flush()
+        if isinstance(outcome, Gate):
+            store.wait_at_gate(record.id, step.id, StepStatus.AWAITING_APPROVAL, outcome.gate_id)
+            run.waiter.until_decided(record, outcome)  # the branch pauses (BranchPaused) while the gate is open
+            return _execute_agent(run, step, env, profile, context)  # decided: the loop goes on from the gate
+        result = masked_result(outcome, mask, output.note)
+        store.record_attempt(record.id, step.id, result)
+    if result.status is not StepStatus.SUCCEEDED:
+        store.end_attempts(record.id, step.id, result.status)
+        request.echo(f"[{step.id}] {mask(f'{result.status}: {result.detail}')}")
+        return StepState(result.status, continued=step.continue_on_error)
+    return _settle_effects(run, step, store.step(record.id, step.id), task)
 
 
 def _settle_effects(run: _Run, step: Step, record: StepRecord, script: str) -> StepState:

@@ -82,7 +82,7 @@ def run_attempt(context: StepContext) -> AttemptResult:
             lease = context.vms.lease(key, spec, warmup=warmup_for(context.profile))
         with lease:
             vm = lease.vm
-            context.output.note(_lease_note(lease))
+            context.output.note(lease_note(lease))
             result = _in_vm(context, vm, image.digest, host_plan)
             return replace(result, boot_seconds=lease.spawn_seconds, vm=lease.to_json())
     except UnsafeChange as error:
@@ -132,7 +132,7 @@ WAIT_NOTED_SECONDS = 0.5
 """A warm VM the lease waited less than this for is as good as ready: said as "from the warm pool"."""
 
 
-def _lease_note(lease: Lease) -> str:
+def lease_note(lease: Lease) -> str:
     vm = lease.vm
     if lease.template_seconds is not None:
         # The first VM of this image and profile: its template snapshot was built first (once; later VMs of
@@ -185,13 +185,13 @@ def _in_vm(context: StepContext, vm: Vm, image_digest: str, host_plan: HostPlan)
         return replace(base, status=StepStatus.TIMED_OUT, detail=f"timed out after {context.timeout:.0f}s; VM killed")
     if result.exit_code != 0:
         return replace(base, detail=_failure(result, context.profile))
-    outputs = _collect_outputs(vm, step)
+    outputs = collect_outputs(vm, step)
     everything = tuple(vm.changes(GUEST_WORKSPACE))
     # What the step did inside its cache paths is the cache's: never an effect on the host workspace.
     changes = tuple(c for c in everything if cache is None or not under_paths(c.path, cache.paths))
     for change in changes:
         check_change_path(context.workspace, change)  # refuse before fetching anything
-    _fetch_effects(vm, changes, context.effects_dir)
+    fetch_effects(vm, changes, context.effects_dir)
     artifacts.collect(vm, step, GUEST_WORKSPACE, artifacts.guest_paths(put, everything),
                       context.run_dir, context.output.note)
     if cache is not None and cache.entry is None:
@@ -275,7 +275,7 @@ def _fetch_text(vm: Vm, guest_dir: str, relative: str) -> str | None:
         return path.read_text(errors="replace")
 
 
-def _collect_outputs(vm: Vm, step: Step) -> dict[str, str]:
+def collect_outputs(vm: Vm, step: Step) -> dict[str, str]:
     if not step.outputs:
         return {}
     lines = _fetch_text(vm, GUEST_OUTPUT_DIR, GUEST_OUTPUT_FILE) or ""
@@ -291,7 +291,7 @@ def _collect_outputs(vm: Vm, step: Step) -> dict[str, str]:
     return outputs
 
 
-def _fetch_effects(vm: Vm, changes: tuple[FileChange, ...], destination: Path) -> None:
+def fetch_effects(vm: Vm, changes: tuple[FileChange, ...], destination: Path) -> None:
     discard(destination)  # a previous attempt's files must not mix with this one's
     destination.mkdir(parents=True)
     wanted = files_to_fetch(changes)

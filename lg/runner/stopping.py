@@ -19,7 +19,7 @@ from dataclasses import replace
 from lg.pool.key import PoolKey
 from lg.pool.pool import Lease
 from lg.pool.provider import VmProvider
-from lg.vm.api import ExecRequest, ProcessVm, Vm, VmSpec
+from lg.vm.api import ExecRequest, ProcessVm, SnapshotBackend, Vm, VmSpec
 
 
 class StepStopped(KeyboardInterrupt):
@@ -92,6 +92,16 @@ class StoppableVms:
 
         switch.holding(lease.vm)
         return replace(lease, _release=released)
+
+    def snapshot_backend(self, name: str) -> SnapshotBackend | None:
+        return self._vms.snapshot_backend(name)
+
+    def restored(self, vm: Vm | None) -> None:
+        """The step holds `vm`, a VM it restored itself (an agent step after its tool-call gate), stopped like a
+        leased one; None: it holds it no more (about to destroy it)."""
+        self._switch.holding(vm)
+        if vm is not None:
+            self._switch.check()
 
     def close(self) -> None:
         """The run's provider is the run's to close."""

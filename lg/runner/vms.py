@@ -17,7 +17,7 @@ from collections.abc import Callable
 from lg.pool.key import PoolKey
 from lg.pool.pool import Lease
 from lg.pool.provider import VmProvider
-from lg.vm.api import ExecRequest, VmSpec
+from lg.vm.api import ExecRequest, SnapshotBackend, VmSpec
 
 
 class RunVms:
@@ -46,6 +46,11 @@ class RunVms:
             if self._announced[key] > 0:
                 self._announced[key] -= 1
         return provider.lease(key, spec, timeout, warmup)  # outside the lock: it may wait for a free VM
+
+    def snapshot_backend(self, name: str) -> SnapshotBackend | None:
+        with self._lock:
+            provider = self._provider()
+        return provider.snapshot_backend(name)
 
     def park(self) -> None:
         """Leave no VM alive on the run's account while it waits (a run holds no lease when it waits at a gate)."""

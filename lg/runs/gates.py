@@ -24,7 +24,7 @@ from lg.runs.audit import AuditRecord
 from lg.runs.database import Connection, RowConflict, path_of, unreadable_row
 from lg.runs.states import GATES, GateStatus
 
-GateKind = Literal["explicit", "before", "effects"]
+GateKind = Literal["explicit", "before", "effects", "tool"]  # tool: an agent step's tool call
 Verdict = Literal["approve", "reject"]
 Clock = Callable[[], float]
 
@@ -139,10 +139,11 @@ class GateStore:
     # --- opening -----------------------------------------------------------------------------------------
 
     def open(self, run_id: str, step_id: str, kind: GateKind, subject: Mapping[str, Any],
-             card: Mapping[str, Any], rules: GateRules) -> Gate:
-        """The gate for this step and kind, opened now, or the existing one when its subject is unchanged
-        (a resumed run finds its gate, and the decisions already made on it, again)."""
-        gate_id = gate_id_for(step_id, kind)
+             card: Mapping[str, Any], rules: GateRules, gate_id: str | None = None) -> Gate:
+        """The gate for this step and kind (or `gate_id`: an agent step's tool-call gates are one per call),
+        opened now, or the existing one when its subject is unchanged (a resumed run finds its gate, and the
+        decisions already made on it, again)."""
+        gate_id = gate_id or gate_id_for(step_id, kind)
         digest = subject_digest(subject)
         now = self.clock()
         expires = now + rules.timeout if rules.timeout else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from lg.runs.agent_sessions import AgentSessions
 from lg.runs.gates import GateStore
 from lg.runs.store import RunRecord, RunStore
 
@@ -23,4 +24,14 @@ def status_document(store: RunStore, record: RunRecord) -> dict[str, Any]:
     return {"run": run_document(record),
             "steps": [asdict(step) for step in store.steps(record.id)],
             "gates": [{"gate": g.gate_id, "kind": g.kind, "status": g.status, "digest": g.digest,
-                       "level": g.card.get("level"), "outcome": g.outcome} for g in gates]}
+                       "level": g.card.get("level"), "outcome": g.outcome} for g in gates],
+            "agent_spend": agent_spend(store, record.id)}
+
+
+def agent_spend(store: RunStore, run_id: str) -> dict[str, Any]:
+    """What the run's agent steps spent (lg.agent.costs.Spend as JSON), each and in all; total None without any."""
+    steps = {session.step_id: dict(session.spend) for session in AgentSessions(store).of_run(run_id)}
+    total: dict[str, Any] | None = None
+    for spend in steps.values():
+        total = {key: (total or {}).get(key, 0) + value for key, value in spend.items()}
+    return {"steps": steps, "total": total}

@@ -25,7 +25,7 @@ class Dialects:
 
 Step = str | Dialects
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 GATES_TABLES = """
 CREATE TABLE IF NOT EXISTS gates (
@@ -76,6 +76,22 @@ CREATE TABLE IF NOT EXISTS tokens (
 )
 """
 
+# Agent steps (lg.agent): the conversation of each agent step, what it spent, and (while it waits at a tool-call
+# gate) the gate, the call and the VM snapshot it resumes from. Portable DDL, as the tokens table.
+AGENT_TABLE = """
+CREATE TABLE IF NOT EXISTS agent_sessions (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step_id TEXT NOT NULL,
+    conversation TEXT NOT NULL,
+    spend TEXT NOT NULL,
+    gate_id TEXT,
+    call TEXT,
+    snapshot TEXT,
+    updated INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step_id)
+)
+"""
+
 MIGRATIONS: dict[int, tuple[Step, ...]] = {  # from version N to N+1
     1: ("ALTER TABLE steps ADD COLUMN grade TEXT", "ALTER TABLE steps ADD COLUMN effects_grade TEXT"),
     2: ("ALTER TABLE runs ADD COLUMN pid INTEGER", "ALTER TABLE runs ADD COLUMN pid_started REAL"),
@@ -86,6 +102,7 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {  # from version N to N+1
     7: ("ALTER TABLE runs ADD COLUMN cancel_requested TEXT",),
     8: ("ALTER TABLE runs ADD COLUMN input_values TEXT",),
     9: (TOKENS_TABLE,),
+    10: (AGENT_TABLE,),
 }
 
 SCHEMA = """
@@ -132,4 +149,4 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (run_id, step_id)
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
-""" + GATES_TABLES + ";" + TOKENS_TABLE
+""" + GATES_TABLES + ";" + TOKENS_TABLE + ";" + AGENT_TABLE

@@ -53,7 +53,7 @@ SCHEMAS: dict[str, Any] = {
     "StepList": _array("Step"),
     "Gate": _object({
         "run": {"type": "string"}, "gate": {"type": "string"}, "step": {"type": "string"},
-        "kind": {"enum": ["explicit", "before", "effects"]},
+        "kind": {"enum": ["explicit", "before", "effects", "tool"]},
         "status": {"enum": [status.value for status in GateStatus]},
         "level": {"enum": ["green", "yellow", "orange", "red"]},
         "digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "created": {"type": "number"},

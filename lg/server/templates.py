@@ -104,6 +104,9 @@ _CARD = """{% macro card(g, csrf, can_decide) %}{% set c = g.card %}
 {%- if rule.program %} (program: <code>{{ rule.program|v }}</code>){% endif %}</td></tr>{% endfor %}
 </table>{% endif %}
 <h3>command</h3><pre class="command">{{ c.command|v }}</pre>
+{% if c.call %}<h3>call {{ c.call.name|v }}</h3><p class="reason">reason (the model's): {{ c.call.reason|v }}</p>
+<dl class="facts">{% for key, value in (c.call.arguments or {}).items() %}<dt>{{ key|v }}</dt><dd><pre>{{ value|v }}</pre></dd>{% endfor %}</dl>
+{% if c.diff %}<pre class="diff">{% for line in c.diff %}<span class="{{ line|diffclass }}">{{ line|v }}</span>{% endfor %}</pre>{% endif %}{% endif %}
 {% set p = c.profile or {} %}
 <p>profile <b>{{ p.name|v }}</b> (user {{ p.user|v }}, {{ p.vcpus }} vCPU, {{ p.memory_mib }} MiB);
 relaxations: {% if p.relaxations %}<b>{{ p.relaxations|map('v')|join(', ') }}</b>{% else %}none{% endif %}</p>

@@ -35,8 +35,15 @@ RESUME_TIMEOUT = 60.0
 
 
 def save(vm: QemuVm, path: Path) -> None:
+    """Save a template (its RAM in a shared file under `path`: the stream holds the devices only) or any other
+    VM, a clone restored from a template included (its RAM, a private mapping, goes into the stream).
+
+    x-ignore-shared changes the stream's format, so it must be set alike on both sides: on for a template's
+    save and its clones' restores, and explicitly off for the save of a clone, whose QEMU still has it on from
+    its own restore, and whose snapshot restores without it (`_portable_argv`)."""
     path.mkdir(parents=True, exist_ok=True)  # a template's RAM file may already live there
     ram_file = _ram_file(vm.argv)
+    shared = ram_file is not None and _ram_shared(vm.argv)
     try:
         qmp = vm.qmp()
     except QmpError as error:
@@ -45,9 +52,9 @@ def save(vm: QemuVm, path: Path) -> None:
         qmp.execute("stop")
         qmp.execute("migrate-set-parameters", {"max-bandwidth": MIGRATION_BANDWIDTH})
         if ram_file is not None:
-            # RAM stays in its shared file: the stream holds the devices' state only.
+            # A template's RAM stays in its shared file: the stream holds the devices' state only.
             qmp.execute("migrate-set-capabilities",
-                        {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+                        {"capabilities": [{"capability": "x-ignore-shared", "state": shared}]})
         with (path / MEMORY).open("wb") as memory:
             qmp.execute("getfd", {"fdname": "lg-snapshot"}, fds=[memory.fileno()])
         qmp.execute("migrate", {"uri": "fd:lg-snapshot"})
@@ -61,10 +68,10 @@ def save(vm: QemuVm, path: Path) -> None:
     if has_disk:
         shutil.copyfile(vm.run_dir / OVERLAY, path / DISK)
     meta = {
-        "backend": "qemu", "argv": vm.argv, "accelerator": vm.accelerator, "image_digest": vm.image_digest,
-        "disk": has_disk, "saved_at": time.time(),
+        "backend": "qemu", "argv": vm.argv if shared else _portable_argv(vm.argv), "accelerator": vm.accelerator,
+        "image_digest": vm.image_digest, "disk": has_disk, "saved_at": time.time(),
         # The RAM file, relative to the snapshot directory (which may be renamed after saving).
-        "ram_file": _relative_ram_file(ram_file, path),
+        "ram_file": _relative_ram_file(ram_file, path) if shared else None,
     }
     (path / META).write_text(json.dumps(meta, indent=2))
 
@@ -132,6 +139,28 @@ def _ram_file(argv: list[str]) -> Path | None:
             fields = dict(part.split("=", 1) for part in option.split(",")[1:] if "=" in part)
             return Path(fields["mem-path"])
     return None
+
+
+def _ram_shared(argv: list[str]) -> bool:
+    return any(option.startswith(f"memory-backend-file,id={RAM_BACKEND},") and option.endswith(",share=on")
+               for option in argv)
+
+
+def _portable_argv(argv: list[str]) -> list[str]:
+    """The command line a snapshot with its RAM in the stream restores under: without the `-incoming` of the
+    restore that made this VM, and with its RAM (a private mapping of a template's file) in anonymous memory
+    of the same backend id and size, so that the stream's RAM block matches it."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "-incoming":
+            next(words, None)
+            continue
+        if word.startswith(f"memory-backend-file,id={RAM_BACKEND},"):
+            fields = dict(part.split("=", 1) for part in word.split(",")[1:] if "=" in part)
+            word = f"memory-backend-ram,id={RAM_BACKEND},size={fields['size']}"
+        out.append(word)
+    return out
 
 
 def _relative_ram_file(ram_file: Path | None, snapshot: Path) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any, cast
 from lg.pool.key import PoolKey
 from lg.pool.pool import Lease
 from lg.runner.lease_wait import NOTICE, TemplateWaitNotice
-from lg.runner.step_vm import _lease_note
+from lg.runner.step_vm import lease_note
 from lg.vm.api import Vm
 
 ONE_STEP = """\
@@ -71,9 +71,9 @@ def test_a_warm_vm_made_while_the_lease_waited_is_not_called_warm() -> None:
     vm = cast(Vm, SimpleNamespace(id="vm-1", accelerator="tcg"))  # all a lease note reads of its VM
     key = PoolKey("fake", "d" * 64, 1, 256, "tcg", "p" * 64)
     waited = Lease(vm, key, "warm", 12.5, 1.25, None, made_while_waiting=True)
-    assert _lease_note(waited).startswith("VM vm-1 made for this step while it waited 12.5s (in 1.25s)")
+    assert lease_note(waited).startswith("VM vm-1 made for this step while it waited 12.5s (in 1.25s)")
     ready = Lease(vm, key, "warm", 0.0012, 1.25, None)
-    assert "from the warm pool in 1.2 ms" in _lease_note(ready)
+    assert "from the warm pool in 1.2 ms" in lease_note(ready)
 
 
 def _notices(root: Path, hold: float) -> list[str]:

@@ -209,18 +209,20 @@ def test_if_expression_errors(write: Write) -> None:
     assert "steps[0].if: expression syntax error" in errors_of(path)[0]
 
 
-def test_uses_is_reserved_and_run_is_required(write: Write) -> None:
+def test_uses_needs_a_known_kind_and_run_is_required(write: Write) -> None:
     path = write("p.yaml", """\
         name: x
         steps:
           - {id: a, uses: agent}
           - {id: b}
           - {id: c, run: echo, uses: agent}
+          - {id: d, uses: robot}
         """)
     errors = errors_of(path)
-    assert "steps[0].uses: unknown step kind 'agent'" in errors[0]
+    assert "steps[0].uses: an agent step needs 'with:' giving at least model and task" in errors[0]
     assert "steps[1]: a step needs 'run' (a shell script) or 'uses'" in errors[1]
     assert "steps[2].uses: a step has either 'run' or 'uses', not both" in errors[2]
+    assert "steps[3].uses: unknown step kind 'robot' (known kinds: agent)" in errors[3]
 
 
 def test_workdir_must_stay_inside_the_workspace(write: Write) -> None:

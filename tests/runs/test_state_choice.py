@@ -175,3 +175,18 @@ def test_a_lost_postgresql_connection_is_an_environment_error_not_a_crash(tmp_pa
     with pytest.raises(EnvironmentUnfit, match=r"the state database .* failed"):
         store.start_run(run.id)
     assert RunStore(tmp_path, url).run(run.id).status == "pending"  # nothing half-done
+
+
+def test_agent_sessions_of_migration_11_round_trip_on_both_stores(tmp_path: Path,
+                                                                  store_backend: StoreBackend) -> None:
+    from lg.runs.agent_sessions import AgentSessions
+
+    store = store_backend.open(tmp_path)
+    run = store.create_run("agent", tmp_path / "p.yaml", tmp_path, "alice", [("think", "Think")])
+    sessions = AgentSessions(store)
+    sessions.save(run.id, "think", {"messages": [{"role": "user", "content": "hé ✓"}]}, {"usd": 0.25},
+                  gate_id="think.tool-1", call={"tool": "run", "args": {"cmd": "ls"}}, snapshot=tmp_path / "vm")
+    sessions.save(run.id, "think", {"messages": []}, {"usd": 0.5})  # saved again: replaced, not added
+    (session,) = sessions.of_run(run.id)
+    assert (session.conversation, session.spend, session.gate_id, session.call, session.snapshot) == \
+        ({"messages": []}, {"usd": 0.5}, None, None, None)
