@@ -93,6 +93,9 @@ class ProjectConfig:
     step_cache: StepCacheLimits = field(default_factory=StepCacheLimits)
     webhooks: tuple[WebhookSpec, ...] = ()
     max_parallel: int | None = None  # a pipeline's default (its own `max_parallel:` wins)
+    # `state: postgresql://...` (or LG_STATE_URL, which wins): run records, gates, tokens and the audit log in
+    # that PostgreSQL database; state_dir then keeps only local files (step logs, held effects). None: SQLite.
+    state_url: str | None = None
     server: str | None = None  # the lg serve URL client commands use (lg.client.settings)
     model_prices: Mapping[str, ModelPrice] = field(default_factory=lambda: MappingProxyType({}))
 

@@ -15,6 +15,7 @@ import pytest
 pytest.register_assert_rewrite("lg.testing")  # the shipped conformance checks are assertions: explain failures
 
 from lg.cli.main import run  # noqa: E402 - after the rewrite hook, which must come before lg.testing loads
+from tests.stores import pg_cluster, store_backend  # noqa: E402, F401 - the store suite's backends, for every test
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -64,7 +64,8 @@ def state_store() -> RunStore:
     from lg.config.project import load_project_config  # noqa: PLC0415
     from lg.runs.store import RunStore  # noqa: PLC0415
 
-    return RunStore(load_project_config().state_dir)
+    config = load_project_config()
+    return RunStore(config.state_dir, config.state_url)
 
 
 def webhook_courier(config: ProjectConfig) -> contextlib.AbstractContextManager[object]:
@@ -73,4 +74,5 @@ def webhook_courier(config: ProjectConfig) -> contextlib.AbstractContextManager[
         return contextlib.nullcontext()
     from lg.notify.webhooks import Courier  # noqa: PLC0415
 
-    return Courier(config.state_dir, config.webhooks, lambda text: click.echo(f"lg: {text}", err=True))
+    return Courier(config.state_dir, config.webhooks, lambda text: click.echo(f"lg: {text}", err=True),
+                   state_url=config.state_url)

@@ -43,6 +43,7 @@ class Reports:
     server_url: str | None = None  # the lg serve the run is recorded on (its gates' pages are there)
     _groups: Callable[[str], None] | None = None
     _live: object | None = None
+    state_url: str | None = None  # the PostgreSQL store, if the run's records are there
 
     def echo(self, base: Callable[[str], None]) -> Callable[[str], None]:
         """The line printer of the run: in GitHub Actions, each step's lines fold into a group."""
@@ -66,7 +67,7 @@ class Reports:
             return
         from lg.render.progress import LiveProgress  # noqa: PLC0415
 
-        with LiveProgress(self.state_dir, self.run_id) as view:
+        with LiveProgress(self.state_dir, self.run_id, self.state_url) as view:
             self._live = view
             try:
                 yield
@@ -140,7 +141,7 @@ class Reports:
 
 
 def reports_for(state_dir: Path, junit: Path | None, as_json: bool, colour: bool,
-                locations: dict[str, Location]) -> Reports:
+                locations: dict[str, Location], state_url: str | None = None) -> Reports:
     from lg.render.github import in_github_actions  # noqa: PLC0415
 
     if junit is not None:  # its directory is made if missing (as pytest's --junitxml does); a file in the way is not
@@ -154,4 +155,4 @@ def reports_for(state_dir: Path, junit: Path | None, as_json: bool, colour: bool
     outputs = os.environ.get("GITHUB_OUTPUT") if github else None
     return Reports(state_dir, junit, github, progress=colour and not as_json and not github,
                    summary=Path(summary) if summary else None, outputs=Path(outputs) if outputs else None,
-                   locations=locations)
+                   locations=locations, state_url=state_url)

@@ -88,7 +88,7 @@ def run(pipeline_file: Path, workspace: Path | None, dry_run: bool, input_pairs:
 
     if client is not None:
         return _run_on_server(client, inputs, root, wait, junit, as_json)
-    store = RunStore(inputs.config.state_dir)
+    store = RunStore(inputs.config.state_dir, inputs.config.state_url)
     store.require_intact_audit()
     reports = _reports(inputs, junit, as_json)
     request = _request(inputs, root, as_json, wait, reports)
@@ -287,7 +287,8 @@ def _workspace(option: Path | None, pipeline: Pipeline) -> Path:
 def _reports(inputs: RunInputs, junit: Path | None, as_json: bool, progress: bool = True) -> Reports:
     """`progress`: the live view, which reads the local state database (none for a run on a server)."""
     locations = {step.id: step.location for step in inputs.pipeline.steps}
-    return reports_for(inputs.config.state_dir, junit, as_json, color_enabled() and progress, locations)
+    return reports_for(inputs.config.state_dir, junit, as_json, color_enabled() and progress, locations,
+                       inputs.config.state_url)
 
 
 def _request(inputs: RunInputs, root: Path, as_json: bool, wait: bool, reports: Reports) -> RunRequest:

@@ -15,18 +15,25 @@ if TYPE_CHECKING:
     from lg.runs.store import RunStore
 
 state_option = click.option(
-    "--state", "state", metavar="DIR",
-    help="The state directory (default: state_dir of lg.yaml, or LG_STATE_DIR).")
+    "--state", "state", metavar="DIR|postgresql://...",
+    help="The state directory, or a PostgreSQL URL (default: state: or state_dir of lg.yaml, LG_STATE_URL or "
+         "LG_STATE_DIR). With a URL, local files (step logs, held effects) stay in the project's state_dir.")
 
 
 def open_store(state: str | None) -> RunStore:
     from lg.cli.output import state_store  # noqa: PLC0415
+    from lg.runs.postgres import is_url  # noqa: PLC0415
     from lg.runs.store import RunStore  # noqa: PLC0415
 
     if state is None:
         return state_store()
+    if is_url(state):
+        from lg.config.project import load_project_config  # noqa: PLC0415
+
+        return RunStore(load_project_config().state_dir, state)
     if "://" in state:
-        raise InvalidInput(f"--state {state}: a state URL needs the PostgreSQL store; give a directory")
+        raise InvalidInput(f"--state {state.split('://', 1)[0]}://...: a state URL is postgresql://...; "
+                           "or give a directory")
     return RunStore(Path(state))
 
 
@@ -58,7 +65,8 @@ def serve(listen: str, state: str | None, blobs: Path | None, tls_cert: Path | N
     store = open_store(state)
     store.close()
     tls = Tls(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
-    run_server(ServerConfig(store.state_dir, blobs, secure_cookies=tls is not None), address, tls)
+    run_server(ServerConfig(store.state_dir, blobs, secure_cookies=tls is not None, state_url=store.url),
+               address, tls)
     return ExitCode.OK
 
 

@@ -23,7 +23,8 @@ def deliver_command(budget: float) -> int:
     config = load_project_config()
     if not config.webhooks:
         raise InvalidInput("lg webhooks deliver: lg.yaml configures no webhooks")
-    result = deliver(config.state_dir, config.webhooks, budget, lambda text: click.echo(f"lg: {text}", err=True))
+    result = deliver(config.state_dir, config.webhooks, budget, lambda text: click.echo(f"lg: {text}", err=True),
+                     state_url=config.state_url)
     click.echo(f"delivered {result.delivered} event(s); {result.dead} given up"
                + ("; some still wait" if result.pending else ""))
     return ExitCode.FAILED if result.pending else ExitCode.OK

@@ -49,6 +49,10 @@ def project_schema() -> dict[str, Any]:
             "profile": {"type": "string", "minLength": 1, "description": "default VM profile"},
             "policy": {"type": "string", "minLength": 1, "description": "default risk policy"},
             "state_dir": {**dir_field, "description": "run records and logs; relative to lg.yaml"},
+            "state": {"type": "string", "pattern": "^postgres(ql)?://",
+                      "description": "the state store as a postgresql:// URL (psycopg/libpq form): runs, gates, "
+                                     "tokens and the audit log in that PostgreSQL database instead of SQLite in "
+                                     "state_dir, which keeps step logs and held effects; LG_STATE_URL wins"},
             "cache_dir": {**dir_field, "description": "built guest images, keyed by content digest"},
             "max_parallel": MAX_PARALLEL_SCHEMA,
             "server": {"type": "string", "pattern": "^https?://[^/?#]+(/[^?#]*)?$",
@@ -169,6 +173,11 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
         return (root / Path(value).expanduser()).resolve() if value else default
 
     cache_env = os.environ.get("LG_CACHE_DIR")
+    state_env_url = os.environ.get("LG_STATE_URL")
+    state_url: str | None = state_env_url or data.get("state")
+    if state_env_url and not state_env_url.startswith(("postgresql://", "postgres://")):
+        # not echoed: a URL may hold a password
+        raise InvalidInput("LG_STATE_URL is not a postgresql:// URL (for a state directory, use LG_STATE_DIR)")
     state_env = os.environ.get("LG_STATE_DIR")
     return ProjectConfig(
         source=doc.path if doc else None,
@@ -193,6 +202,7 @@ def _build(doc: SourceDoc | None, data: dict[str, Any], root: Path) -> ProjectCo
                                    tuple(hook.get("events", ("gate.opened", "gate.decided"))))
                        for hook in data.get("webhooks", ())),
         max_parallel=data.get("max_parallel"),
+        state_url=state_url,
         server=data.get("server"),
         model_prices=MappingProxyType({model: ModelPrice(float(price["input"]), float(price["output"]))
                                        for model, price in data.get("model_prices", {}).items()}),

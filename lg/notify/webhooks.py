@@ -221,13 +221,14 @@ class Webhook:
 
 
 def deliver(state_dir: Path, hooks: tuple[WebhookSpec, ...], budget: float,
-            log: Callable[[str], None]) -> PassResult:
-    """One pass over every receiver, within `budget` seconds."""
+            log: Callable[[str], None], state_url: str | None = None) -> PassResult:
+    """One pass over every receiver, within `budget` seconds (cursors under state_dir; the records in the
+    store there, or in the PostgreSQL store at state_url)."""
     total = PassResult()
     if not hooks:
         return total
     deadline = time.monotonic() + budget
-    store = RunStore(state_dir)
+    store = RunStore(state_dir, state_url)
     for spec in hooks:
         result = Webhook(spec, state_dir, log).run_pass(store, deadline)
         total.delivered += result.delivered
@@ -243,8 +244,9 @@ class Courier:
     POLL = 0.5
     FINAL_BUDGET = 10.0
 
-    def __init__(self, state_dir: Path, hooks: tuple[WebhookSpec, ...], log: Callable[[str], None]) -> None:
-        self.state_dir, self.hooks, self.log = state_dir, hooks, log
+    def __init__(self, state_dir: Path, hooks: tuple[WebhookSpec, ...], log: Callable[[str], None],
+                 state_url: str | None = None) -> None:
+        self.state_dir, self.hooks, self.log, self.state_url = state_dir, hooks, log, state_url
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lg-webhooks", daemon=True)
 
@@ -260,14 +262,14 @@ class Courier:
         self._stop.set()
         self._thread.join()
         try:
-            deliver(self.state_dir, self.hooks, self.FINAL_BUDGET, self.log)
+            deliver(self.state_dir, self.hooks, self.FINAL_BUDGET, self.log, self.state_url)
         except Exception as error:  # the command's own result stands; what was not sent waits for the next pass
             self.log(f"webhooks: {error}")
 
     def _prime(self) -> None:
         """Cursors made before the command starts: its own events are news to a receiver seen for the first
         time."""
-        store = RunStore(self.state_dir)
+        store = RunStore(self.state_dir, self.state_url)
         for spec in self.hooks:
             hook = Webhook(spec, self.state_dir, self.log)
             with hook.locked() as mine:
@@ -277,6 +279,6 @@ class Courier:
     def _loop(self) -> None:
         while not self._stop.wait(self.POLL):
             try:
-                deliver(self.state_dir, self.hooks, self.POLL * 4, self.log)
+                deliver(self.state_dir, self.hooks, self.POLL * 4, self.log, self.state_url)
             except Exception as error:  # a notification problem must never stop the run
                 self.log(f"webhooks: {error}")

@@ -68,8 +68,8 @@ def step_table(snapshot: Snapshot, now: float | None = None) -> Any:
 class LiveProgress:
     """`with LiveProgress(state_dir, run_id):` draws the progress of the run while the block runs."""
 
-    def __init__(self, state_dir: Path, run_id: str | None = None) -> None:
-        self.state_dir = state_dir
+    def __init__(self, state_dir: Path, run_id: str | None = None, state_url: str | None = None) -> None:
+        self.state_dir, self.state_url = state_dir, state_url
         self.run_id = run_id
         self.snapshot = Snapshot()
         self._stop = threading.Event()
@@ -93,7 +93,8 @@ class LiveProgress:
             self._live.stop()  # draws the last state once more, and leaves it on the screen
 
     def _poll_loop(self) -> None:
-        store = RunStore(self.state_dir)  # a connection of this thread's own (sqlite connections stay in theirs)
+        # a connection of this thread's own (sqlite connections stay in theirs)
+        store = RunStore(self.state_dir, self.state_url)
         while True:
             self._poll(store)
             if self._stop.wait(POLL_SECONDS):

@@ -10,12 +10,12 @@ deleting every record and the head while runs remained passed `lg audit verify`.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lg.runs.audit import AuditRecord, Problem
+from lg.runs.database import Connection
 from lg.runs.states import FINISHED_RUNS, GateStatus, RunStatus
 
 
@@ -51,7 +51,7 @@ def _index(records: Iterable[AuditRecord]) -> dict[str, _OnRecord]:
     return runs
 
 
-def check(db: sqlite3.Connection, records: Iterable[AuditRecord]) -> list[Problem]:
+def check(db: Connection, records: Iterable[AuditRecord]) -> list[Problem]:
     """Every run, gate and decision in the tables without the records that made it, and every run on record
     that is gone from the tables."""
     on_record = _index(records)

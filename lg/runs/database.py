@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lg.errors import EnvironmentUnfit
 
@@ -28,12 +28,43 @@ _DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_FORMAT")
 class StateDamaged(EnvironmentUnfit):
     """The state database cannot be read: it is damaged, and left as it is."""
 
-    def __init__(self, path: Path, why: str) -> None:
-        super().__init__(
-            f"the state database {path} is damaged and unreadable ({why}); it was left as it is",
-            fix=f"move the state directory {path.parent} aside (keep it as evidence; `sqlite3 {path} .recover` may "
-                "salvage its records); lg then starts a new one there")
+    def __init__(self, path: Path | str, why: str) -> None:
+        if isinstance(path, str):  # a PostgreSQL database, named by its URL without the password
+            fix = (f"inspect the database {path} with psql (keep it as evidence), restore it from a backup, or "
+                   "point `state:` (LG_STATE_URL) at a new database")
+        else:
+            fix = (f"move the state directory {path.parent} aside (keep it as evidence; `sqlite3 {path} .recover` "
+                   "may salvage its records); lg then starts a new one there")
+        super().__init__(f"the state database {path} is damaged and unreadable ({why}); it was left as it is",
+                         fix=fix)
         self.path = path
+
+
+class RowConflict(Exception):
+    """A row that breaks a unique or foreign key (the PostgreSQL store raises it where sqlite3 raises
+    sqlite3.IntegrityError; callers catch both)."""
+
+
+class Cursor(Protocol):
+    """What lg reads from a query's cursor, on either store (sqlite3's cursor, psycopg's)."""
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """What the stores use of a connection: sqlite3's, or lg.runs.postgres.PgConnection. SQL is written once,
+    with `?` placeholders; rows are read by position and by column name (sqlite3.Row, lg.runs.postgres.Row)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 def is_damage(error: sqlite3.DatabaseError) -> bool:
@@ -56,7 +87,7 @@ def reported(path: Path) -> Iterator[None]:
         raise StateDamaged(path, f"text that is not UTF-8: {error.reason} at byte {error.start}") from error
 
 
-def unreadable_row(path: Path, table: str, error: Exception) -> StateDamaged:
+def unreadable_row(path: Path | str, table: str, error: Exception) -> StateDamaged:
     """A row whose values lg cannot have written (called by the readers of rows, which know the table)."""
     return StateDamaged(path, f"a row of {table} lg cannot read back: {type(error).__name__}: {error}")
 
@@ -66,7 +97,8 @@ class GuardedCursor(sqlite3.Cursor):
 
     @property
     def _path(self) -> Path:
-        return path_of(self.connection)
+        connection = self.connection
+        return connection.path if isinstance(connection, GuardedConnection) else Path("lg.db")
 
     @property
     def _lock(self) -> threading.RLock:
@@ -130,11 +162,15 @@ def connect(path: Path, timeout: float) -> GuardedConnection:
 _UNSHARED = threading.RLock()  # a connection lg did not make is not shared between threads by lg either
 
 
-def lock_of(connection: sqlite3.Connection) -> threading.RLock:
-    """The lock a connection made by `connect` is used under (see GuardedConnection)."""
-    return connection.lock if isinstance(connection, GuardedConnection) else _UNSHARED
+def lock_of(connection: Connection) -> threading.RLock:
+    """The lock a connection made by `connect` (or lg.runs.postgres.connect) is used under (see
+    GuardedConnection)."""
+    lock: threading.RLock | None = getattr(connection, "lock", None)
+    return lock if lock is not None else _UNSHARED
 
 
-def path_of(connection: sqlite3.Connection) -> Path:
-    """The file behind a connection made by `connect` (for messages)."""
-    return connection.path if isinstance(connection, GuardedConnection) else Path("lg.db")
+def path_of(connection: Connection) -> Path | str:
+    """The file behind a connection made by `connect`, or the URL (without its password) of a PostgreSQL one
+    (for messages)."""
+    path: Path | str | None = getattr(connection, "path", None)
+    return path if path is not None else Path("lg.db")

@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 
 from lg.errors import InvalidInput
 from lg.runs.audit import AuditRecord
-from lg.runs.database import path_of, unreadable_row
+from lg.runs.database import Connection, RowConflict, path_of, unreadable_row
 from lg.runs.states import GATES, GateStatus
 
 GateKind = Literal["explicit", "before", "effects", "tool"]  # tool: an agent step's tool call
@@ -99,9 +99,9 @@ class GateDatabase(Protocol):
     log. A protocol, so that the store can hand its gates work without the two modules importing each other."""
 
     @property
-    def connection(self) -> sqlite3.Connection: ...
+    def connection(self) -> Connection: ...
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
+    def transaction(self) -> AbstractContextManager[Connection]: ...
 
     def audit(self, kind: str, run_id: str | None, **data: Any) -> AuditRecord: ...
 
@@ -225,14 +225,14 @@ class GateStore:
                     f"decision made on {decision.digest[:12]}): look at it again with `lg show`")
         return None
 
-    def _insert(self, db: sqlite3.Connection, gate: Gate, decision: Decision) -> None:
+    def _insert(self, db: Connection, gate: Gate, decision: Decision) -> None:
         try:
             db.execute("INSERT INTO decisions (run_id, gate_id, digest, approver, verdict, comment, payload,"
                        " signature, signed_by, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (decision.run_id, decision.gate_id, decision.digest, decision.approver,
                         decision.verdict, decision.comment, decision.payload, decision.signature,
                         decision.signed_by, decision.ts))
-        except sqlite3.IntegrityError:
+        except (sqlite3.IntegrityError, RowConflict):
             raise InvalidInput(f"{decision.approver} already decided gate {gate.gate_id}, or this signed "
                                "decision was used before (a decision is never counted twice)") from None
         self.store.audit("gate.decision", gate.run_id, gate=gate.gate_id, digest=decision.digest,
@@ -264,7 +264,7 @@ class GateStore:
                              digest=gate.digest, outcome=outcome)
 
 
-def _gate(row: sqlite3.Row, path: Path) -> Gate:
+def _gate(row: Any, path: Path | str) -> Gate:
     data = dict(row)
     try:
         return Gate(

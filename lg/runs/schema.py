@@ -1,7 +1,29 @@
-"""The state database's tables, and the migrations from every older version of them (PRAGMA user_version).
+"""The state database's tables, and the migrations from every older version of them, for both stores.
 
-Statuses are stored as the text of lg.runs.states' enums, unchanged since version 1.
+Statuses are stored as the text of lg.runs.states' enums, unchanged since version 1. The version is SQLite's
+PRAGMA user_version, or PostgreSQL's lg_schema table (lg.runs.dialect).
+
+A migration is a list of steps, each portable SQL (one statement) or a `Dialects` pair when the two stores need
+different words. Portable DDL is written in SQLite's types, and the PostgreSQL store reads CREATE TABLE and ALTER
+TABLE in its own (INTEGER as BIGINT, REAL as DOUBLE PRECISION, BLOB as BYTEA, INTEGER PRIMARY KEY AUTOINCREMENT as
+BIGSERIAL PRIMARY KEY: lg.runs.dialect.ddl). To add version N+1: raise SCHEMA_VERSION, add MIGRATIONS[N], and
+add the same columns or tables to SCHEMA (what a new database is made with).
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Dialects:
+    """One step of a migration that is written differently for each store."""
+
+    sqlite: str
+    postgresql: str
+
+
+Step = str | Dialects
 
 SCHEMA_VERSION = 11
 
@@ -70,7 +92,7 @@ CREATE TABLE IF NOT EXISTS agent_sessions (
 )
 """
 
-MIGRATIONS = {  # from version N to N+1
+MIGRATIONS: dict[int, tuple[Step, ...]] = {  # from version N to N+1
     1: ("ALTER TABLE steps ADD COLUMN grade TEXT", "ALTER TABLE steps ADD COLUMN effects_grade TEXT"),
     2: ("ALTER TABLE runs ADD COLUMN pid INTEGER", "ALTER TABLE runs ADD COLUMN pid_started REAL"),
     3: ("ALTER TABLE runs ADD COLUMN pipeline_sha256 TEXT", *GATES_TABLES.split(";")),

@@ -1,7 +1,9 @@
-"""Durable run records in SQLite (WAL): runs, their steps, timings, accelerator, image digest, exit codes, logs.
+"""Durable run records: runs, their steps, timings, accelerator, image digest, exit codes, logs.
 
-SQLite gives us atomic, crash-safe transitions and safe concurrent readers (`lg status` while `lg run` writes)
-for free. A database that cannot be read is reported, never silently replaced.
+In SQLite (WAL, lg.db in the state directory; the default) or in PostgreSQL (`state: postgresql://...` in
+lg.yaml, LG_STATE_URL), with the same tables, migrations, queries and audit chain (lg.runs.dialect says what
+differs). Both give atomic, crash-safe transitions and safe concurrent readers (`lg status` while `lg run`
+writes). A database that cannot be read is reported, never silently replaced.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from lg.errors import EnvironmentUnfit, ExitCode, InternalError, InvalidInput, R
 from lg.model import FileChange
 from lg.runs import crosscheck
 from lg.runs.audit import AuditLog, AuditRecord, Problem
-from lg.runs.database import StateDamaged, connect, lock_of, reported, unreadable_row
+from lg.runs.database import Connection, StateDamaged, connect, lock_of, path_of, reported, unreadable_row
+from lg.runs.dialect import Dialect, Postgres, Sqlite
 from lg.runs.gates import GateStore
 from lg.runs.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from lg.runs.states import (
@@ -168,19 +171,42 @@ class RunStore:
     re-reads the current status in its transaction, checks the move against lg.runs.states, and writes its audit
     record(s) in that same transaction."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, url: str | None = None) -> None:
+        """The store in `state_dir` (lg.db, SQLite), or, given a `postgresql://` URL, in that PostgreSQL database;
+        local files (step logs, held effects: run_dir) stay under state_dir either way."""
         self.state_dir = state_dir
-        self.path = state_dir / "lg.db"
+        self.url = url
+        # For the SQLite store its file; for PostgreSQL a file that never exists (readers of lg.db, such as the
+        # cancel watch of lg.runner.interrupts, find nothing there; the store itself refuses a cancelled run).
+        self.path = state_dir / ("lg.db" if url is None else "lg.db.on-postgresql")
+        self.where: Path | str = self.path  # what messages name: the file, or the URL without its password
+        self.dialect: Dialect = Sqlite() if url is None else Postgres()
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
-            self._db = connect(self.path, timeout=30)
+            self._db = self._connect(url)
         except StateDamaged:
             raise
         except (OSError, sqlite3.Error) as error:
             raise EnvironmentUnfit(f"cannot open the state database {self.path}: {error}",
                                    fix="check the state_dir in lg.yaml (or LG_STATE_DIR) is writable") from error
-        self._db.row_factory = sqlite3.Row
+        self.where = path_of(self._db)
         self._init_schema()
+
+    def _connect(self, url: str | None) -> Connection:
+        if url is not None:
+            from lg.runs import postgres  # noqa: PLC0415 - psycopg only when PostgreSQL is chosen
+
+            return postgres.connect(url, timeout=30)
+        connection = connect(self.path, timeout=30)
+        connection.row_factory = sqlite3.Row
+        return connection
+
+    def _database_errors(self) -> tuple[type[Exception], ...]:
+        if self.url is None:
+            return (sqlite3.DatabaseError,)
+        import psycopg  # noqa: PLC0415
+
+        return (psycopg.DatabaseError,)
 
     def _init_schema(self) -> None:
         try:
@@ -188,35 +214,53 @@ class RunStore:
                 self._migrate()
         except StateDamaged:
             raise
-        except sqlite3.DatabaseError as error:  # rolled back: nothing changed
+        except self._database_errors() as error:  # rolled back: nothing changed
             if "duplicate column" in str(error) or "already exists" in str(error):
                 # A migration that cannot apply: the version in the file's header is not its tables' version.
-                raise StateDamaged(self.path, f"{error}: its header's schema version does not match its tables"
+                raise StateDamaged(self.where, f"{error}: its header's schema version does not match its tables"
                                    ) from error
-            raise EnvironmentUnfit(f"cannot open the state database {self.path}: {error}",
+            raise EnvironmentUnfit(f"cannot open the state database {self.where}: {error}",
                                    fix="check the state directory's disk space and permissions") from error
 
     def _migrate(self) -> None:
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self.audit_log = AuditLog(self._db, self.state_dir)
-        self._db.execute("PRAGMA foreign_keys=ON")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if self.url is None:
+            self.dialect.prepare(self._db)  # PRAGMAs, which SQLite will not change inside a transaction
+            self.audit_log = AuditLog(self._db, self.state_dir, self.dialect)
+        else:  # under the write lock: two processes creating the same tables at once would collide
+            with lock_of(self._db):
+                self.dialect.begin(self._db)
+                try:
+                    self.dialect.prepare(self._db)
+                    self.audit_log = AuditLog(self._db, self.state_dir, self.dialect)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        version = self._checked_version(self.dialect.schema_version(self._db))
+        while version < SCHEMA_VERSION:
+            with self.transaction() as db:
+                # Read again under the write lock: another process may have migrated meanwhile.
+                version = self._checked_version(self.dialect.schema_version(db))
+                if version == 0:
+                    # One statement at a time: executescript() would commit our transaction half-way.
+                    for statement in filter(str.strip, SCHEMA.split(";")):
+                        db.execute(self.dialect.statement(statement))
+                    version = SCHEMA_VERSION
+                elif version < SCHEMA_VERSION:
+                    for step in MIGRATIONS[version]:
+                        statement = self.dialect.statement(step)
+                        if statement.strip():
+                            db.execute(statement)
+                    version += 1
+                self.dialect.set_schema_version(db, version)
+
+    def _checked_version(self, version: int) -> int:
         if version < 0:
-            raise StateDamaged(self.path, f"its header says schema version {version}")
+            raise StateDamaged(self.where, f"its header says schema version {version}")
         if version > SCHEMA_VERSION:
-            raise EnvironmentUnfit(f"{self.path} was written by a newer lg (schema {version})",
-                                   fix="upgrade lg, or point LG_STATE_DIR elsewhere")
-        if version == 0:
-            with self.transaction() as db:
-                # One statement at a time: executescript() would commit our transaction half-way.
-                for statement in filter(str.strip, SCHEMA.split(";")):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        for step in range(max(version, 1), SCHEMA_VERSION) if version else ():
-            with self.transaction() as db:
-                for statement in filter(str.strip, MIGRATIONS[step]):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={step + 1}")
+            raise EnvironmentUnfit(f"{self.where} was written by a newer lg (schema {version})",
+                                   fix="upgrade lg, or point LG_STATE_DIR (LG_STATE_URL) elsewhere")
+        return version
 
     def audit(self, kind: str, run_id: str | None, **data: Any) -> AuditRecord:
         """Append an audit record in its own transaction (inside an open one, as part of it)."""
@@ -235,7 +279,7 @@ class RunStore:
         if problems:
             first = problems[0]
             raise EnvironmentUnfit(
-                f"the audit log in {self.path} is damaged ({first.message}; {len(problems)} problem(s)); "
+                f"the audit log in {self.where} is damaged ({first.message}; {len(problems)} problem(s)); "
                 "refusing to add to it",
                 fix="`lg audit verify` lists every problem; keep the database as evidence, move the state "
                     "directory aside, and start a new one")
@@ -245,20 +289,20 @@ class RunStore:
         (lg.runs.crosscheck): a log emptied together with its head is an intact chain, not an intact log."""
         problems = self.audit_log.verify()
         records = list(self.audit_log.records())
-        if not records and not self.audit_log.head_path.exists():
+        if not records and not self.audit_log.head_exists():
             runs = self._db.execute("SELECT count(*) FROM runs").fetchone()[0]
             if runs:
-                problems.append(Problem(None, f"the audit log is empty and {self.audit_log.head_path} is missing, "
+                problems.append(Problem(None, f"the audit log is empty and {self.audit_log.head_name} is missing, "
                                               f"but the database holds {runs} run(s): records and head were "
                                               "deleted"))
         return problems + crosscheck.check(self._db, records)
 
     def check_integrity(self) -> None:
         """SQLite's own check of every page and index (`PRAGMA quick_check`: linear in the file's size, about
-        as costly as verifying the audit chain, which these commands do anyway)."""
-        found = [row[0] for row in self._db.execute("PRAGMA quick_check(3)").fetchall()]
-        if found != ["ok"]:
-            raise StateDamaged(self.path, "; ".join(str(problem) for problem in found))
+        as costly as verifying the audit chain, which these commands do anyway); PostgreSQL has none."""
+        found = self.dialect.damage(self._db)
+        if found:
+            raise StateDamaged(self.where, "; ".join(found))
 
     def close(self) -> None:
         self._db.close()
@@ -268,31 +312,34 @@ class RunStore:
         return GateStore(self, clock)
 
     @property
-    def connection(self) -> sqlite3.Connection:
+    def connection(self) -> Connection:
         """For modules that keep their own tables in this database (gates): one connection, one transaction."""
         return self._db
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE: writers queue up instead of failing half-way). Audit records
-        appended inside it commit with it, and the head moves only once they are durable. Nested use joins
-        the outer transaction (in the same thread: the connection's lock, held throughout, keeps the other
-        threads of the run out until it is committed and the audit head moved)."""
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction (holding the store's write lock from its start, lg.runs.dialect: writers queue
+        up instead of failing half-way). Audit records appended inside it commit with it, and the head moves
+        only once they are durable (PostgreSQL's head row: in the transaction itself). Nested use joins the
+        outer transaction (in the same thread: the connection's lock, held throughout, keeps the other threads
+        of the run out until it is committed and the audit head moved)."""
         with lock_of(self._db):
             if self._db.in_transaction:
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            self.dialect.begin(self._db)
             self.audit_log.unwritten_head = None
             try:
                 yield self._db
+                if self.audit_log.head_in_database and self.audit_log.unwritten_head is not None:
+                    self.audit_log.write_head(self.audit_log.unwritten_head)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self.audit_log.unwritten_head = None
                 raise
             self._db.execute("COMMIT")
             head, self.audit_log.unwritten_head = self.audit_log.unwritten_head, None
-            if head is not None:
+            if head is not None and not self.audit_log.head_in_database:
                 self.audit_log.write_head(head)
 
     # --- runs: reading ------------------------------------------------------------------------------------
@@ -304,16 +351,16 @@ class RunStore:
         ).fetchall()
         exact = [row for row in rows if row["id"] == run_id]
         if exact:
-            return _run(exact[0], self.path)
+            return _run(exact[0], self.where)
         if len(rows) == 1:
-            return _run(rows[0], self.path)
+            return _run(rows[0], self.where)
         if not rows:
             raise InvalidInput(f"no run {run_id!r} (see `lg runs`)")
         raise InvalidInput(f"run id prefix {run_id!r} is ambiguous")
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
-        return [_run(row, self.path) for row in rows]
+        return [_run(row, self.where) for row in rows]
 
     def run_dir(self, run_id: str) -> Path:
         path = self.state_dir / "runs" / run_id
@@ -449,7 +496,7 @@ class RunStore:
 
     def steps(self, run_id: str) -> list[StepRecord]:
         rows = self._db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
-        return [_step(row, self.path) for row in rows]
+        return [_step(row, self.where) for row in rows]
 
     # --- steps: transitions -------------------------------------------------------------------------------
 
@@ -546,7 +593,7 @@ class RunStore:
 
     # --- the one way statuses change -----------------------------------------------------------------------
 
-    def _move_run(self, db: sqlite3.Connection, run_id: str, wanted: RunStatus,
+    def _move_run(self, db: Connection, run_id: str, wanted: RunStatus,
                   columns: Mapping[str, object] | None = None, *, to: frozenset[RunStatus] | None = None,
                   source: frozenset[RunStatus] | None = None) -> None:
         """Move the run to `wanted` if the table allows it from the status read now (and the calling method
@@ -560,7 +607,7 @@ class RunStore:
             _refuse_progress(db, run_id)
         _write(db, "runs", {"status": wanted, **(columns or {})}, "id = ? AND status = ?", (run_id, current))
 
-    def _move_step(self, db: sqlite3.Connection, run_id: str, step_id: str, wanted: StepStatus,
+    def _move_step(self, db: Connection, run_id: str, step_id: str, wanted: StepStatus,
                    columns: Mapping[str, object] | None = None, *, to: frozenset[StepStatus] | None = None,
                    ) -> None:
         current = self._step_status(db, run_id, step_id)
@@ -570,11 +617,11 @@ class RunStore:
         _write(db, "steps", {"status": wanted, **(columns or {})}, "run_id = ? AND step_id = ? AND status = ?",
                (run_id, step_id, current))
 
-    def _write_step(self, db: sqlite3.Connection, run_id: str, step_id: str, columns: Mapping[str, object]) -> None:
+    def _write_step(self, db: Connection, run_id: str, step_id: str, columns: Mapping[str, object]) -> None:
         self._step_status(db, run_id, step_id)  # it exists
         _write(db, "steps", columns, "run_id = ? AND step_id = ?", (run_id, step_id))
 
-    def _step_status(self, db: sqlite3.Connection, run_id: str, step_id: str) -> StepStatus:
+    def _step_status(self, db: Connection, run_id: str, step_id: str) -> StepStatus:
         row = db.execute("SELECT status FROM steps WHERE run_id = ? AND step_id = ?", (run_id, step_id)).fetchone()
         if row is None:
             raise InvalidInput(f"run {run_id} has no step {step_id!r}")
@@ -597,7 +644,7 @@ _NEW = frozenset({RunStatus.PENDING})
 _PAUSED = frozenset({RunStatus.AWAITING_APPROVAL})
 
 
-def _refuse_progress(db: sqlite3.Connection, run_id: str) -> None:
+def _refuse_progress(db: Connection, run_id: str) -> None:
     row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
     if row is not None and row["cancel_requested"] is not None:
         raise CancelRequested(f"run {run_id} was cancelled with lg cancel; nothing more of it runs or is applied")
@@ -610,7 +657,7 @@ def _check(machine: Machine[AnyStatus], what: str, current: AnyStatus, wanted: A
     machine.check(what, current, wanted)
 
 
-def _write(db: sqlite3.Connection, table: str, columns: Mapping[str, object], where: str,
+def _write(db: Connection, table: str, columns: Mapping[str, object], where: str,
            key: tuple[object, ...]) -> None:
     unknown = set(columns) - _WRITABLE[table]
     if unknown:
@@ -621,7 +668,7 @@ def _write(db: sqlite3.Connection, table: str, columns: Mapping[str, object], wh
     db.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*values, *key))  # noqa: S608
 
 
-def _run(row: sqlite3.Row, path: Path) -> RunRecord:
+def _run(row: Any, path: Path | str) -> RunRecord:
     try:
         inputs = json.loads(row["inputs"]) if row["inputs"] is not None else None
         cancel = json.loads(row["cancel_requested"]) if row["cancel_requested"] is not None else None
@@ -632,7 +679,7 @@ def _run(row: sqlite3.Row, path: Path) -> RunRecord:
         raise unreadable_row(path, "runs", error) from error
 
 
-def _step(row: sqlite3.Row, path: Path) -> StepRecord:
+def _step(row: Any, path: Path | str) -> StepRecord:
     data = dict(row)
     try:
         for key in JSON_COLUMNS:

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -135,7 +134,7 @@ class TokenStore:
         return token if token.revoked is None else None
 
 
-def _token(row: sqlite3.Row | Iterable[object]) -> Token:
+def _token(row: Iterable[object]) -> Token:
     token_id, name, role, created, created_by, revoked, *_ = tuple(row)
     return Token(str(token_id), str(name), Role(str(role)), int(str(created)), str(created_by),
                  int(str(revoked)) if revoked is not None else None)

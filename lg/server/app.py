@@ -34,7 +34,7 @@ Endpoint_ = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(config: ServerConfig) -> Asgi:
-    stores = Stores(config.state_dir)
+    stores = Stores(config.state_dir, config.state_url)
     stores.runs()  # open (and migrate) the store now: a store that cannot be opened fails `lg serve` at start
     metrics = Metrics(stores.runs)
     page = Page(config, stores, Sessions(), metrics)

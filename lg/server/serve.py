@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lg.errors import EnvironmentUnfit, InvalidInput
+from lg.runs.postgres import redacted
 from lg.server.state import ServerConfig
 
 DEFAULT_LISTEN = "127.0.0.1:8570"
@@ -65,6 +66,7 @@ def serve(config: ServerConfig, listen: Listen, tls: Tls | None) -> None:
         app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False,
         ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None,
         timeout_graceful_shutdown=5)
-    print(f"lg serve: listening on {scheme}://{shown}:{port} (state {config.state_dir})", flush=True)
+    state = redacted(config.state_url) if config.state_url else config.state_dir
+    print(f"lg serve: listening on {scheme}://{shown}:{port} (state {state})", flush=True)
     sys.stdout.flush()
     uvicorn.Server(uvicorn_config).run(sockets=[sock])

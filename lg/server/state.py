@@ -1,8 +1,9 @@
-"""The server's view of the state store: one RunStore (one SQLite connection) per worker thread.
+"""The server's view of the state store: one RunStore (one SQLite or PostgreSQL connection) per worker thread.
 
-A SQLite connection belongs to the thread that opened it, and Starlette runs blocking work in a pool of
-threads, so each thread opens its own on first use. Writers still queue on the database's lock (BEGIN
-IMMEDIATE), which is what makes concurrent decisions produce exactly one transition.
+A connection serves one transaction at a time, and Starlette runs blocking work in a pool of threads, so each
+thread opens its own on first use. Writers still queue on the store's write lock (SQLite's BEGIN IMMEDIATE,
+PostgreSQL's advisory lock: lg.runs.dialect), which is what makes concurrent decisions produce exactly one
+transition.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class ServerConfig:
     secure_cookies: bool = False  # served over TLS: cookies get the Secure attribute
     max_body: int = 64 * 1024
     max_blob: int = 256 * 1024 * 1024  # one uploaded blob (a held file, a step's log)
+    state_url: str | None = None  # the PostgreSQL store (state_dir then keeps only local files)
 
     @property
     def blob_dir(self) -> Path:
@@ -44,6 +46,7 @@ class Stores:
     """The stores of the calling thread, and answers cached across threads."""
 
     state_dir: Path
+    state_url: str | None = None
     _local: threading.local = field(default_factory=threading.local)
     cache: dict[str, Cached] = field(default_factory=dict)
 
@@ -57,7 +60,7 @@ class Stores:
     def runs(self) -> RunStore:
         store: RunStore | None = getattr(self._local, "store", None)
         if store is None:
-            store = RunStore(self.state_dir)
+            store = RunStore(self.state_dir, self.state_url)
             self._local.store = store
         return store
 

@@ -20,6 +20,7 @@ from lg.errors import InvalidInput
 from lg.runs.gates import Gate, GateRules, GateStore
 from lg.runs.states import RunStatus
 from lg.runs.store import RunRecord, RunStore
+from tests.stores import StoreBackend, state_env
 
 
 class Clock:
@@ -36,8 +37,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    return RunStore(tmp_path / "state")
+def store(tmp_path: Path, store_backend: StoreBackend) -> RunStore:
+    return store_backend.open(tmp_path / "state")
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ def test_a_signed_decision_file_written_elsewhere_can_be_submitted(store: RunSto
                                                                    keys: dict[str, Path], tmp_path: Path,
                                                                    lg: Callable[..., Any],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LG_STATE_DIR", str(tmp_path / "state"))
+    state_env(monkeypatch, store)
     gate = open_gate(store, run, clock, require_signature=True, allowed_signers=str(keys["allowed_signers"]))
     out = tmp_path / "decision.json"
     result = lg("approve", run.id, gate.gate_id, "--key", keys["bob"], "--sign-only", out)
@@ -270,7 +271,7 @@ def test_fifty_concurrent_approvals_make_exactly_one_transition(store: RunStore,
 
     def approve(gate: Gate) -> Callable[[int], None]:
         def action(index: int) -> None:
-            own = RunStore(tmp_path / "state")  # a connection of its own, as a separate `lg approve` would have
+            own = RunStore(store.state_dir, store.url)  # a connection of its own, as a separate `lg approve` has
             try:
                 decide(GateStore(own, clock), own.run(run.id), gate, "approve", None, user=f"approver-{index}")
             finally:

@@ -2,6 +2,6 @@
 a `pytest_plugins` line would register tests/server/conftest.py a second time when both directories are
 collected in one session, which pytest refuses."""
 
-from tests.server.conftest import keys, project, serve  # fixtures, found by name
+from tests.server.conftest import keys, project, serve, server_backend  # fixtures, found by name
 
-__all__ = ["keys", "project", "serve"]
+__all__ = ["keys", "project", "serve", "server_backend"]

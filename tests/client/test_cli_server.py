@@ -22,8 +22,15 @@ import pytest
 from lg.client.gates import GATE_FIELDS
 from lg.runs.tokens import Role
 from tests.server.conftest import REPO, Project, Server
+from tests.stores import StoreBackend
 
 Lg = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def server_backend(store_backend: StoreBackend) -> StoreBackend:
+    """The server's store: its state directory, and PostgreSQL (`lg serve --state postgresql://...`)."""
+    return store_backend
 
 
 @pytest.fixture

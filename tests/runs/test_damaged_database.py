@@ -1,5 +1,6 @@
 """A damaged lg.db is exit 5 naming the file and the fix, for every command, never exit 70; and it is left
-byte for byte as it was (issue #20 item 5)."""
+byte for byte as it was (issue #20 item 5). SQLite only: these tests damage the database file itself, which a
+PostgreSQL store does not have (its server checks its own pages)."""
 
 from __future__ import annotations
 

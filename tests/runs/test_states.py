@@ -14,6 +14,7 @@ from lg.errors import ExitCode, InternalError, LgError
 from lg.runs import states
 from lg.runs.states import GATES, RUNS, STEPS, GateStatus, IllegalTransition, Machine, RunStatus, StepStatus
 from lg.runs.store import RunStore
+from tests.stores import StoreBackend, state_env
 
 MACHINES: dict[str, Machine[Any]] = {"run": RUNS, "step": STEPS, "gate": GATES}
 LEGAL = [(name, current, wanted) for name, machine in MACHINES.items()
@@ -74,10 +75,11 @@ def test_the_derived_sets() -> None:
 
 
 def test_an_illegal_transition_is_a_bug_in_lg_exit_70_and_changes_nothing(tmp_path: Path, lg: Callable[..., Any],
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          store_backend: StoreBackend) -> None:
     assert issubclass(IllegalTransition, InternalError) and not issubclass(IllegalTransition, LgError)
     assert IllegalTransition.exit_code == ExitCode.INTERNAL
-    store = RunStore(tmp_path / "state")
+    store = store_backend.open(tmp_path / "state")
     run = store.create_run("demo", tmp_path / "p.yaml", tmp_path, "alice", [("a", "A")])
     before = list(store.audit_log.records())
     with pytest.raises(IllegalTransition, match=f"step a of run {run.id}: illegal transition from pending to "
@@ -88,7 +90,7 @@ def test_an_illegal_transition_is_a_bug_in_lg_exit_70_and_changes_nothing(tmp_pa
     assert (store.run(run.id).status, store.step(run.id, "a").status) == ("pending", "pending")
     assert list(store.audit_log.records()) == before and store.audit_log.verify() == []
     # Through the CLI: the generic bug report, exit 70 (a user cannot cause it, so it is no LgError message).
-    monkeypatch.setenv("LG_STATE_DIR", str(tmp_path / "state"))
+    state_env(monkeypatch, store)
 
     def broken(self: RunStore, run_id: str, reason: str) -> None:
         raise IllegalTransition(f"run {run_id}", RunStatus.SUCCEEDED, RunStatus.CANCELLED)

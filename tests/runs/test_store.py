@@ -5,17 +5,20 @@ import sqlite3
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 
 from lg.errors import EnvironmentUnfit, InvalidInput
 from lg.model import FileChange
 from lg.runner.step_vm import AttemptResult
+from lg.runs.dialect import ddl
 from lg.runs.states import RunStatus, StepStatus
 from lg.runs.store import RunStore
+from tests.stores import StoreBackend
 
 
-def test_runs_and_steps_round_trip(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "state")
+def test_runs_and_steps_round_trip(tmp_path: Path, store_backend: StoreBackend) -> None:
+    store = store_backend.open(tmp_path / "state")
     run = store.create_run("demo", tmp_path / "p.yaml", tmp_path, "alice", [("a", "A"), ("b", "B")])
     assert run.status == "pending" and run.initiator == "alice"
     store.start_run(run.id)
@@ -28,13 +31,13 @@ def test_runs_and_steps_round_trip(tmp_path: Path) -> None:
     a, b = store.steps(run.id)
     assert (a.status, a.outputs, a.changes[0]["path"], b.status) == ("succeeded", {"v": "1"}, "x", "pending")
     assert store.run(run.id[:15]).id == run.id  # unique prefixes work
-    # a second process sees committed state (WAL)
-    other = RunStore(tmp_path / "state")
+    # a second process sees committed state (WAL; PostgreSQL: another connection)
+    other = store_backend.open(tmp_path / "state")
     assert other.runs()[0].id == run.id
 
 
-def test_unknown_and_ambiguous_run_ids(tmp_path: Path) -> None:
-    store = RunStore(tmp_path)
+def test_unknown_and_ambiguous_run_ids(tmp_path: Path, store_backend: StoreBackend) -> None:
+    store = store_backend.open(tmp_path)
     with pytest.raises(InvalidInput, match="no run 'nope'"):
         store.run("nope")
     store.create_run("a", tmp_path, tmp_path, "x", [])
@@ -43,24 +46,23 @@ def test_unknown_and_ambiguous_run_ids(tmp_path: Path) -> None:
         store.run("2")
 
 
-def test_a_corrupt_database_is_reported_and_kept(tmp_path: Path) -> None:
+def test_a_corrupt_database_is_reported_and_kept(tmp_path: Path) -> None:  # SQLite only: PostgreSQL has no file
     (tmp_path / "lg.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(EnvironmentUnfit, match="unreadable"):
         RunStore(tmp_path)
     assert (tmp_path / "lg.db").read_bytes().startswith(b"this is not a database")
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    RunStore(tmp_path).close()
-    db = sqlite3.connect(tmp_path / "lg.db")
-    db.execute("PRAGMA user_version=99")
-    db.close()
+def test_a_newer_schema_is_refused(tmp_path: Path, store_backend: StoreBackend) -> None:
+    store = store_backend.open(tmp_path)
+    store.dialect.set_schema_version(store.connection, 99)
+    store.close()
     with pytest.raises(EnvironmentUnfit, match="newer lg"):
-        RunStore(tmp_path)
+        store_backend.open(tmp_path)
 
 
-def test_a_run_whose_lg_process_is_gone_is_abandoned(tmp_path: Path) -> None:
-    store = RunStore(tmp_path)
+def test_a_run_whose_lg_process_is_gone_is_abandoned(tmp_path: Path, store_backend: StoreBackend) -> None:
+    store = store_backend.open(tmp_path)
     run = store.create_run("demo", tmp_path, tmp_path, "alice", [])
     store.start_run(run.id)
     assert not store.run(run.id).abandoned  # this very process runs it
@@ -71,9 +73,8 @@ def test_a_run_whose_lg_process_is_gone_is_abandoned(tmp_path: Path) -> None:
     assert not store.run(run.id).abandoned
 
 
-def test_an_older_database_is_migrated(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "lg.db")
-    db.executescript("""
+def test_an_older_database_is_migrated(tmp_path: Path, store_backend: StoreBackend) -> None:
+    version_1 = """
         CREATE TABLE runs (id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, pipeline_path TEXT NOT NULL,
             workspace TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
             exit_code INTEGER, error TEXT, initiator TEXT NOT NULL);
@@ -82,19 +83,28 @@ def test_an_older_database_is_migrated(tmp_path: Path) -> None:
             finished REAL, exit_code INTEGER, accelerator TEXT, image_digest TEXT, boot_seconds REAL,
             log_path TEXT, outputs TEXT NOT NULL DEFAULT '{}', changes TEXT NOT NULL DEFAULT '[]', detail TEXT,
             PRIMARY KEY (run_id, step_id));
-        INSERT INTO runs VALUES ('old-run', 'p', 'p.yaml', '/w', 'succeeded', 1.0, 1.0, 2.0, 0, NULL, 'bob');
-        PRAGMA user_version=1;
-    """)
-    db.close()
-    store = RunStore(tmp_path)
+        INSERT INTO runs VALUES ('old-run', 'p', 'p.yaml', '/w', 'succeeded', 1.0, 1.0, 2.0, 0, NULL, 'bob')
+    """
+    url = store_backend.url(tmp_path)
+    if url is None:
+        db = sqlite3.connect(tmp_path / "lg.db")
+        db.executescript(version_1 + "; PRAGMA user_version=1;")
+        db.close()
+    else:  # the same version-1 tables, in PostgreSQL's types as its store reads portable DDL
+        with psycopg.connect(url, autocommit=True) as db:
+            for statement in version_1.split(";"):
+                db.execute(ddl(statement).encode())
+            db.execute(b"CREATE TABLE lg_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL)")
+            db.execute(b"INSERT INTO lg_schema VALUES (1, 1)")
+    store = store_backend.open(tmp_path)
     assert store.run("old-run").status == "succeeded" and store.run("old-run").pid is None
     # the new columns exist
     store.connection.execute("UPDATE steps SET grade = '{}', effects_grade = '{}', security = '{}', vm = '{}'")
 
 
 def test_claim_takes_over_a_paused_or_abandoned_run_and_refuses_a_finished_or_live_one(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = RunStore(tmp_path)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_backend: StoreBackend) -> None:
+    store = store_backend.open(tmp_path)
     run = store.create_run("demo", tmp_path, tmp_path, "alice", [("a", "A")])
     store.start_run(run.id)
     store.pause(run.id, "a.before", waiting=False)

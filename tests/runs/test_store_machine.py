@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from lg.approvals.decide import decide
 from lg.errors import InvalidInput
@@ -41,7 +49,7 @@ from lg.runs.states import (
     RunStatus,
     StepStatus,
 )
-from lg.runs.store import RunStore
+from tests.stores import StoreBackend, emptied, rows_of
 
 STEP_IDS = ("a", "b", "c", "d")
 RUN_ENDINGS = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.REJECTED, RunStatus.EXPIRED, RunStatus.INTERRUPTED}
@@ -69,11 +77,15 @@ class Clock:
 class StoreMachine(RuleBasedStateMachine):
     runs = Bundle("runs")
 
+    backend: StoreBackend = StoreBackend("sqlite")  # set by the test that runs the machine
+    shared = Path()  # on PostgreSQL, the state directory of every example (the key of its one database)
+
     def __init__(self) -> None:
         super().__init__()
         # In memory where the host has it: thousands of commits, each an fsync on a disk
         self.directory = Path(tempfile.mkdtemp(prefix="lg-store-machine-", dir=SCRATCH))
-        self.store = RunStore(self.directory)
+        # PostgreSQL: one database for every example, emptied for each
+        self.store = emptied(self.backend.open(self.shared if self.backend.cluster is not None else self.directory))
         self.clock = Clock()
         self.gates = GateStore(self.store, self.clock)
         self.seen = self.statuses()
@@ -99,9 +111,7 @@ class StoreMachine(RuleBasedStateMachine):
         return found
 
     def everything(self) -> list[list[tuple[Any, ...]]]:
-        db = self.store.connection
-        return [[tuple(row) for row in db.execute(f"SELECT * FROM {table} ORDER BY rowid")]  # noqa: S608
-                for table in ("runs", "steps", "gates", "decisions", "audit")]
+        return [rows_of(self.store, table) for table in ("runs", "steps", "gates", "decisions", "audit")]
 
     def run_status(self, run_id: str) -> RunStatus:
         return self.store.run(run_id).status
@@ -347,6 +357,12 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.store.audit_log.verify() == []
 
 
-StoreMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None, database=None,
-                                          suppress_health_check=[HealthCheck.too_slow])
-test_store_state_machine = StoreMachine.TestCase
+EXAMPLES = {"sqlite": 200, "postgresql": 60}  # a PostgreSQL commit is a round trip to the server: fewer
+
+
+def test_store_state_machine(store_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(StoreMachine, "backend", store_backend)
+    monkeypatch.setattr(StoreMachine, "shared", tmp_path)
+    run_state_machine_as_test(StoreMachine, settings=settings(
+        max_examples=EXAMPLES[store_backend.name], stateful_step_count=50, deadline=None, database=None,
+        suppress_health_check=[HealthCheck.too_slow]))

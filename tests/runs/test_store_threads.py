@@ -9,14 +9,15 @@ from pathlib import Path
 from lg.model import FileChange
 from lg.runs.gates import GateRules, GateStore
 from lg.runs.states import StepStatus
-from lg.runs.store import RunStore
+from tests.stores import StoreBackend
 
 THREADS = 8
 STEPS_EACH = 6
 
 
-def test_steps_moved_from_many_threads_at_once_keep_the_records_and_the_chain_whole(tmp_path: Path) -> None:
-    store = RunStore(tmp_path)
+def test_steps_moved_from_many_threads_at_once_keep_the_records_and_the_chain_whole(
+        tmp_path: Path, store_backend: StoreBackend) -> None:
+    store = store_backend.open(tmp_path)
     ids = [f"s{t}-{n}" for t in range(THREADS) for n in range(STEPS_EACH)]
     run_id = store.create_run("threads", Path("p.yaml"), tmp_path, "alice", [(i, i) for i in ids]).id
     store.start_run(run_id)
@@ -72,4 +73,4 @@ def test_steps_moved_from_many_threads_at_once_keep_the_records_and_the_chain_wh
     assert [r.seq for r in store.audit_log.records()] == list(range(1, len(list(store.audit_log.records())) + 1))
     assert store.verify_audit() == []
     store.close()
-    assert RunStore(tmp_path).verify_audit() == []  # the head on disk is the chain's last record
+    assert store_backend.open(tmp_path).verify_audit() == []  # the head (on disk, or its row) is the chain's last

@@ -29,6 +29,7 @@ from lg.runs.states import (
     StepStatus,
 )
 from lg.runs.store import RunStore
+from tests.stores import StoreBackend, rows_of
 
 SCRATCH = "/dev/shm" if Path("/dev/shm").is_dir() else None  # hundreds of commits: in memory where we can
 
@@ -96,19 +97,18 @@ def path_to(machine: Machine[AnyStatus], start: AnyStatus, goal: AnyStatus,
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunStore]:
+def store(monkeypatch: pytest.MonkeyPatch, store_backend: StoreBackend) -> Iterator[RunStore]:
     # Hundreds of runs a second: ids unique by a counter, not by time and 16 random bits
     numbers = itertools.count(1)
     monkeypatch.setattr("lg.runs.store.new_run_id", lambda: f"20261124-191530-{next(numbers):04x}")
     with tempfile.TemporaryDirectory(prefix="lg-transitions-", dir=SCRATCH) as directory:
-        store = RunStore(Path(directory))
+        store = store_backend.open(Path(directory))
         yield store
         store.close()
 
 
 def everything(store: RunStore) -> list[list[tuple[object, ...]]]:
-    return [[tuple(row) for row in store.connection.execute(f"SELECT * FROM {table} ORDER BY rowid")]  # noqa: S608
-            for table in ("runs", "steps", "gates", "decisions", "audit")]
+    return [rows_of(store, table) for table in ("runs", "steps", "gates", "decisions", "audit")]
 
 
 def new_run(store: RunStore) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from lg.config.project import load_project_config
 from lg.runs.store import RunStore
 from lg.runs.tokens import Role, TokenStore
 from lg.testing.images import stand_in_image
+from tests.stores import StoreBackend, rows_of
 
 REPO = Path(__file__).resolve().parents[2]
 ON_FAKE = REPO / "tests" / "runner" / "lg_on_fake.py"
@@ -96,7 +96,7 @@ class Server:
             print(self.process.stderr.read())
 
 
-def start_server(state: Path, *args: str) -> Server:
+def start_server(state: Path | str, *args: str) -> Server:
     process = subprocess.Popen([sys.executable, "-m", "lg", "serve", "--listen", "127.0.0.1:0", "--state",
                                 str(state), *args], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -106,7 +106,7 @@ def start_server(state: Path, *args: str) -> Server:
         process.kill()
         raise AssertionError(f"lg serve did not start: {line}{process.communicate()[1]}")
     url = line.split("listening on ")[1].split()[0]
-    return Server(url, process, state)
+    return Server(url, process, Path(state) if isinstance(state, Path) else Path())
 
 
 @dataclass
@@ -114,13 +114,19 @@ class Project:
     root: Path
     tmp: Path
     env: dict[str, str] = field(default_factory=dict)
+    url: str | None = None  # the PostgreSQL store (lg.yaml's `state:`), or None for SQLite in .lg
 
     @property
     def state(self) -> Path:
         return self.root / ".lg"
 
+    @property
+    def state_arg(self) -> str:
+        """What `lg serve --state` is given: the directory, or the URL."""
+        return self.url or str(self.state)
+
     def store(self) -> RunStore:
-        return RunStore(self.state)
+        return RunStore(self.state, self.url)
 
     def lg_on_fake(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, str(ON_FAKE), str(self.tmp / "vms"), *args], cwd=self.root,
@@ -150,16 +156,29 @@ class Project:
 
     def snapshot(self) -> tuple[Any, ...]:
         """Everything a refused request must leave as it was: the tables and the audit log."""
-        with sqlite3.connect(self.state / "lg.db") as db:
-            return tuple(tuple(db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall())  # noqa: S608
+        store = self.store()
+        try:
+            return tuple(tuple(rows_of(store, table))
                          for table in ("runs", "steps", "gates", "decisions", "audit", "tokens"))
+        finally:
+            store.close()
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: dict[str, Path]) -> Project:
+def server_backend() -> StoreBackend:
+    """The store of the server tests: SQLite; a module that runs on both overrides it with `store_backend`."""
+    return StoreBackend("sqlite")
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: dict[str, Path],
+            server_backend: StoreBackend) -> Project:
     root = tmp_path / "project"
     root.mkdir()
-    (root / "lg.yaml").write_text("image: tiny\nstate_dir: .lg\npool: {snapshots: false}\npolicy: ./team.yaml\n")
+    url = server_backend.url(root / ".lg")
+    state = f"state: '{url}'\n" if url else ""
+    (root / "lg.yaml").write_text("image: tiny\nstate_dir: .lg\npool: {snapshots: false}\npolicy: ./team.yaml\n"
+                                  + state)
     (root / "team.yaml").write_text(textwrap.dedent(f"""\
         extends: default
         approvals:
@@ -169,10 +188,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: dict[str, Pat
     """))
     (root / "package.json").write_text('{"name": "app"}\n')
     monkeypatch.delenv("LG_STATE_DIR", raising=False)
+    monkeypatch.delenv("LG_STATE_URL", raising=False)
     monkeypatch.setenv("LG_CACHE_DIR", str(tmp_path / "cache"))
     stand_in_image(load_project_config(root), "tiny")
     env = {**os.environ, "PYTHONPATH": str(REPO), "LG_USER": INITIATOR, "LG_CACHE_DIR": str(tmp_path / "cache")}
-    return Project(root, tmp_path, env)
+    return Project(root, tmp_path, env, url)
 
 
 @pytest.fixture(scope="session")
@@ -197,7 +217,7 @@ def serve(project: Project) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def start(*args: str) -> Server:
-        started.append(start_server(project.state, *args))
+        started.append(start_server(project.state_arg, *args))
         return started[-1]
 
     yield start

@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
+
 from lg.runs.gates import GateStore
 from lg.runs.tokens import Role
 from tests.server.conftest import EXPLICIT_GATE, Project, Response, Server
+from tests.stores import StoreBackend
 
 APPROVERS = 50
+
+
+@pytest.fixture
+def server_backend(store_backend: StoreBackend) -> StoreBackend:
+    """These tests run on both stores: `lg serve --state DIR` and `lg serve --state postgresql://...`."""
+    return store_backend
 
 
 def test_fifty_concurrent_approvals_make_exactly_one_transition(project: Project,
@@ -94,6 +102,6 @@ def test_a_killed_server_loses_no_acknowledged_decision(project: Project, serve:
     again = serve()
     listed = again.request("GET", "/api/v1/audit/verify", project.token("viewer@example.com", Role.VIEWER)).json
     assert listed["ok"], json.dumps(listed)
-    with sqlite3.connect(project.state / "lg.db") as db:
-        approved = db.execute("SELECT count(*) FROM gates WHERE status = 'approved'").fetchone()[0]
+    approved = project.store().connection.execute(
+        "SELECT count(*) FROM gates WHERE status = 'approved'").fetchone()[0]
     assert approved >= len(acknowledged)

@@ -7,11 +7,20 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
+
 from lg.server import openapi
 from lg.server.api import ENDPOINTS
 from tests.server.conftest import REPO, Project, Server
+from tests.stores import StoreBackend, rows_of
 
 PUBLISHED = REPO / "docs" / "openapi.json"
+
+
+@pytest.fixture
+def server_backend(store_backend: StoreBackend) -> StoreBackend:
+    """Tokens and the server's start on both stores: `--state DIR` and `--state postgresql://...`."""
+    return store_backend
 
 
 def test_the_published_openapi_document_is_fresh() -> None:
@@ -36,7 +45,7 @@ def test_the_server_serves_the_published_document(project: Project, serve: Calla
 
 
 def lg(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
-    state = ["--state", str(project.state)] if args[0] in ("token", "serve") else []
+    state = ["--state", project.state_arg] if args[0] in ("token", "serve") else []
     return subprocess.run([sys.executable, "-m", "lg", *args, *state], env=project.env,
                           capture_output=True, text=True, check=False, cwd=project.root)
 
@@ -48,6 +57,8 @@ def test_tokens_are_shown_once_stored_hashed_listed_and_revoked(project: Project
     assert text.startswith("lgt_") and "shown only now" in made.stderr
     secret = text.rsplit("_", 1)[1]
     database = b"".join(path.read_bytes() for path in project.state.glob("lg.db*"))
+    store = project.store()
+    database += repr([rows_of(store, table) for table in ("tokens", "audit")]).encode()
     assert secret.encode() not in database
     listed = json.loads(lg(project, "token", "ls", "--json").stdout)
     assert [(t["name"], t["role"], t["revoked"]) for t in listed] == [("alice@example.com", "approver", None)]
@@ -76,7 +87,8 @@ def test_lg_serve_refuses_a_taken_address_and_half_tls(project: Project, serve: 
 def test_lg_help_and_serve_help_do_not_load_the_server_stack() -> None:
     code = ("import sys\nfrom lg.cli.main import run\n"
             "run(['--help']); run(['serve', '--help']); run(['token', '--help'])\n"
-            "print(sorted(m for m in ('starlette', 'uvicorn', 'jinja2', 'lg.server.app') if m in sys.modules))")
+            "print(sorted(m for m in ('starlette', 'uvicorn', 'jinja2', 'lg.server.app', 'psycopg')"
+            " if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert result.stdout.strip().splitlines()[-1] == "[]"
