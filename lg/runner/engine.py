@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from lg.runner.conditions import skip_reason
 from lg.runner.console import StepOutput, line_atomic, open_log
 from lg.runner.effects import already_applied, apply_held, base_digests, discard, effects_dir, file_sha256
 from lg.runner.gating import BranchWaiter, GateNeed, Waiter, before_gate, effects_gate
-from lg.runner.interrupts import CancelWatch, deferred
+from lg.runner.interrupts import POLL_SECONDS, CancelWatch, cancel_requested, deferred
 from lg.runner.landing import Landing
 from lg.runner.scheduler import Scheduler, limit_note, max_parallel
 from lg.runner.secret_outputs import masked_result
@@ -159,7 +160,8 @@ def _drive(request: RunRequest, store: RunStoreLike, record: RunRecord) -> RunOu
                time.monotonic() + pipeline.timeout if pipeline.timeout else None, vms)
     states = _restore_states(run)
     try:
-        with CancelWatch(store.path, record.id):
+        every = POLL_SECONDS if isinstance(store, RunStore) else REMOTE_CANCEL_POLL_SECONDS
+        with CancelWatch(_cancel_probe(store, record.id), record.id, every):
             _announce_steps(run, [step for step in topological_order(pipeline)
                                   if step.id not in states and not _in_saved_vm(run, step)])
             note = limit_note(pipeline, request.config)
@@ -267,6 +269,25 @@ def _announce_steps(run: _Run, steps: list[Step]) -> None:
             wanted[key] = (spec, profile, wanted.get(key, (spec, profile, 0))[2] + 1)
     for key, (spec, profile, count) in wanted.items():
         run.vms.expect(key, spec, count, warmup_for(profile))
+
+
+REMOTE_CANCEL_POLL_SECONDS = 2.0
+"""How often a run recorded on a server asks it whether `lg cancel` was said (one HTTP request each)."""
+
+
+def _cancel_probe(store: RunStoreLike, run_id: str) -> Callable[[], bool]:
+    """How the cancel watch looks for `lg cancel`'s request: a SQLite file on a read-only connection of its own
+    (never queued behind the run's own statements); PostgreSQL or a server through the store itself."""
+    if isinstance(store, RunStore) and store.url is None:
+        return partial(cancel_requested, store.path, run_id)
+
+    def asked() -> bool:
+        try:
+            return store.run(run_id).cancel_requested is not None
+        except LgError:  # unreachable or damaged for a moment: the next look, or the store's refusal, tells
+            return False
+
+    return asked
 
 
 def _in_saved_vm(run: _Run, step: Step) -> bool:

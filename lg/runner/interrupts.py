@@ -21,7 +21,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -88,8 +88,10 @@ class CancelWatch:
     too). Does nothing unless lg's handlers are installed: a library caller keeps its own signal handling, and
     the store still refuses the cancelled run any progress."""
 
-    def __init__(self, database: Path, run_id: str) -> None:
-        self._database, self._run_id = database, run_id
+    def __init__(self, asked: Callable[[], bool], run_id: str, every: float = POLL_SECONDS) -> None:
+        """`asked`: whether the run's cancellation is recorded (`cancel_requested` for a SQLite file, or a look
+        through the store); it is called on the watch's own thread every `every` seconds."""
+        self._asked, self._every = asked, every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"lg-cancel-watch-{run_id}", daemon=True)
         self._main = threading.main_thread().ident
@@ -106,8 +108,8 @@ class CancelWatch:
             self._thread.join()
 
     def _watch(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
-            if cancel_requested(self._database, self._run_id):
+        while not self._stop.wait(self._every):
+            if self._asked():
                 if not self._stop.is_set() and self._main is not None:
                     with suppress(ProcessLookupError):
                         signal.pthread_kill(self._main, signal.SIGTERM)

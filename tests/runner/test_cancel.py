@@ -168,6 +168,31 @@ def test_lg_cancel_stops_a_live_background_run_mid_step_and_nothing_after_runs(
     assert again.code == 2 and "already finished (cancelled)" in again.err
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_cancellation_recorded_from_elsewhere_stops_the_running_step(
+        start: Callable[..., Live], backend: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lg cancel` on another machine can only record the request in the shared store (no signal reaches this
+    one): the run's cancel watch reads it, from SQLite's file or through the PostgreSQL store, and stops the
+    running step at once rather than when it ends (120 s)."""
+    if backend == "postgresql":
+        monkeypatch.setenv("LG_STATE_URL", request.getfixturevalue("pg_cluster").database())
+    live = start(SLOW_THEN_MORE)
+    store = RunStore(live.root / ".lg", os.environ.get("LG_STATE_URL"))
+    deadline = time.monotonic() + 60
+    while not store.runs(1) or not slow_step_started(live):
+        assert live.process.poll() is None and time.monotonic() < deadline, "the slow step never started"
+        time.sleep(0.05)
+    run_id = store.runs(1)[0].id
+    asked = time.monotonic()
+    store.request_cancel(run_id, "cancelled from another machine", "ops@example.com")
+    code, err = live.finish(timeout=60)
+    assert code == ExitCode.REJECTED and f"run {run_id} cancelled" in err, err
+    assert time.monotonic() - asked < 30
+    assert store.run(run_id).status is RunStatus.CANCELLED
+    assert not (live.root / "late.txt").exists() and not (live.root / "after.txt").exists()
+
+
 def test_lg_cancel_stops_a_run_waiting_at_a_gate_with_wait(start: Callable[..., Live], lg: Callable[..., Any]) -> None:
     live = start("""\
         name: gated
