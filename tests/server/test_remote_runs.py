@@ -24,6 +24,7 @@ from lg.runs.states import RunStatus, StepStatus
 from lg.runs.store import RunStore
 from lg.runs.tokens import Role, TokenStore
 from tests.server.conftest import DEPENDENCY_CHANGE, ON_FAKE, Project, Server, start_server, wait_until
+from tests.stores import StoreBackend
 
 LOGGED_CHANGE = DEPENDENCY_CHANGE.replace("        run: |\n", "        run: |\n          echo bumping left-pad\n")
 
@@ -35,6 +36,12 @@ class Machines:
     tokens: dict[str, str]
     origin: Path
     real_vms: bool = False  # lg itself, booting microVMs, instead of lg on the fake backend
+    state_dir: Path = Path("server-state")  # the server's local files (logs, blobs); its rows too on SQLite
+    state_url: str | None = None  # the server's PostgreSQL database, when it runs on one
+
+    def start_server(self, *args: str) -> Server:
+        """`lg serve` over the server's store (again, after a test stopped or killed it)."""
+        return start_server(self.state_url or self.state_dir, *args)
 
     def clone(self, name: str) -> Path:
         target = self.project.tmp / name
@@ -55,15 +62,23 @@ class Machines:
                               timeout=900 if self.real_vms else 180, check=False)
 
     def server_store(self) -> RunStore:
-        return RunStore(self.server.state)
+        return RunStore(self.state_dir, self.state_url)
 
 
 @pytest.fixture
-def machines(project: Project) -> Iterator[Machines]:
-    yield from _machines(project)
+def server_backend(store_backend: StoreBackend) -> StoreBackend:
+    """Runs recorded on a server backed by SQLite (`lg serve --state DIR`) and by PostgreSQL (`--state
+    postgresql://...`, its local files in LG_STATE_DIR)."""
+    return store_backend
 
 
-def _machines(project: Project, real_vms: bool = False) -> Iterator[Machines]:
+@pytest.fixture
+def machines(project: Project, server_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Machines]:
+    yield from _machines(project, server_backend, monkeypatch)
+
+
+def _machines(project: Project, backend: StoreBackend, monkeypatch: pytest.MonkeyPatch,
+              real_vms: bool = False) -> Iterator[Machines]:
     (project.root / "pipeline.yaml").write_text(textwrap.dedent(LOGGED_CHANGE))
     origin = project.root
     subprocess.run(["git", "init", "-q"], cwd=origin, check=True)
@@ -72,12 +87,14 @@ def _machines(project: Project, real_vms: bool = False) -> Iterator[Machines]:
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "project"],
                    cwd=origin, check=True)
     state = project.tmp / "server-state"
-    store = RunStore(state)
+    url = backend.url(state)
+    monkeypatch.setenv("LG_STATE_DIR", str(state))  # the server's local files, whichever store holds its rows
+    store = RunStore(state, url)
     tokens = {name: TokenStore(store).create(f"{name}@example.com", role, "test")[1]
               for name, role in (("runner-a", Role.RUNNER), ("runner-c", Role.RUNNER),
                                  ("approver", Role.APPROVER), ("viewer", Role.VIEWER))}
     store.close()
-    machines = Machines(project, start_server(state), tokens, origin, real_vms)
+    machines = Machines(project, start_server(url or state), tokens, origin, real_vms, state, url)
     try:
         yield machines
     finally:
@@ -137,16 +154,21 @@ def test_paused_on_a_approved_by_b_resumed_on_c(machines: Machines, keys: dict[s
     kinds = [(r.kind, r.data.get("by")) for r in store.audit_log.records() if r.run_id == run_id]
     assert ("run.resumed", "runner-c@example.com") in kinds and ("effects.applied", None) in kinds
     verified = subprocess.run([sys.executable, "-m", "lg", "audit", "verify"], text=True, capture_output=True,
-                              env={**machines.project.env, "LG_STATE_DIR": str(machines.server.state)},
+                              env={**machines.project.env, "LG_STATE_DIR": str(machines.state_dir),
+                                   **({"LG_STATE_URL": machines.state_url} if machines.state_url else {})},
                               cwd=machines.project.tmp, check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 @pytest.mark.vm
-def test_paused_on_a_approved_by_b_resumed_on_c_in_real_vms(tiny_image_ready: None, project: Project,
-                                                             keys: dict[str, Path]) -> None:
-    """The same three machines, each step in a real microVM (slow: two VM boots under TCG)."""
-    for machines in _machines(project, real_vms=True):
+def test_paused_on_a_approved_by_b_resumed_on_c_in_real_vms(
+        tiny_image_ready: None, project: Project, keys: dict[str, Path], server_backend: StoreBackend,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same three machines, each step in a real microVM (slow: two VM boots under TCG). Once, on the
+    SQLite-backed server: the store behind the server does not change what the VMs do."""
+    if server_backend.name != "sqlite":
+        pytest.skip("the real-VM variant runs once, on the SQLite-backed server")
+    for machines in _machines(project, server_backend, monkeypatch, real_vms=True):
         test_paused_on_a_approved_by_b_resumed_on_c(machines, keys)
         (run,) = machines.server_store().runs(1)
         assert machines.server_store().step(run.id, "bump").accelerator in ("tcg", "kvm")  # a real guest ran it
@@ -190,7 +212,7 @@ def _blob_request(machines: Machines, method: str, name: str, data: bytes | None
 def test_blobs_over_http(machines: Machines) -> None:
     data = b"a held file\n"
     name = hashlib.sha256(data).hexdigest()
-    blobs = machines.server.state / "blobs"
+    blobs = machines.state_dir / "blobs"
     status, body, _ = _blob_request(machines, "PUT", name, data)
     assert status == 201 and body == {"sha256": name, "size": len(data), "created": True}
     assert _blob_request(machines, "PUT", name, data)[0] == 200  # idempotent
@@ -213,7 +235,7 @@ def test_blobs_over_http(machines: Machines) -> None:
 
 def test_an_oversize_blob_is_refused_before_it_is_read(project: Project, machines: Machines) -> None:
     machines.server.stop()
-    machines.server = start_server(machines.server.state, "--blobs", str(project.tmp / "blobs"))
+    machines.server = machines.start_server("--blobs", str(project.tmp / "blobs"))
     big = b"x" * 1024
     answer = machines.server.request("PUT", f"/api/v1/blobs/{hashlib.sha256(big).hexdigest()}",
                                      machines.tokens["runner-a"], raw=big,
@@ -296,7 +318,7 @@ def test_a_server_killed_mid_resume_loses_nothing_and_applies_nothing_twice(mach
     assert resuming.returncode == 5, stderr  # the server is gone: nothing more can be recorded
     applied_once = json.loads((c / "package.json").read_text())
 
-    machines.server = start_server(machines.server.state)  # the server comes back, on another port
+    machines.server = machines.start_server()  # the server comes back, on another port
     again = machines.lg(c, "runner-c", "resume", run_id, "--server", machines.server.url)
     assert again.returncode == 0, again.stderr
     assert json.loads((c / "package.json").read_text()) == applied_once == {
@@ -354,7 +376,7 @@ def test_artifacts_kept_on_a_are_recorded_on_the_server_and_delivered_on_c(machi
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "artifacts"],
                    cwd=machines.origin, check=True)
     run_id = pause_on_a(machines, "ship.before")
-    kept = machines.server.state / "runs" / run_id / "artifacts"
+    kept = machines.state_dir / "runs" / run_id / "artifacts"
     assert (kept / "build" / "dist" / "app.whl").read_bytes() == b"app\n"
     assert json.loads((kept / "build.json").read_text()) == [
         {"step": "build", "path": "dist/app.whl", "size": 4, "sha256": hashlib.sha256(b"app\n").hexdigest()}]
