@@ -3,23 +3,9 @@ its file, line and key."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
-import pytest
-
 from lg.config.pipeline import load_pipeline
-from lg.errors import InvalidInput, InvalidInputs
 from lg.model import AgentBudget, AgentSpec, McpServerSpec
-
-Write = Callable[[str, str | bytes], Path]
-
-
-def errors_of(path: Path) -> list[str]:
-    with pytest.raises(InvalidInput) as caught:
-        load_pipeline(path)
-    error = caught.value
-    return [str(e) for e in error.errors] if isinstance(error, InvalidInputs) else [str(error)]
+from tests.pipeline_errors import Write, errors_of
 
 
 def test_an_agent_step_loads(write: Write) -> None:

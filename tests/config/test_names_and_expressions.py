@@ -4,25 +4,17 @@ wherever lg renders templates instead of rendering as '$' and the value (item 11
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lg.config.pipeline import load_pipeline
 from lg.config.project import load_project_config
-from lg.errors import InvalidInput, InvalidInputs
+from lg.errors import InvalidInput
+from tests.pipeline_errors import Write, errors_of
 
-Write = Callable[[str, str | bytes], Path]
 IMAGE_MESSAGE = "an image is named by its recipe (images/NAME.yaml)"
 ARTIFACT_MESSAGE = "an artifact is a path or glob inside the workspace: relative, without '..'"
-
-
-def errors_of(path: Path) -> list[str]:
-    with pytest.raises(InvalidInput) as caught:
-        load_pipeline(path)
-    error = caught.value
-    return [str(e) for e in error.errors] if isinstance(error, InvalidInputs) else [str(error)]
 
 
 @pytest.mark.parametrize("image", ["../../../../etc/shadow", "/etc/shadow", "images/tiny", "tiny.yaml", ".hidden",

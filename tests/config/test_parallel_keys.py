@@ -3,24 +3,13 @@ the status functions an `if:` may call, each checked when the pipeline is loaded
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 
 from lg.config.pipeline import load_pipeline
 from lg.config.project import load_project_config
-from lg.errors import InvalidInput, InvalidInputs
+from lg.errors import InvalidInput
 from lg.model import MatrixGroup
-
-Write = Callable[[str, str | bytes], Path]
-
-
-def errors_of(path: Path) -> list[str]:
-    with pytest.raises(InvalidInput) as caught:
-        load_pipeline(path)
-    error = caught.value
-    return [str(e) for e in error.errors] if isinstance(error, InvalidInputs) else [str(error)]
+from tests.pipeline_errors import Write, errors_of
 
 
 def test_pipeline_max_parallel_and_fail_fast(write: Write) -> None:
