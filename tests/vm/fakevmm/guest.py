@@ -22,7 +22,9 @@ What is stood in, and how:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import pkgutil
 import select
 import shutil
 import socket
@@ -249,9 +251,19 @@ def _stand_in_confinement() -> None:
     execute.run = run  # type: ignore[assignment]
 
 
+def _import_the_agent_now() -> None:
+    """Every module of lg.guest, imported before /tmp is covered: a checkout (or its .venv) under /tmp, as a CI
+    clone may be, would vanish from this namespace, and the agent imports some of its modules on use."""
+    import lg.guest
+
+    for module in pkgutil.iter_modules(lg.guest.__path__, "lg.guest."):
+        importlib.import_module(module.name)
+
+
 def main(argv: list[str]) -> int:
     directory, hostname = Path(argv[0]), argv[1]
     _exit_with(int(argv[2]))
+    _import_the_agent_now()
     # Reach the link socket through a descriptor: /tmp is about to be covered.
     link_dir = os.open(directory, os.O_PATH | os.O_DIRECTORY)
     bin_dir = os.environ.get("LG_GUEST_BIN")
