@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lg.client.http import ApiClient, ServerRefused
-from lg.errors import InternalError, InvalidInput, LgError
+from lg.errors import EnvironmentUnfit, InternalError, InvalidInput, LgError
 from lg.model import FileChange
 from lg.runs import wire
 from lg.runs.gates import Clock, Gate, GateKind, GateRules
@@ -261,11 +261,32 @@ class RemoteGateStore:
              card: Mapping[str, Any], rules: GateRules) -> Gate:
         if kind == "effects":  # the held files first: the server refuses to open the gate without them
             self.runs.upload_held(run_id, step_id, subject)
+        signers = _signers_text(rules.allowed_signers)  # the content: the path is this machine's
         return wire.gate(self.runs.call("gate_open", run_id=run_id, step_id=step_id, kind=kind,
-                                        subject=dict(subject), card=_plain(card), rules=asdict(rules)))
+                                        subject=dict(subject), card=_plain(card),
+                                        rules={**asdict(rules), "allowed_signers": None},
+                                        allowed_signers_text=signers))
 
     def expire_due(self) -> list[Gate]:
         return [wire.gate(item) for item in self.runs.call("gate_expire_due")]
 
     def cancel(self, run_id: str, reason: str, step_id: str | None = None) -> None:
         self.runs.call("gate_cancel", run_id=run_id, reason=reason, step_id=step_id)
+
+
+MAX_SIGNERS_BYTES = 64 * 1024  # what the server takes (lg.server.runner_calls.MAX_TEXT)
+
+
+def _signers_text(path: str | None) -> str | None:
+    """The policy's allowed_signers file as the server will check signatures against it."""
+    if path is None:
+        return None
+    try:
+        with Path(path).open("rb") as source:
+            data = source.read(MAX_SIGNERS_BYTES + 1)
+        if len(data) > MAX_SIGNERS_BYTES:
+            raise EnvironmentUnfit(f"the policy's allowed_signers file {path} is over 64 KiB")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise EnvironmentUnfit(f"cannot read the policy's allowed_signers file {path} to send it to the server "
+                               f"({error})") from None

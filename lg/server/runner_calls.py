@@ -13,11 +13,12 @@ before what it would apply can be downloaded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -241,7 +242,29 @@ def _open_gate(c: Context, a: dict[str, Any]) -> Any:
             raise conflict("effects_not_uploaded", f"the gate's held file(s) {', '.join(missing[:5])} are not in "
                                                    "the blob store: upload them first (PUT /api/v1/blobs/SHA256); "
                                                    "a gate never opens before its effects can be downloaded")
-    return c.gates.open(a["run_id"], a["step_id"], a["kind"], a["subject"], a["card"], a["rules"])
+    rules = _server_signers(c, a["rules"], a["allowed_signers_text"])
+    return c.gates.open(a["run_id"], a["step_id"], a["kind"], a["subject"], a["card"], rules)
+
+
+def _server_signers(c: Context, rules: GateRules, text: str | None) -> GateRules:
+    """The gate's allowed signers as the server's own file: the runner sends the file's content (its policy's,
+    as its checkout holds it), never a path, since a path is the runner's machine's, and a path the server
+    would read on a runner's word could name any file of the server's. Kept by content digest under the state
+    directory's signers/; the gate's signatures are checked against that copy (fixed when the gate opens)."""
+    if rules.allowed_signers is not None:
+        raise _refuse("rules.allowed_signers", "null: send the allowed signers' content as allowed_signers_text; "
+                                               "the server reads no path a runner names")
+    if text is None:
+        return rules
+    directory = c.store.state_dir / "signers"
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / hashlib.sha256(text.encode()).hexdigest()
+    if not target.is_file():
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".signers-")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        Path(temporary).replace(target)
+    return replace(rules, allowed_signers=str(target))
 
 
 def _uploaded(c: Context, digest: Any) -> bool:
@@ -346,8 +369,8 @@ CALLS: dict[str, Method] = {
     "note_step": Method({**_STEP, "detail": _S},
                         lambda c, a: c.store.note_step(a["run_id"], a["step_id"], a["detail"])),
     "audit": Method({**_RUN, "kind": _S, "data": _object}, _audit),
-    "gate_open": Method({**_STEP, "kind": _kind, "subject": _object, "card": _object, "rules": _rules},
-                        _open_gate),
+    "gate_open": Method({**_STEP, "kind": _kind, "subject": _object, "card": _object, "rules": _rules,
+                         "allowed_signers_text": _optional(_S)}, _open_gate),
     "gate": Method({**_RUN, "gate_id": _N}, lambda c, a: c.gates.gate(a["run_id"], a["gate_id"])),
     "gates": Method(_RUN, lambda c, a: c.gates.gates(a["run_id"])),
     "gate_expire_due": Method({}, lambda c, a: c.gates.expire_due()),

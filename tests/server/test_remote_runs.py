@@ -283,9 +283,25 @@ def test_an_effects_gate_never_opens_before_its_files_are_uploaded(machines: Mac
     subject = {**gate.subject, "changes": [{**c, "sha256": "e" * 64} for c in gate.subject["changes"]]}
     status, code = _call(machines, {"method": "gate_open", "args": {
         "run_id": run_id, "step_id": "bump", "kind": "effects", "subject": subject, "card": gate.card,
-        "rules": asdict(gate.rules)}})
+        "rules": {**asdict(gate.rules), "allowed_signers": None}, "allowed_signers_text": None}})
     assert (status, code) == (409, "effects_not_uploaded")
     assert GateStore(machines.server_store()).gate(run_id, "bump.effects") == gate
+
+
+def test_the_allowed_signers_are_sent_as_content_and_kept_by_the_server(machines: Machines) -> None:
+    """A runner's path means nothing on the server, and a path the server read on a runner's word could name
+    any of its files: the runner sends the file's content, the server keeps it by digest and checks the gate's
+    signatures against its own copy; a runner naming a path is refused."""
+    run_id = pause_on_a(machines)
+    gate = GateStore(machines.server_store()).gate(run_id, "bump.effects")
+    assert gate is not None and gate.rules.allowed_signers is not None
+    kept = Path(gate.rules.allowed_signers)
+    assert kept.parent == machines.state_dir / "signers" and "alice@example.com" in kept.read_text()
+    status, code = _call(machines, {"method": "gate_open", "args": {
+        "run_id": run_id, "step_id": "bump", "kind": "explicit", "subject": {}, "card": gate.card,
+        "rules": {**asdict(gate.rules), "allowed_signers": "/etc/ssh/ssh_host_ed25519_key.pub"},
+        "allowed_signers_text": None}})
+    assert (status, code) == (400, "invalid_argument")
 
 
 THEN_A_LONG_STEP = LOGGED_CHANGE + """\
