@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import re
+import sqlite3
+import time
 from typing import Protocol
 
 from lg.runs.database import Connection
@@ -60,7 +62,7 @@ class Sqlite:
     name = "sqlite"
 
     def prepare(self, db: Connection) -> None:
-        db.execute("PRAGMA journal_mode=WAL")
+        _write_ahead_logging(db)
         db.execute("PRAGMA foreign_keys=ON")
 
     def schema_version(self, db: Connection) -> int:
@@ -114,3 +116,20 @@ def ddl(statement: str) -> str:
     for pattern, replacement in _PG_TYPES:
         statement = re.sub(pattern, replacement, statement, flags=re.IGNORECASE)
     return statement
+
+
+WAL_WAIT_SECONDS = 30.0
+
+
+def _write_ahead_logging(db: Connection) -> None:
+    """Put the file in WAL mode (kept in the file: only its first opener changes it). The change needs the file
+    to itself, and SQLite answers "database is locked" at once, without its busy timeout, while another
+    connection is in a transaction (two lg processes opening a new state directory together): wait for it."""
+    deadline = time.monotonic() + WAL_WAIT_SECONDS
+    while str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
