@@ -31,9 +31,9 @@ def open_store(state: str | None) -> RunStore:
         from lg.config.project import load_project_config  # noqa: PLC0415
 
         return RunStore(load_project_config().state_dir, state)
-    if "://" in state:
-        raise InvalidInput(f"--state {state.split('://', 1)[0]}://...: a state URL is postgresql://...; "
-                           "or give a directory")
+    if "://" in state or state.lower().startswith(("postgresql:", "postgres:")):
+        shown = f"{state.split('://', 1)[0]}://..." if "://" in state else f"{state.split(':', 1)[0]}:..."
+        raise InvalidInput(f"--state {shown}: a state URL is postgresql://...; or give a directory")
     return RunStore(Path(state))
 
 

@@ -70,6 +70,9 @@ def test_a_state_that_is_no_postgresql_url_is_refused_naming_where(tmp_path: Pat
     monkeypatch.delenv("LG_STATE_URL")
     result = lg("token", "ls", "--state", "mysql://db/lg")
     assert result.code == 2 and "--state mysql://" in result.err and "Traceback" not in result.err
+    one_slash = lg("token", "ls", "--state", "postgresql:/db/lg")  # never a directory named "postgresql:"
+    assert one_slash.code == 2 and "--state postgresql:..." in one_slash.err
+    assert not (tmp_path / "postgresql:").exists() and not Path("postgresql:").exists()
 
 
 def test_an_unreachable_postgresql_server_is_a_clear_error(tmp_path: Path, lg: Callable[..., Any]) -> None:
