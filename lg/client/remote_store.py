@@ -23,7 +23,7 @@ from lg.model import FileChange
 from lg.runs import wire
 from lg.runs.gates import Clock, Gate, GateKind, GateRules
 from lg.runs.states import GateStatus, RunStatus, StepStatus
-from lg.runs.store import Attempt, CancelRequested, RunRecord, StepRecord
+from lg.runs.store import Attempt, CancelRequested, RunRecord, StepRecord, run_directory
 
 CALLS = "/api/v1/runner/calls"
 HeldDir = Callable[[Path, str], Path]  # (run directory, step id) -> the step's held effects (lg.runner.effects)
@@ -133,9 +133,7 @@ class RemoteRunStore:
         return [wire.run_record(item) for item in self.call("runs", limit=limit)]
 
     def run_dir(self, run_id: str) -> Path:
-        path = self.state_dir / "runs" / run_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return run_directory(self.state_dir, run_id)  # the scratch directory's, on this machine
 
     def create_run(self, pipeline: str, pipeline_path: Path, workspace: Path, initiator: str,
                    steps: list[tuple[str, str]], pipeline_sha256: str | None = None,

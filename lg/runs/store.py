@@ -363,9 +363,7 @@ class RunStore:
         return [_run(row, self.where) for row in rows]
 
     def run_dir(self, run_id: str) -> Path:
-        path = self.state_dir / "runs" / run_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return run_directory(self.state_dir, run_id)
 
     # --- runs: transitions --------------------------------------------------------------------------------
 
@@ -642,6 +640,13 @@ _LANDING = frozenset({(StepStatus.APPLYING, StepStatus.SUCCEEDED)})
 # start_run starts a new run (claim takes up any other); continue_run goes on from a pause
 _NEW = frozenset({RunStatus.PENDING})
 _PAUSED = frozenset({RunStatus.AWAITING_APPROVAL})
+
+
+def run_directory(state_dir: Path, run_id: str) -> Path:
+    """A run's local files (step logs, held effects, artifacts) under a state directory, made if missing."""
+    path = state_dir / "runs" / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _refuse_progress(db: Connection, run_id: str) -> None:

@@ -32,10 +32,15 @@ def put_blob(call: Call) -> Reply:
 
 def get_blob(call: Call) -> Reply:
     name = _name(call)
+    return blob_reply(call, name, not_found("unknown_blob", f"no blob {name} on this server"))
+
+
+def blob_reply(call: Call, name: str, missing: ApiError) -> Reply:
+    """Blob `name`'s bytes, checked against its name: `missing` when absent, 503 when altered on disk."""
     try:
         data = BlobStore(call.config.blob_dir).get(name)
     except BlobMissing:
-        raise not_found("unknown_blob", f"no blob {name} on this server") from None
+        raise missing from None
     except BlobDamaged as error:
         raise ApiError(503, "blob_damaged", str(error)) from None
     return Reply(content=data, media_type="application/octet-stream", headers={"X-Content-SHA256": name})

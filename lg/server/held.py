@@ -11,11 +11,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lg.runner.effects import effects_dir
-from lg.runs.blobs import BlobDamaged, BlobMissing, BlobRefused, BlobStore
+from lg.runs.blobs import BlobRefused, BlobStore
 from lg.runs.states import StepStatus
 from lg.runs.store import RunRecord, StepRecord
+from lg.server.blobs import blob_reply
 from lg.server.call import Call, Reply, find_run, find_step
-from lg.server.errors import ApiError, bad_request, not_found
+from lg.server.errors import bad_request, not_found
 
 # A step's held files are served while they wait to be applied (never once applied, discarded or rejected).
 _HOLDING = frozenset({StepStatus.HELD, StepStatus.APPLYING})
@@ -60,13 +61,7 @@ def effect_file(call: Call) -> Reply:
         raise not_found("unknown_effect", f"step {step.step_id} of run {record.id} made no change {relative!r}")
     blob = _blob_of(call, step, change)
     if blob is not None:
-        try:
-            content = BlobStore(call.config.blob_dir).get(blob)
-        except BlobMissing:
-            raise not_found("not_held", f"{relative!r} of step {step.step_id} is no longer held") from None
-        except BlobDamaged as error:
-            raise ApiError(503, "blob_damaged", str(error)) from None
-        return Reply(content=content, media_type="application/octet-stream", headers={"X-Content-SHA256": blob})
+        return blob_reply(call, blob, not_found("not_held", f"{relative!r} of step {step.step_id} is no longer held"))
     held = _held_file(held_root(call, record, step), relative)
     if held is None:
         raise not_found("not_held", f"{relative!r} of step {step.step_id} is not held (applied, discarded, or a "

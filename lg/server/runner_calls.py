@@ -13,7 +13,6 @@ before what it would apply can be downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -256,15 +255,8 @@ def _server_signers(c: Context, rules: GateRules, text: str | None) -> GateRules
                                                "the server reads no path a runner names")
     if text is None:
         return rules
-    directory = c.store.state_dir / "signers"
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / hashlib.sha256(text.encode()).hexdigest()
-    if not target.is_file():
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".signers-")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        Path(temporary).replace(target)
-    return replace(rules, allowed_signers=str(target))
+    signers = BlobStore(c.store.state_dir / "signers")  # a directory of its own: blobs are runners' uploads
+    return replace(rules, allowed_signers=str(signers.path(signers.put_bytes(text.encode()))))
 
 
 def _uploaded(c: Context, digest: Any) -> bool:
