@@ -284,11 +284,18 @@ def test_with_wait_the_other_branch_goes_on_and_the_loop_resumes_in_process(
     runner = threading.Thread(target=lambda: outcome.append(run_pipeline(request, RunStore(project.root / ".lg"))))
     runner.start()
     deadline = time.monotonic() + 60
-    while not GateStore(project.store, project.clock).open_gates() or not (project.root / "other.txt").exists():
+    wanted = {"fix": "awaiting_approval", "other": "succeeded"}
+
+    def both_settled() -> bool:  # the gate opens, then the step records its wait; a file lands, then its step ends
+        runs = project.store.runs(1)
+        return bool(runs) and GateStore(project.store, project.clock).open_gates() != [] \
+            and (project.root / "other.txt").exists() and project.statuses(runs[0].id) == wanted
+
+    while not both_settled():
         assert time.monotonic() < deadline and runner.is_alive(), "the gate never opened beside the other step"
         time.sleep(0.05)
     run_id = project.store.runs(1)[0].id
-    assert project.statuses(run_id) == {"fix": "awaiting_approval", "other": "succeeded"}
+    assert project.statuses(run_id) == wanted
     decide_open(project, run_id, "approve")
     runner.join(60)
     assert outcome and outcome[0].exit_code == ExitCode.OK
